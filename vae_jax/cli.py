@@ -1,0 +1,313 @@
+"""Command-line flags mapped onto `ExperimentConfig`, with one-line errors (exit status 2).
+
+Every flag overrides one field of the chosen recipe (`--recipe`, default "pytorch"); a flag
+not given keeps the recipe's value. `--help` lists each flag with the default recipe's value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from vae_jax.config import ExperimentConfig
+from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
+from vae_jax.recipes import RECIPES
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but errors are one line on stderr and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # rejects nan, inf and negatives
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """'500,500' -> (500, 500); '' -> () (no hidden layer)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return values
+
+
+# flag -> (config section, field, argparse type, choices, help)
+_Flag = tuple[str, str, Callable[[str], Any], Sequence[str] | None, str]
+FLAGS: dict[str, _Flag] = {
+    "epochs": ("train", "epochs", _nonnegative_int, None, "passes over the training set"),
+    "batch_size": ("train", "batch_size", _positive_int, None, "examples per update"),
+    "learning_rate": ("train", "learning_rate", _positive_float, None, "Adam learning rate"),
+    "seed": (
+        "train",
+        "seed",
+        _nonnegative_int,
+        None,
+        "seed of every random stream (init, data order, samples, evaluation)",
+    ),
+    "eval_batch_size": (
+        "train",
+        "eval_batch_size",
+        _positive_int,
+        None,
+        "examples per evaluation batch (memory only; results do not change)",
+    ),
+    "steps_per_call": (
+        "train",
+        "steps_per_call",
+        _positive_int,
+        None,
+        "train steps fused into one compiled call (progress-bar granularity)",
+    ),
+    "checkpoint_every": (
+        "train",
+        "checkpoint_every",
+        _positive_int,
+        None,
+        "epochs between checkpoints",
+    ),
+    "keep_checkpoints": (
+        "train",
+        "keep_checkpoints",
+        _positive_int,
+        None,
+        "how many recent checkpoints to keep",
+    ),
+    "num_devices": (
+        "train",
+        "num_devices",
+        _nonnegative_int,
+        None,
+        "devices for data parallelism (0 = all local devices)",
+    ),
+    "architecture": ("model", "architecture", str, ARCHITECTURES, "encoder/decoder family"),
+    "hidden": (
+        "model",
+        "hidden",
+        _int_list,
+        None,
+        "MLP hidden widths, comma-separated (the decoder mirrors them)",
+    ),
+    "activation": ("model", "activation", str, sorted(ACTIVATIONS), "MLP activation"),
+    "z_dim": ("model", "z_dim", _positive_int, None, "latent dimension"),
+    "conv_channels": (
+        "model",
+        "conv_channels",
+        _int_list,
+        None,
+        "conv widths, one stride-2 layer each",
+    ),
+    "likelihood": (
+        "model",
+        "likelihood",
+        str,
+        LIKELIHOODS,
+        "p(x|z): bernoulli (logits), gaussian (fixed --obs_std), gaussian_global "
+        "or gaussian_pixel (learned variance)",
+    ),
+    "obs_std": (
+        "model",
+        "obs_std",
+        _positive_float,
+        None,
+        "standard deviation of the fixed-variance Gaussian likelihood",
+    ),
+    "dtype": (
+        "model",
+        "dtype",
+        str,
+        ("float32", "bfloat16"),
+        "compute dtype (bfloat16: mixed precision, parameters stay float32)",
+    ),
+    "bound": ("objective", "bound", str, ("elbo", "iwae"), "training objective"),
+    "beta": ("objective", "beta", _nonnegative_float, None, "KL weight (1 = the ELBO)"),
+    "num_samples": (
+        "objective",
+        "num_samples",
+        _positive_int,
+        None,
+        "posterior samples per example: L for the ELBO, k for IWAE",
+    ),
+    "free_bits": (
+        "objective",
+        "free_bits",
+        _nonnegative_float,
+        None,
+        "minimum KL per latent dimension in nats (0 = off)",
+    ),
+    "kl_warmup_steps": (
+        "objective",
+        "kl_warmup_steps",
+        _nonnegative_int,
+        None,
+        "KL weight rises linearly from 0 to --beta over this many steps",
+    ),
+    "binarize": (
+        "data",
+        "binarize",
+        str,
+        ("none", "dynamic"),
+        "none: grey levels in [0,1]; dynamic: resample pixels ~ Bernoulli(grey) at "
+        "every training use, test set binarized once with a fixed seed",
+    ),
+    "image_size": (
+        "data",
+        "image_size",
+        _positive_int,
+        None,
+        "28, or 32 (MNIST zero-padded, for the conv VAE)",
+    ),
+}
+
+
+def build_parser(prog: str = "python -m experiments.mnist") -> argparse.ArgumentParser:
+    defaults = ExperimentConfig()
+    parser = OneLineParser(
+        prog=prog,
+        description="Train a VAE on MNIST: per-epoch sample and reconstruction grids, "
+        "metrics.jsonl (nats per example) and Orbax checkpoints in --workdir. Re-running "
+        "the same command resumes from the last checkpoint.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="pytorch",
+        help="named configuration the other flags modify (default: pytorch, "
+        "the PyTorch examples/vae recipe); see vae_jax/recipes.py",
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag, (section, field, kind, choices, text) in FLAGS.items():
+        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
+        default = getattr(getattr(defaults, section), field)
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        group.add_argument(
+            f"--{flag}",
+            type=kind,
+            choices=choices,
+            metavar=flag.upper(),
+            help=f"{text} (default: {default})",
+        )
+    model = groups["model"]
+    model.add_argument(
+        "--conditional",
+        action="store_true",
+        default=False,
+        help="conditional VAE: encoder and decoder see the one-hot label",
+    )
+    run = parser.add_argument_group("run options")
+    run.add_argument(
+        "--workdir",
+        default="runs/mnist",
+        help="where checkpoints, metrics and images go (default: runs/mnist)",
+    )
+    run.add_argument(
+        "--data_dir",
+        default=None,
+        help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
+    run.add_argument(
+        "--mnist_dir",
+        default=None,
+        help="directory with the four MNIST IDX files, used to prepare the "
+        "dataset offline (default: $VAE_JAX_MNIST_DIR)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=False,
+        help="reuse a work directory that holds a different configuration",
+    )
+    run.add_argument(
+        "--no_resume",
+        action="store_true",
+        default=False,
+        help="start from scratch even if the work directory has a checkpoint",
+    )
+    run.add_argument(
+        "--checkpoint_every_steps",
+        type=_nonnegative_int,
+        default=0,
+        help="also checkpoint every N train steps (default: 0, epochs only)",
+    )
+    run.add_argument(
+        "--skip_nonfinite",
+        action="store_true",
+        default=False,
+        help="skip (and count) updates whose loss or gradient is NaN/inf instead of stopping",
+    )
+    run.add_argument("--no_progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--distributed",
+        action="store_true",
+        default=False,
+        help="multi-host: call jax.distributed.initialize() first",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The recipe's configuration with every given flag applied (raises ValueError)."""
+    config = RECIPES[args.recipe]()
+    sections: dict[str, dict[str, Any]] = {}
+    for flag, (section, field, *_rest) in FLAGS.items():
+        if hasattr(args, flag):
+            sections.setdefault(section, {})[field] = getattr(args, flag)
+    if getattr(args, "conditional", False):
+        sections.setdefault("model", {})["conditional"] = True
+    for section, changes in sections.items():
+        config = dataclasses.replace(
+            config, **{section: dataclasses.replace(getattr(config, section), **changes)}
+        )
+    config.model.build(config.data.image_shape)  # validates the model options
+    config.objective.build(config.model.build(config.data.image_shape))
+    return config
+
+
+def fail(prog: str, message: str, status: int) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)

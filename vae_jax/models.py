@@ -1,0 +1,277 @@
+"""Flax Linen modules: encoders, decoders and the `VAE` that pairs them. No loss code here.
+
+Parameters live outside the modules, in an explicit ``params`` pytree:
+``params = init_params(model, key)``, then
+``model.apply({"params": params}, x, method=VAE.encode)``. Normalization layers are
+GroupNorm (no running statistics), so there is no mutable model state to carry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "softplus": nn.softplus,
+    "tanh": nn.tanh,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
+}
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_global", "gaussian_pixel")
+ARCHITECTURES = ("mlp", "conv")
+
+# The encoder's log-variance is clipped to this range before use so exp(logvar) cannot
+# overflow float32 (exp(88) does) or underflow to an exactly-zero variance. Typical values
+# lie in [-12, 2], where the clip is the identity; training stops on a non-finite loss anyway.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 30.0
+
+
+class DecoderOutput(NamedTuple):
+    """Parameters of p(x|z).
+
+    Attributes:
+      loc: [..., *image_shape] Bernoulli logits, or the Gaussian mean.
+      logvar: Gaussian log-variance broadcastable to `loc` (scalar, per pixel, or None for
+        the Bernoulli likelihood).
+    """
+
+    loc: jax.Array
+    logvar: jax.Array | None
+
+
+def _one_hot(label: jax.Array | None, num_classes: int, like: jax.Array) -> jax.Array | None:
+    """One-hot labels broadcast to `like`'s leading axes, or None when unconditional."""
+    if num_classes == 0:
+        return None
+    if label is None:
+        raise ValueError("this VAE is conditional (num_classes > 0): pass the batch's labels")
+    onehot = jax.nn.one_hot(label, num_classes, dtype=like.dtype)  # [batch, classes]
+    return jnp.broadcast_to(onehot, (*like.shape[:-1], num_classes))
+
+
+class MLPEncoder(nn.Module):
+    """x [..., *image_shape] -> (mean, logvar), each [..., z_dim], through Dense layers."""
+
+    hidden: Sequence[int]
+    z_dim: int
+    activation: str = "relu"
+    num_classes: int = 0
+    event_ndims: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, label: jax.Array | None = None):
+        h = x.reshape(*x.shape[: x.ndim - self.event_ndims], -1).astype(self.dtype)
+        onehot = _one_hot(label, self.num_classes, h)
+        if onehot is not None:
+            h = jnp.concatenate([h, onehot], axis=-1)
+        for width in self.hidden:
+            h = ACTIVATIONS[self.activation](nn.Dense(width, dtype=self.dtype)(h))
+        # One Dense for both heads: one matmul instead of two (same function as two layers).
+        mean, logvar = jnp.split(nn.Dense(2 * self.z_dim, dtype=self.dtype)(h), 2, axis=-1)
+        return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+
+class MLPDecoder(nn.Module):
+    """z [..., z_dim] -> [..., *image_shape] outputs (logits or means), through Dense layers."""
+
+    hidden: Sequence[int]
+    image_shape: Sequence[int]
+    activation: str = "relu"
+    num_classes: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array, label: jax.Array | None = None) -> jax.Array:
+        h = z.astype(self.dtype)
+        onehot = _one_hot(label, self.num_classes, h)
+        if onehot is not None:
+            h = jnp.concatenate([h, onehot], axis=-1)
+        for width in self.hidden:
+            h = ACTIVATIONS[self.activation](nn.Dense(width, dtype=self.dtype)(h))
+        out = nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(h)
+        return out.reshape(*out.shape[:-1], *self.image_shape)
+
+
+def _group_norm(channels: int, dtype: Any) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=min(8, channels), dtype=dtype)
+
+
+class ConvEncoder(nn.Module):
+    """x [batch, H, W, C] -> (mean, logvar): stride-2 4x4 convs, GroupNorm, LeakyReLU(0.2)."""
+
+    channels: Sequence[int]
+    z_dim: int
+    num_classes: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, label: jax.Array | None = None):
+        h = x.astype(self.dtype)
+        for width in self.channels:
+            h = nn.Conv(width, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype)(h)
+            h = ACTIVATIONS["leaky_relu"](_group_norm(width, self.dtype)(h))
+        h = h.reshape(h.shape[0], -1)
+        onehot = _one_hot(label, self.num_classes, h)
+        if onehot is not None:
+            h = jnp.concatenate([h, onehot], axis=-1)
+        mean, logvar = jnp.split(nn.Dense(2 * self.z_dim, dtype=self.dtype)(h), 2, axis=-1)
+        return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+
+class ConvDecoder(nn.Module):
+    """z [..., z_dim] -> [..., H, W, C]: Dense to a small feature map, then stride-2 4x4
+    transposed convs with GroupNorm and LeakyReLU(0.2), the last one to C output channels."""
+
+    channels: Sequence[int]
+    image_shape: Sequence[int]
+    num_classes: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array, label: jax.Array | None = None) -> jax.Array:
+        height, width, out_channels = self.image_shape
+        factor = 2 ** len(self.channels)
+        h = z.astype(self.dtype)
+        onehot = _one_hot(label, self.num_classes, h)
+        if onehot is not None:
+            h = jnp.concatenate([h, onehot], axis=-1)
+        lead = h.shape[:-1]
+        h = h.reshape(-1, h.shape[-1])
+        start = (height // factor, width // factor, self.channels[-1])
+        h = nn.Dense(math.prod(start), dtype=self.dtype)(h)
+        h = ACTIVATIONS["leaky_relu"](h).reshape(-1, *start)
+        for width_ in reversed(self.channels[:-1]):
+            h = nn.ConvTranspose(width_, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype)(
+                h
+            )
+            h = ACTIVATIONS["leaky_relu"](_group_norm(width_, self.dtype)(h))
+        h = nn.ConvTranspose(
+            out_channels, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype
+        )(h)
+        return h.reshape(*lead, height, width, out_channels)
+
+
+class VAE(nn.Module):
+    """A VAE with a diagonal-Gaussian posterior q(z|x) and prior p(z) = N(0, I).
+
+    Attributes:
+      image_shape: (H, W, C) of one example; vectors can use (D, 1, 1).
+      z_dim: latent dimension.
+      architecture: "mlp" or "conv".
+      hidden: MLP hidden widths, shared by encoder and decoder (the decoder mirrors them).
+      activation: MLP activation, a key of `ACTIVATIONS`.
+      conv_channels: conv widths, one stride-2 layer each; H and W must be divisible by
+        2 ** len(conv_channels).
+      likelihood: "bernoulli" (logits; the default for MNIST, grey or binarized),
+        "gaussian" (fixed std `obs_std`), "gaussian_global" (one learned log-variance) or
+        "gaussian_pixel" (a learned log-variance per pixel).
+      obs_std: the standard deviation of the fixed-variance Gaussian likelihood.
+      num_classes: > 0 makes a conditional VAE: encoder and decoder also see the one-hot
+        label.
+      dtype: compute dtype (jnp.bfloat16 for mixed precision); parameters stay float32.
+    """
+
+    image_shape: tuple[int, ...] = (28, 28, 1)
+    z_dim: int = 20
+    architecture: str = "mlp"
+    hidden: tuple[int, ...] = (400,)
+    activation: str = "relu"
+    conv_channels: tuple[int, ...] = (32, 64)
+    likelihood: str = "bernoulli"
+    obs_std: float = 1.0
+    num_classes: int = 0
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        if self.architecture == "mlp":
+            self.encoder = MLPEncoder(
+                self.hidden,
+                self.z_dim,
+                self.activation,
+                self.num_classes,
+                len(self.image_shape),
+                self.dtype,
+            )
+            self.decoder = MLPDecoder(
+                tuple(reversed(self.hidden)),
+                self.image_shape,
+                self.activation,
+                self.num_classes,
+                self.dtype,
+            )
+        else:
+            self.encoder = ConvEncoder(self.conv_channels, self.z_dim, self.num_classes, self.dtype)
+            self.decoder = ConvDecoder(
+                self.conv_channels, self.image_shape, self.num_classes, self.dtype
+            )
+        if self.likelihood == "gaussian_global":
+            self.obs_logvar = self.param("obs_logvar", nn.initializers.zeros, ())
+        elif self.likelihood == "gaussian_pixel":
+            self.obs_logvar = self.param("obs_logvar", nn.initializers.zeros, self.image_shape)
+
+    def encode(self, x: jax.Array, label: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """x [batch, *image_shape] in [0, 1] -> (mean, logvar) of q(z|x), each [batch, z_dim]."""
+        return self.encoder(x, label)
+
+    def decode(self, z: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
+        """z [..., batch, z_dim] -> the parameters of p(x|z), [..., batch, *image_shape]."""
+        loc = self.decoder(z, label)
+        if self.likelihood == "bernoulli":
+            return DecoderOutput(loc, None)
+        if self.likelihood == "gaussian":
+            return DecoderOutput(loc, jnp.asarray(2.0 * math.log(self.obs_std), loc.dtype))
+        logvar = jnp.clip(self.obs_logvar, LOGVAR_MIN, LOGVAR_MAX)
+        return DecoderOutput(loc, logvar.astype(loc.dtype))
+
+    def __call__(self, x: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
+        """Decode the posterior mean (deterministic); used to initialise parameters."""
+        mean, _ = self.encode(x, label)
+        return self.decode(mean, label)
+
+
+def check_model(model: VAE) -> None:
+    """Raise ValueError with a one-line reason if `model`'s options are inconsistent."""
+    if model.architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {model.architecture!r}")
+    if model.likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {model.likelihood!r}")
+    if model.activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)}, got {model.activation!r}"
+        )
+    if model.z_dim < 1:
+        raise ValueError(f"z_dim must be >= 1, got {model.z_dim}")
+    if any(w < 1 for w in model.hidden) or any(c < 1 for c in model.conv_channels):
+        raise ValueError("hidden sizes and conv channels must be >= 1")
+    if model.obs_std <= 0:
+        raise ValueError(f"obs_std must be > 0, got {model.obs_std}")
+    if model.num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {model.num_classes}")
+    if model.architecture == "conv":
+        if len(model.image_shape) != 3:
+            raise ValueError(f"the conv VAE needs (H, W, C) images, got {model.image_shape}")
+        if not model.conv_channels:
+            raise ValueError("the conv VAE needs at least one conv layer")
+        factor = 2 ** len(model.conv_channels)
+        if model.image_shape[0] % factor or model.image_shape[1] % factor:
+            raise ValueError(
+                f"conv VAE with {len(model.conv_channels)} stride-2 layers needs H and W "
+                f"divisible by {factor}, got {model.image_shape[:2]}"
+            )
+
+
+def init_params(model: VAE, key: jax.Array) -> Any:
+    """Initialise `model`'s parameters from `key`; returns the ``params`` pytree."""
+    check_model(model)
+    x = jnp.zeros((1, *model.image_shape), jnp.float32)
+    label = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+    return model.init(key, x, label)["params"]

@@ -1,0 +1,266 @@
+"""Training: the state, the jitted train step, evaluation, and the epoch loop.
+
+Design (each choice measured in docs/benchmarks.md):
+- The data set lives on the device as uint8; each step gathers its batch by index, scales
+  it to [0, 1] (and binarizes it, for dynamically binarized data) inside the compiled step.
+- `steps_per_call` train steps run as one `lax.scan` inside one `jax.jit` call with the
+  train state donated: no host round trip per step.
+- Every step's key is ``fold_in(train_key, step)`` and every epoch's order is a permutation
+  from ``np.random.default_rng((seed, epoch))``: a run resumed at a step draws exactly the
+  randomness an uninterrupted run draws.
+- The batch is sharded over the ``data`` axis of a device mesh and the parameters are
+  replicated (`jax.sharding`), so the same code runs on 1 CPU, N GPUs or a TPU slice.
+- An epoch of N examples takes ceil(N / batch_size) steps; the last batch is padded to full
+  size and the padding has weight 0, so every example counts once and shapes stay static.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vae_jax.models import VAE, init_params
+from vae_jax.objectives import Objective
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training. The model and optimiser are static.
+
+    Attributes:
+      step: int32 scalar, the number of updates applied.
+      params: the model's parameter pytree (float32).
+      opt_state: the Optax optimiser state.
+      skipped: int32 scalar, updates skipped because of a non-finite loss or gradient.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    skipped: jax.Array
+
+
+class Keys(NamedTuple):
+    """The independent random streams of a run, all derived from its seed."""
+
+    init: jax.Array
+    train: jax.Array
+    eval: jax.Array
+
+
+class DeviceData(NamedTuple):
+    """A split on the device: image uint8 [N, H, W, C] grey levels, label int32 [N]."""
+
+    image: jax.Array
+    label: jax.Array
+
+
+def make_keys(seed: int) -> Keys:
+    init, train, eval_ = jax.random.split(jax.random.key(seed), 3)
+    return Keys(init, train, eval_)
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A 1-D mesh with axis "data" over the first `num_devices` devices (0 = all)."""
+    devices = jax.devices()
+    if num_devices > len(devices):
+        raise ValueError(f"asked for {num_devices} devices, only {len(devices)} are available")
+    devices = devices[: num_devices or len(devices)]
+    return Mesh(np.array(devices), ("data",))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Place every array of `tree` on all devices of `mesh` (works across hosts too)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def put(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
+def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """Adam with the given learning rate (the recipe's optimiser)."""
+    return optax.adam(learning_rate)
+
+
+def init_train_state(
+    model: VAE, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh | None = None
+) -> TrainState:
+    params = init_params(model, key)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+    return state if mesh is None else replicate(state, mesh)
+
+
+def to_device(image: np.ndarray, label: np.ndarray, mesh: Mesh) -> DeviceData:
+    """Put a split on the mesh's devices, replicated (uint8 images stay uint8)."""
+    return replicate(DeviceData(np.asarray(image, np.uint8), np.asarray(label, np.int32)), mesh)
+
+
+def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The example indices and weights of one epoch, [steps, batch_size] each.
+
+    The order is a permutation drawn from ``np.random.default_rng((seed, epoch))``; the
+    last batch is padded with repeated indices of weight 0.
+    """
+    perm = np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
+    steps = math.ceil(n / batch_size)
+    pad = steps * batch_size - n
+    index = np.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
+    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    return index, weight.reshape(steps, batch_size)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def _images_to_x(
+    image: jax.Array, key: jax.Array | None, *, binarize: bool, dtype: Any = jnp.float32
+) -> jax.Array:
+    """uint8 grey levels -> float x in [0, 1], resampled ~ Bernoulli(x) if binarize."""
+    x = image.astype(jnp.float32) * (1.0 / 255.0)
+    if binarize:
+        assert key is not None
+        x = jax.random.bernoulli(key, x).astype(jnp.float32)
+    return x.astype(dtype)
+
+
+def kl_weight(step: jax.Array, *, beta: float, warmup_steps: int) -> jax.Array:
+    """beta, ramped linearly from 0 over the first `warmup_steps` steps (0 = no warm-up)."""
+    if warmup_steps == 0:
+        return jnp.asarray(beta, jnp.float32)
+    return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def make_train_call(
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    binarize: bool = False,
+    kl_warmup_steps: int = 0,
+    skip_nonfinite: bool = False,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Build ``call(state, data, index, weight, train_key) -> (state, metrics)``.
+
+    The compiled call runs ``index.shape[0]`` train steps as one `lax.scan`, with `state`
+    donated. Step s uses batch ``data[index[s]]`` with example weights ``weight[s]`` and key
+    ``fold_in(train_key, state.step)``. The loss is minus the objective (batch-weighted mean,
+    nats per example); its gradient updates the parameters through `tx`. A step whose loss
+    or gradient is not finite leaves the state unchanged when `skip_nonfinite`, else it is
+    applied and the caller must stop (metrics["finite"] says where).
+
+    Returns metrics of shape [steps]: loss, log_likelihood, kl, weight (the batch's total
+    example weight) and finite.
+    """
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    beta = objective.beta
+
+    def train_step(
+        state: TrainState, data: DeviceData, index: jax.Array, weight: jax.Array, train_key
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(train_key, state.step)
+        data_key, sample_key = jax.random.split(key)
+        image = jax.lax.with_sharding_constraint(data.image[index], batch_sharding)
+        batch = {
+            "image": _images_to_x(image, data_key, binarize=binarize),
+            "label": data.label[index],
+        }
+        weight = jax.lax.with_sharding_constraint(weight, batch_sharding)
+        weight_kl = kl_weight(state.step, beta=beta, warmup_steps=kl_warmup_steps)
+
+        def loss_fn(params: Any):
+            terms = objective.terms(params, batch, sample_key, beta=weight_kl, weights=weight)
+            return -terms.elbo, terms
+
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        new = TrainState(state.step + 1, params, opt_state, state.skipped)
+        if skip_nonfinite:
+            keep = TrainState(state.step + 1, state.params, state.opt_state, state.skipped + 1)
+            new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, keep)
+        metrics = {
+            "loss": loss,
+            "log_likelihood": terms.log_likelihood,
+            "kl": terms.kl,
+            "weight": jnp.sum(weight),
+            "finite": finite,
+        }
+        return new, metrics
+
+    def call(state: TrainState, data: DeviceData, index, weight, train_key):
+        def body(state: TrainState, xs: tuple[jax.Array, jax.Array]):
+            return train_step(state, data, *xs, train_key)
+
+        return jax.lax.scan(body, state, (index, weight))
+
+    return jax.jit(call, donate_argnums=0)
+
+
+def make_evaluate(
+    objective: Objective, mesh: Mesh, *, batch_size: int
+) -> Callable[[Any, DeviceData, jax.Array], dict[str, jax.Array]]:
+    """Build ``evaluate(params, data, key) -> {"elbo", "log_likelihood", "kl"}``.
+
+    Means over every example of `data`, in nats per example, of `objective`'s per-example
+    terms, computed in batches of `batch_size` (the last padded with weight 0). Batch i uses
+    key ``fold_in(key, i)``, so the same key gives the same numbers. Images are used as
+    stored: a binarized test set is stored binarized once (0/255), never resampled.
+    """
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+
+    def evaluate(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
+        n = data.image.shape[0]
+        steps = math.ceil(n / batch_size)
+        index = jnp.arange(steps * batch_size) % n
+        weight = (jnp.arange(steps * batch_size) < n).astype(jnp.float32)
+        xs = (index.reshape(steps, -1), weight.reshape(steps, -1), jnp.arange(steps))
+
+        def body(totals, xs):
+            index, weight, i = xs
+            image = jax.lax.with_sharding_constraint(data.image[index], batch_sharding)
+            batch = {"image": _images_to_x(image, None, binarize=False), "label": data.label[index]}
+            terms = objective.per_example(params, batch, jax.random.fold_in(key, i))
+            sums = [jnp.sum(weight * t) for t in terms]
+            return [a + b for a, b in zip(totals, sums, strict=True)], None
+
+        totals, _ = jax.lax.scan(body, [jnp.zeros((), jnp.float32)] * 3, xs)
+        return {
+            name: total / n
+            for name, total in zip(("elbo", "log_likelihood", "kl"), totals, strict=True)
+        }
+
+    return jax.jit(evaluate)
+
+
+def chunks(steps: int, size: int) -> Iterator[tuple[int, int]]:
+    """Split [0, steps) into [start, stop) runs of `size` (the last may be shorter)."""
+    for start in range(0, steps, size):
+        yield start, min(start + size, steps)
