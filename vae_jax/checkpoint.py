@@ -150,7 +150,7 @@ def load_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> Load
     Example:
       >>> loaded = load_checkpoint("runs/mnist")
       >>> mean, logvar = loaded.model.apply(
-      ...     {"params": loaded.params}, images, method=VAE.encode)
+      ...     {"params": loaded.params}, images, method="encode")
 
     Args:
       workdir: the directory given to the experiment (`--workdir`).

@@ -298,7 +298,7 @@ def _builder_cls() -> type:
     import tensorflow_datasets as tfds
     from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-    class ArrayRecordMnist(tfds_mnist.MNIST, skip_registration=True):
+    class ArrayRecordMnist(tfds_mnist.MNIST, skip_registration=True):  # type: ignore[call-arg]
         """``mnist`` 3.0.1 written as ``array_record`` without TensorFlow.
 
         ``arrays_fn`` provides ``{split: (images uint8 [N, 28, 28, 1], labels [N])}``; it is
@@ -427,7 +427,7 @@ def _url_reachable(url: str, timeout: float = _PROBE_TIMEOUT_S) -> bool:
             result.append(True)
         except urllib.error.HTTPError:
             result.append(True)  # The server answered.
-        except Exception:  # noqa: BLE001 - any failure means unreachable
+        except Exception:  # Any failure means unreachable.
             result.append(False)
 
     thread = threading.Thread(target=probe, name="vae_jax-download-probe", daemon=True)
@@ -547,7 +547,7 @@ def _pip_arrays(timeout: float = _PIP_TIMEOUT_S) -> dict[str, tuple[np.ndarray, 
             "--no-input",
             "--disable-pip-version-check",
             "--timeout",
-            "15",
+            "10",
             "--retries",
             "1",
             PIP_REQUIREMENT,
@@ -656,14 +656,16 @@ def prepare_mnist(
         url = _download_url()
         start = time.monotonic()
         if not _url_reachable(url):
-            failures.append(f"download host {url} unreachable (gave up after {_PROBE_TIMEOUT_S} s)")
+            failures.append(
+                f"download host {url} unreachable (no answer within {_PROBE_TIMEOUT_S:g} s)"
+            )
             logger.info(
                 "MNIST download skipped: %s unreachable (%.1f s)", url, time.monotonic() - start
             )
         else:
             try:
                 _prepare(target, _download_arrays, download=True)
-            except Exception as e:  # noqa: BLE001 - fall through to the next source
+            except Exception as e:  # Fall through to the next source.
                 failures.append(f"download failed: {type(e).__name__}: {e}")
                 logger.warning("MNIST download failed: %s", e)
             else:
@@ -823,6 +825,19 @@ def _decode_images(pngs: Sequence[bytes], image_feature: Any, shape: tuple[int, 
     return out
 
 
+def _read_split_decoded(source: Sequence[Mapping[str, Any]]) -> Split:
+    """Reads a whole data source that decodes its examples itself (the general, slower path)."""
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    getitems = getattr(source, "__getitems__", None)
+    for start in range(0, len(source), _READ_CHUNK):
+        keys = list(range(start, min(start + _READ_CHUNK, len(source))))
+        batch = getitems(keys) if getitems is not None else [source[i] for i in keys]
+        images.extend(np.asarray(example["image"]) for example in batch)
+        labels.extend(int(example["label"]) for example in batch)
+    return Split(np.stack(images).astype(np.uint8), np.asarray(labels, np.int32))
+
+
 def read_split(name: str, split: str, data_dir: str | os.PathLike | None) -> Split:
     """Reads a whole split of a prepared array_record TFDS dataset into memory.
 
@@ -858,13 +873,7 @@ def read_split(name: str, split: str, data_dir: str | os.PathLike | None) -> Spl
         and hasattr(tfds.decode, "DeserializeMethod")
     )
     if not fast:
-        source = builder.as_data_source(split=split)
-        images, labels = [], []
-        for start in range(0, len(source), _READ_CHUNK):
-            batch = source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source)))))
-            images.extend(example["image"] for example in batch)
-            labels.extend(example["label"] for example in batch)
-        return Split(np.stack(images).astype(np.uint8), np.asarray(labels, np.int32))
+        return _read_split_decoded(builder.as_data_source(split=split))
 
     from tensorflow_datasets.proto import tf_example_pb2
 

@@ -101,7 +101,7 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
 
 def decoder_mean(model: VAE, params: Any, z: jax.Array, label: jax.Array | None) -> jax.Array:
     """The mean of p(x|z) in [0, 1]: sigmoid(logits), or the clipped Gaussian mean."""
-    output = model.apply({"params": params}, z, label, method=VAE.decode)
+    output = model.apply({"params": params}, z, label, method="decode")
     if model.likelihood == "bernoulli":
         return jax.nn.sigmoid(output.loc.astype(jnp.float32))
     return jnp.clip(output.loc.astype(jnp.float32), 0.0, 1.0)
@@ -109,7 +109,7 @@ def decoder_mean(model: VAE, params: Any, z: jax.Array, label: jax.Array | None)
 
 def reconstruct(model: VAE, params: Any, x: jax.Array, label: jax.Array | None) -> jax.Array:
     """Decode the posterior mean of each image: [batch, *image_shape] in [0, 1]."""
-    mean, _ = model.apply({"params": params}, x, label, method=VAE.encode)
+    mean, _ = model.apply({"params": params}, x, label, method="encode")
     return decoder_mean(model, params, mean, label)
 
 

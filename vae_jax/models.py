@@ -2,7 +2,7 @@
 
 Parameters live outside the modules, in an explicit ``params`` pytree:
 ``params = init_params(model, key)``, then
-``model.apply({"params": params}, x, method=VAE.encode)``. Normalization layers are
+``model.apply({"params": params}, x, method="encode")``. Normalization layers are
 GroupNorm (no running statistics), so there is no mutable model state to carry.
 """
 

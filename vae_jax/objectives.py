@@ -32,6 +32,13 @@ LOG_2PI = math.log(2.0 * math.pi)
 # ----------------------------------------------------------------------------- densities
 
 
+def _left_pad(*arrays: jax.Array) -> list[jax.Array]:
+    """Give every array the largest rank by adding leading axes of size 1 (explicit
+    NumPy-style broadcasting, so the library also runs with rank promotion set to raise)."""
+    ndim = max(a.ndim for a in arrays)
+    return [a.reshape((1,) * (ndim - a.ndim) + a.shape) for a in arrays]
+
+
 def gaussian_kl(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
     """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last axis.
 
@@ -68,7 +75,8 @@ def bernoulli_log_likelihood(x: ArrayLike, logits: ArrayLike, *, event_ndims: in
     Returns:
       [...] log-likelihood in nats.
     """
-    x, logits = jnp.asarray(x, logits.dtype), jnp.asarray(logits)
+    logits = jnp.asarray(logits)
+    x, logits = _left_pad(jnp.asarray(x, logits.dtype), logits)
     elementwise = x * logits - jax.nn.softplus(logits)
     return jnp.sum(elementwise, axis=tuple(range(-event_ndims, 0)))
 
@@ -80,13 +88,14 @@ def gaussian_log_likelihood(
 
     The full density, constant included: ``-0.5 * (log(2 pi) + logvar + (x - mean)^2 /
     exp(logvar))`` per element, so the number is a true log-density in nats (with a fixed
-    variance this is the "MSE" loss up to scale, plus its constant). `logvar` broadcasts
-    against `x` (a scalar for a global variance, an image-shaped array for per-pixel).
+    variance this is the "MSE" loss up to scale, plus its constant). Arguments broadcast
+    after left-padding their shapes (a scalar `logvar` for a global variance, an
+    image-shaped one for per-pixel; `x` [batch, ...] against `mean` [samples, batch, ...]).
 
     Returns:
       [...] log-density in nats.
     """
-    x, mean, logvar = jnp.asarray(x), jnp.asarray(mean), jnp.asarray(logvar)
+    x, mean, logvar = _left_pad(jnp.asarray(x), jnp.asarray(mean), jnp.asarray(logvar))
     elementwise = -0.5 * (LOG_2PI + logvar + jnp.square(x - mean) * jnp.exp(-logvar))
     elementwise = jnp.broadcast_to(elementwise, jnp.broadcast_shapes(x.shape, mean.shape))
     return jnp.sum(elementwise, axis=tuple(range(-event_ndims, 0)))
@@ -117,7 +126,7 @@ def reparameterize(
       [num_samples, batch, z_dim] samples.
     """
     eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
-    return mean + jnp.exp(0.5 * logvar) * eps
+    return mean[None] + jnp.exp(0.5 * logvar)[None] * eps
 
 
 def log_likelihood(
@@ -227,10 +236,10 @@ class Objective:
         x, label = unpack_batch(batch)
         x = x.astype(jnp.float32)
         event_ndims = x.ndim - 1
-        mean, logvar = self.model.apply({"params": params}, x, label, method=VAE.encode)
+        mean, logvar = self.model.apply({"params": params}, x, label, method="encode")
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
         z = reparameterize(key, mean, logvar, self.num_samples)  # [L, batch, z_dim]
-        output = self.model.apply({"params": params}, z, label, method=VAE.decode)
+        output = self.model.apply({"params": params}, z, label, method="decode")
         output = DecoderOutput(
             output.loc.astype(jnp.float32),
             None if output.logvar is None else output.logvar.astype(jnp.float32),
@@ -267,7 +276,7 @@ class Objective:
         if self.free_bits > 0 and self.kind == "elbo":
             x, label = unpack_batch(batch)
             enc_mean, enc_logvar = self.model.apply(
-                {"params": params}, x.astype(jnp.float32), label, method=VAE.encode
+                {"params": params}, x.astype(jnp.float32), label, method="encode"
             )
             kl_dims = gaussian_kl_per_dim(enc_mean, enc_logvar)  # [batch, z_dim]
             kl_dims = jnp.sum(w[:, None] * kl_dims, axis=0) / jnp.sum(w)

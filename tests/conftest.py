@@ -1,0 +1,18 @@
+"""Strict JAX settings for the whole suite: CPU backend, no silent promotion."""
+
+import os
+
+# The README's test command runs on the JAX CPU backend, whatever accelerators exist.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Catch silent broadcasting and dtype bugs (as equinox's tests do).
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture
+def key() -> jax.Array:
+    return jax.random.key(0)

@@ -1,0 +1,170 @@
+"""Objectives against independent references: numpy, Monte Carlo, closed-form log p(x)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.linear_gaussian import LinearGaussianVAE, exact_log_px, exact_posterior_params
+from vae_jax import (
+    VAE,
+    bernoulli_log_likelihood,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    init_params,
+    make_elbo,
+    make_iwae,
+)
+from vae_jax.objectives import Objective
+
+X_DIM, Z_DIM, OBS_LOGVAR = 6, 3, float(np.log(0.3))
+
+
+@pytest.fixture(scope="module")
+def linear():
+    model = LinearGaussianVAE(X_DIM, Z_DIM, OBS_LOGVAR)
+    params = model.init(jax.random.key(1), jnp.zeros((1, X_DIM)))["params"]
+    x = jax.random.normal(jax.random.key(2), (16, X_DIM)) + params["dec_b"][None]
+    return model, params, x
+
+
+def test_gaussian_kl_matches_monte_carlo(key):
+    mean = jnp.array([[0.5, -1.0, 2.0], [0.0, 0.3, -0.7]])
+    logvar = jnp.array([[0.2, -1.5, 0.7], [-0.3, 1.0, 0.0]])
+    mean, logvar = mean[None], logvar[None]
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, (400_000, 2, 3))
+    log_q = jnp.sum(-0.5 * (jnp.log(2 * jnp.pi) + logvar + (z - mean) ** 2 / jnp.exp(logvar)), -1)
+    log_p = jnp.sum(-0.5 * (jnp.log(2 * jnp.pi) + z**2), -1)
+    mc = jnp.mean(log_q - log_p, axis=0)
+    closed = jax.jit(gaussian_kl)(mean[0], logvar[0])
+    assert closed.shape == (2,)
+    np.testing.assert_allclose(closed, mc, atol=0.02)
+    np.testing.assert_allclose(gaussian_kl(jnp.zeros(4), jnp.zeros(4)), 0.0, atol=1e-7)
+
+
+def test_bernoulli_log_likelihood_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 4, 4, 1)).astype(np.float32)
+    logits = rng.normal(0, 3, (5, 4, 4, 1)).astype(np.float32)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    expected = np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), axis=(1, 2, 3))
+    got = jax.jit(lambda x, l: bernoulli_log_likelihood(x, l, event_ndims=3))(x, logits)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("logit", [1e3, -1e3, 80.0, -80.0, 150.0])
+def test_bernoulli_log_likelihood_extreme_logits_are_finite_and_exact(logit):
+    x = jnp.array([[0.0, 1.0, 0.3]])
+    logits = jnp.full((1, 3), logit)
+    got = jax.jit(lambda x, l: bernoulli_log_likelihood(x, l, event_ndims=1))(x, logits)
+    # log sigmoid(l) = -softplus(-l), log(1 - sigmoid(l)) = -softplus(l), exact in float64.
+    softplus = lambda v: np.logaddexp(0.0, v)  # noqa: E731
+    xs = np.array([0.0, 1.0, 0.3])
+    expected = np.sum(-xs * softplus(-logit) - (1 - xs) * softplus(logit))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+    grad = jax.grad(lambda l: bernoulli_log_likelihood(x, l, event_ndims=1).sum())(logits)
+    assert np.isfinite(grad).all()
+
+
+def test_gaussian_log_likelihood_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.random((3, 5)).astype(np.float32)
+    mean = rng.random((3, 5)).astype(np.float32)
+    for logvar in (np.float32(-1.2), rng.normal(size=(5,)).astype(np.float32)):
+        var = np.exp(logvar.astype(np.float64))
+        expected = np.sum(-0.5 * np.log(2 * np.pi * var) - (x - mean) ** 2 / (2 * var), axis=-1)
+        got = gaussian_log_likelihood(x, mean, logvar, event_ndims=1)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_elbo_is_a_lower_bound_and_iwae_tightens_it(linear):
+    model, params, x = linear
+    log_px = exact_log_px(params, np.asarray(x), OBS_LOGVAR).mean()
+    keys = jax.random.split(jax.random.key(3), 400)
+    over_keys = lambda f: jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(params, x, keys)  # noqa: E731
+    elbo = over_keys(make_elbo(model))
+    bounds = {k: over_keys(make_iwae(model, num_samples=k)).mean() for k in (1, 5, 50)}
+    assert elbo.mean() < log_px - 0.1  # an imperfect encoder leaves a gap
+    # IWAE(k=1) is the ELBO with a sampled instead of a closed-form KL: equal in expectation.
+    diff = over_keys(make_iwae(model, num_samples=1)) - elbo
+    assert abs(diff.mean()) < 4 * diff.std() / np.sqrt(diff.size)
+    assert bounds[1] < bounds[5] < bounds[50] <= log_px
+
+
+def test_elbo_is_exact_with_the_exact_posterior(linear):
+    model, params, x = linear
+    w = np.linalg.qr(np.random.default_rng(4).normal(size=(X_DIM, Z_DIM)))[0].T * [
+        [2.0],
+        [1.0],
+        [0.5],
+    ]
+    exact = exact_posterior_params(params, OBS_LOGVAR, orthogonal_w=w)
+    log_px = exact_log_px(exact, np.asarray(x), OBS_LOGVAR).mean()
+    # log p(x, z) - log q(z|x) = log p(x) for every z when q is the exact posterior, so
+    # every IWAE estimate is exact, and the ELBO (closed-form KL) is exact in expectation.
+    keys = jax.random.split(jax.random.key(5), 400)
+    for k in (1, 7):
+        iwae = jax.vmap(make_iwae(model, num_samples=k), in_axes=(None, None, 0))(exact, x, keys)
+        np.testing.assert_allclose(iwae, np.full(400, log_px), rtol=1e-4)
+    elbo = jax.vmap(make_elbo(model), in_axes=(None, None, 0))(exact, x, keys)
+    assert abs(elbo.mean() - log_px) < 4 * elbo.std() / np.sqrt(elbo.size)
+
+
+def test_elbo_under_jit_grad_vmap_and_deterministic_per_key(key):
+    model = VAE(hidden=(32,), z_dim=4)
+    params = init_params(model, key)
+    batch = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+    elbo = make_elbo(model)
+    k1, k2 = jax.random.key(10), jax.random.key(11)
+    value = jax.jit(elbo)(params, batch, k1)
+    assert value.shape == () and value.dtype == jnp.float32
+    np.testing.assert_allclose(elbo(params, batch, k1), value, rtol=1e-6)
+    assert jax.jit(elbo)(params, batch, k1) == value  # same key, same value
+    assert jax.jit(elbo)(params, batch, k2) != value  # the key is the only randomness
+    grads = jax.jit(jax.grad(elbo))(params, batch, k1)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    # vmap over keys and over a leading axis of batches
+    per_key = jax.vmap(elbo, in_axes=(None, None, 0))(params, batch, jnp.stack([k1, k2]))
+    np.testing.assert_allclose(per_key[0], value, rtol=1e-5)
+    per_batch = jax.vmap(elbo, in_axes=(None, 0, None))(params, batch.reshape(2, 4, 28, 28, 1), k1)
+    assert per_batch.shape == (2,)
+
+
+def test_elbo_terms_decompose_and_beta(key):
+    model = VAE(hidden=(32,), z_dim=4)
+    params = init_params(model, key)
+    batch = {"image": jax.random.randint(key, (8, 28, 28, 1), 0, 256).astype(jnp.uint8)}
+    terms = make_elbo(model).terms(params, batch, key)
+    np.testing.assert_allclose(terms.elbo, terms.log_likelihood - terms.kl, rtol=1e-6)
+    beta4 = make_elbo(model, beta=4.0).terms(params, batch, key)
+    np.testing.assert_allclose(beta4.elbo, terms.log_likelihood - 4.0 * terms.kl, rtol=1e-6)
+    np.testing.assert_allclose(make_elbo(model, beta=1.0)(params, batch, key), terms.elbo)
+    # L samples: the mean of L single-sample log-likelihoods, same closed-form KL.
+    multi = make_elbo(model, num_samples=5).terms(params, batch, key)
+    np.testing.assert_allclose(multi.kl, terms.kl, rtol=1e-6)
+    assert multi.elbo != terms.elbo
+
+
+def test_free_bits_only_raises_small_kl_terms(key):
+    model = VAE(hidden=(32,), z_dim=4)
+    params = init_params(model, key)
+    batch = jax.random.uniform(key, (8, 28, 28, 1))
+    plain = make_elbo(model).terms(params, batch, key)
+    huge = make_elbo(model, free_bits=100.0).terms(params, batch, key)
+    np.testing.assert_allclose(huge.elbo, plain.log_likelihood - 4 * 100.0, rtol=1e-6)
+    tiny = make_elbo(model, free_bits=1e-9).terms(params, batch, key)
+    np.testing.assert_allclose(tiny.elbo, plain.elbo, rtol=1e-5)
+
+
+def test_objective_rejects_bad_options():
+    model = VAE()
+    with pytest.raises(ValueError, match="num_samples"):
+        make_iwae(model, num_samples=0)
+    with pytest.raises(ValueError, match="beta"):
+        make_elbo(model, beta=-1.0)
+    with pytest.raises(ValueError, match="kind"):
+        Objective(model, "nope")
+    assert make_iwae(model, num_samples=50).name == "IWAE (k=50)"
+    assert make_elbo(model, beta=4.0).name == "beta-ELBO (beta=4)"
