@@ -48,7 +48,7 @@ def test_bernoulli_log_likelihood_matches_numpy():
     logits = rng.normal(0, 3, (5, 4, 4, 1)).astype(np.float32)
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
     expected = np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), axis=(1, 2, 3))
-    got = jax.jit(lambda x, l: bernoulli_log_likelihood(x, l, event_ndims=3))(x, logits)
+    got = jax.jit(lambda x, lg: bernoulli_log_likelihood(x, lg, event_ndims=3))(x, logits)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -56,14 +56,14 @@ def test_bernoulli_log_likelihood_matches_numpy():
 def test_bernoulli_log_likelihood_extreme_logits_are_finite_and_exact(logit):
     x = jnp.array([[0.0, 1.0, 0.3]])
     logits = jnp.full((1, 3), logit)
-    got = jax.jit(lambda x, l: bernoulli_log_likelihood(x, l, event_ndims=1))(x, logits)
+    got = jax.jit(lambda x, lg: bernoulli_log_likelihood(x, lg, event_ndims=1))(x, logits)
     # log sigmoid(l) = -softplus(-l), log(1 - sigmoid(l)) = -softplus(l), exact in float64.
     softplus = lambda v: np.logaddexp(0.0, v)  # noqa: E731
     xs = np.array([0.0, 1.0, 0.3])
     expected = np.sum(-xs * softplus(-logit) - (1 - xs) * softplus(logit))
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got[0], expected, rtol=1e-6)
-    grad = jax.grad(lambda l: bernoulli_log_likelihood(x, l, event_ndims=1).sum())(logits)
+    grad = jax.grad(lambda lg: bernoulli_log_likelihood(x, lg, event_ndims=1).sum())(logits)
     assert np.isfinite(grad).all()
 
 

@@ -3,7 +3,7 @@
 The public API; see the README for a tour.
 """
 
-from vae_jax.checkpoint import CheckpointError, Checkpointer, LoadedModel, load_checkpoint
+from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_checkpoint
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from vae_jax.data import DataUnavailableError, Split, load_mnist, prepare_mnist
 from vae_jax.experiment import decoder_mean, reconstruct, run_experiment
