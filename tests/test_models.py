@@ -1,0 +1,101 @@
+"""Shapes, options and validation of the Flax modules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import VAE, init_params, make_elbo
+from vae_jax.config import ModelConfig
+from vae_jax.experiment import decoder_mean
+from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, check_model
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        VAE(),
+        VAE(hidden=(500, 500), activation="softplus"),
+        VAE(hidden=(200, 200), activation="tanh", z_dim=50),
+        VAE(architecture="conv"),
+        VAE(architecture="conv", image_shape=(32, 32, 1), conv_channels=(32, 64, 128)),
+        VAE(num_classes=10),
+        VAE(architecture="conv", num_classes=10, likelihood="gaussian_pixel"),
+    ],
+    ids=["mlp400", "softplus500", "iwae_tanh", "conv28", "conv32", "cvae", "conv_cvae_gauss"],
+)
+def test_encode_decode_shapes(model, key):
+    params = init_params(model, key)
+    x = jax.random.uniform(key, (5, *model.image_shape))
+    label = jnp.arange(5) % 10 if model.num_classes else None
+    mean, logvar = model.apply({"params": params}, x, label, method="encode")
+    assert mean.shape == logvar.shape == (5, model.z_dim)
+    z = jax.random.normal(key, (3, 5, model.z_dim))  # [samples, batch, z]
+    out = model.apply({"params": params}, z, label, method="decode")
+    assert out.loc.shape == (3, 5, *model.image_shape)
+    assert (out.logvar is None) == (model.likelihood == "bernoulli")
+
+
+def test_mlp_matches_the_pytorch_recipe_parameter_count(key):
+    params = init_params(VAE(), key)
+    count = sum(p.size for p in jax.tree.leaves(params))
+    # fc1 784x400+400, fc21/fc22 2x(400x20+20), fc3 20x400+400, fc4 400x784+784
+    assert count == (784 * 400 + 400) + 2 * (400 * 20 + 20) + (20 * 400 + 400) + (400 * 784 + 784)
+
+
+def test_logvar_is_clipped_so_exp_cannot_overflow(key):
+    model = VAE(hidden=(8,), z_dim=2)
+    params = init_params(model, key)
+    params = jax.tree.map(lambda p: p * 1e4, params)  # absurd weights: huge pre-activations
+    x = jnp.ones((2, 28, 28, 1))
+    _, logvar = model.apply({"params": params}, x, method="encode")
+    assert float(logvar.min()) >= LOGVAR_MIN and float(logvar.max()) <= LOGVAR_MAX
+    assert np.isfinite(np.exp(np.asarray(logvar))).all()
+
+
+def test_conditional_samples_change_with_the_label(key):
+    model = VAE(hidden=(32,), z_dim=4, num_classes=10)
+    params = init_params(model, key)
+    z = jax.random.normal(key, (10, 4))
+    same_z = jnp.broadcast_to(z[:1], (10, 4))
+    images = decoder_mean(model, params, same_z, jnp.arange(10))
+    # the same z decoded under ten labels gives ten different images
+    diffs = jnp.abs(images[:, None] - images[None, :]).sum(axis=(2, 3, 4))
+    assert float(diffs[~jnp.eye(10, dtype=bool)].min()) > 1e-3
+    with pytest.raises(ValueError, match="labels"):
+        model.apply({"params": params}, z, None, method="decode")
+
+
+def test_gaussian_likelihoods_have_their_parameters(key):
+    assert "obs_logvar" not in init_params(VAE(likelihood="gaussian"), key)
+    assert init_params(VAE(likelihood="gaussian_global"), key)["obs_logvar"].shape == ()
+    pixel = init_params(VAE(likelihood="gaussian_pixel"), key)["obs_logvar"]
+    assert pixel.shape == (28, 28, 1)
+    # fixed std: log p(x|z) uses log(obs_std^2)
+    model = VAE(likelihood="gaussian", obs_std=0.5, hidden=(8,), z_dim=2)
+    out = model.apply({"params": init_params(model, key)}, jnp.zeros((1, 2)), method="decode")
+    np.testing.assert_allclose(out.logvar, np.log(0.25), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"z_dim": 0}, "z_dim"),
+        ({"architecture": "rnn"}, "architecture"),
+        ({"likelihood": "poisson"}, "likelihood"),
+        ({"activation": "swish2"}, "activation"),
+        ({"architecture": "conv", "conv_channels": (8, 8, 8)}, "divisible by 8"),
+        ({"obs_std": 0.0}, "obs_std"),
+    ],
+)
+def test_bad_model_options_raise_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        check_model(VAE(**options))
+
+
+def test_bfloat16_compute_keeps_float32_params(key):
+    model = ModelConfig(dtype="bfloat16", hidden=(32,), z_dim=4).build((28, 28, 1))
+    params = init_params(model, key)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    value = make_elbo(model)(params, jax.random.uniform(key, (4, 28, 28, 1)), key)
+    assert value.dtype == jnp.float32 and np.isfinite(value)
