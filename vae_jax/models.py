@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -192,8 +192,10 @@ class VAE(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
+        encoder: nn.Module
+        decoder: nn.Module
         if self.architecture == "mlp":
-            self.encoder = MLPEncoder(
+            encoder = MLPEncoder(
                 self.hidden,
                 self.z_dim,
                 self.activation,
@@ -201,7 +203,7 @@ class VAE(nn.Module):
                 len(self.image_shape),
                 self.dtype,
             )
-            self.decoder = MLPDecoder(
+            decoder = MLPDecoder(
                 tuple(reversed(self.hidden)),
                 self.image_shape,
                 self.activation,
@@ -209,10 +211,11 @@ class VAE(nn.Module):
                 self.dtype,
             )
         else:
-            self.encoder = ConvEncoder(self.conv_channels, self.z_dim, self.num_classes, self.dtype)
-            self.decoder = ConvDecoder(
+            encoder = ConvEncoder(self.conv_channels, self.z_dim, self.num_classes, self.dtype)
+            decoder = ConvDecoder(
                 self.conv_channels, self.image_shape, self.num_classes, self.dtype
             )
+        self.encoder, self.decoder = encoder, decoder
         if self.likelihood == "gaussian_global":
             self.obs_logvar = self.param("obs_logvar", nn.initializers.zeros, ())
         elif self.likelihood == "gaussian_pixel":
@@ -275,3 +278,19 @@ def init_params(model: VAE, key: jax.Array) -> Any:
     x = jnp.zeros((1, *model.image_shape), jnp.float32)
     label = jnp.zeros((1,), jnp.int32) if model.num_classes else None
     return model.init(key, x, label)["params"]
+
+
+def encode(
+    model: nn.Module, params: Any, x: jax.Array, label: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(mean, logvar) of q(z|x), each [batch, z_dim], for any module with an `encode` method."""
+    return cast(
+        tuple[jax.Array, jax.Array], model.apply({"params": params}, x, label, method="encode")
+    )
+
+
+def decode(
+    model: nn.Module, params: Any, z: jax.Array, label: jax.Array | None = None
+) -> DecoderOutput:
+    """The parameters of p(x|z), [..., batch, *image_shape], for any module with `decode`."""
+    return cast(DecoderOutput, model.apply({"params": params}, z, label, method="decode"))

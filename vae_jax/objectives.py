@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from vae_jax.models import VAE, DecoderOutput
+from vae_jax.models import VAE, DecoderOutput, decode, encode
 
 Params = Any
 Batch = jax.Array | Mapping[str, jax.Array]
@@ -133,7 +133,7 @@ def log_likelihood(
     model: VAE, x: jax.Array, output: DecoderOutput, *, event_ndims: int
 ) -> jax.Array:
     """log p(x|z) for the model's likelihood, summed over the event axes: [...] in nats."""
-    if model.likelihood == "bernoulli":
+    if model.likelihood == "bernoulli" or output.logvar is None:
         return bernoulli_log_likelihood(x, output.loc, event_ndims=event_ndims)
     return gaussian_log_likelihood(x, output.loc, output.logvar, event_ndims=event_ndims)
 
@@ -188,7 +188,8 @@ class Objective:
     [0, 1]) or a mapping with "image" and, for a conditional model, "label" ``[batch]`` int.
 
     Attributes:
-      model: the `VAE` module.
+      model: the `VAE` module, or any Flax module with `encode(x, label) -> (mean, logvar)`,
+        `decode(z, label) -> DecoderOutput` and a `likelihood` attribute.
       kind: "elbo" (ELBO, beta-VAE, multi-sample SGVB) or "iwae".
       beta: weight of the KL term (1.0 is the ELBO). Ignored by "iwae".
       num_samples: L, the posterior samples per example (the multi-sample SGVB estimator
@@ -236,10 +237,10 @@ class Objective:
         x, label = unpack_batch(batch)
         x = x.astype(jnp.float32)
         event_ndims = x.ndim - 1
-        mean, logvar = self.model.apply({"params": params}, x, label, method="encode")
+        mean, logvar = encode(self.model, params, x, label)
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
         z = reparameterize(key, mean, logvar, self.num_samples)  # [L, batch, z_dim]
-        output = self.model.apply({"params": params}, z, label, method="decode")
+        output = decode(self.model, params, z, label)
         output = DecoderOutput(
             output.loc.astype(jnp.float32),
             None if output.logvar is None else output.logvar.astype(jnp.float32),
@@ -275,9 +276,7 @@ class Objective:
         terms = ElboTerms(mean(per.elbo), mean(per.log_likelihood), mean(per.kl))
         if self.free_bits > 0 and self.kind == "elbo":
             x, label = unpack_batch(batch)
-            enc_mean, enc_logvar = self.model.apply(
-                {"params": params}, x.astype(jnp.float32), label, method="encode"
-            )
+            enc_mean, enc_logvar = encode(self.model, params, x.astype(jnp.float32), label)
             kl_dims = gaussian_kl_per_dim(enc_mean, enc_logvar)  # [batch, z_dim]
             kl_dims = jnp.sum(w[:, None] * kl_dims, axis=0) / jnp.sum(w)
             kl_fb = jnp.sum(jnp.maximum(kl_dims, self.free_bits))
