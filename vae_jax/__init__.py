@@ -6,6 +6,8 @@ The public API; see the README for a tour.
 from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_checkpoint
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from vae_jax.data import DataUnavailableError, Split, load_mnist, prepare_mnist
+from vae_jax.estimator import VAEEstimator
+from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
 from vae_jax.experiment import decoder_mean, reconstruct, run_experiment
 from vae_jax.loop import FitResult, fit
 from vae_jax.models import VAE, DecoderOutput, init_params
@@ -41,11 +43,14 @@ __all__ = [
     "Split",
     "TrainConfig",
     "TrainState",
+    "VAEEstimator",
     "bernoulli_log_likelihood",
     "decoder_mean",
+    "evaluate_checkpoint",
     "fit",
     "gaussian_kl",
     "gaussian_log_likelihood",
+    "importance_log_likelihood",
     "init_params",
     "load_checkpoint",
     "load_mnist",

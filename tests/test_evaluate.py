@@ -1,0 +1,333 @@
+"""Tests for vae_jax.evaluate: the IS estimator against closed forms, and the evaluate CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.linear_gaussian import LinearGaussianVAE, exact_log_px
+from vae_jax.evaluate import (
+    active_units,
+    bernoulli_log_prob_fused,
+    bits_per_dim,
+    elbo,
+    evaluate_dataset,
+    importance_log_likelihood,
+    importance_terms,
+)
+from vae_jax.models import VAE, init_params
+from vae_jax.objectives import bernoulli_log_likelihood
+
+OBS_LOGVAR = math.log(0.5)
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian():
+    """A linear-Gaussian VAE whose encoder is close to, but not, the exact posterior.
+
+    The decoder W is generic, so the exact posterior has a full covariance that the
+    diagonal encoder cannot represent; on top, the encoder's mean map is 10% too large
+    and its variances 35% too wide (an over-dispersed, reasonable proposal).
+    """
+    x_dim, z_dim = 6, 3
+    model = LinearGaussianVAE(x_dim=x_dim, z_dim=z_dim, obs_logvar=OBS_LOGVAR)
+    params = model.init(jax.random.key(0), jnp.zeros((1, x_dim)))["params"]
+    w = np.asarray(params["dec_w"], np.float64)  # [z, x]
+    b = np.asarray(params["dec_b"], np.float64)
+    s2 = math.exp(OBS_LOGVAR)
+    cov = np.linalg.inv(np.eye(z_dim) + w @ w.T / s2)  # exact posterior covariance
+    a = 1.1 * (w.T @ cov / s2)  # exact mean map is (x - b) @ w.T @ cov / s2
+    params = dict(params)
+    params["enc_a"] = jnp.asarray(a, jnp.float32)
+    params["enc_c"] = jnp.asarray(-b @ a, jnp.float32)
+    params["enc_logvar"] = jnp.asarray(np.log(1.35 * np.diag(cov)), jnp.float32)
+    x = b + np.asarray(jax.random.normal(jax.random.key(1), (12, x_dim)), np.float64) @ (
+        np.linalg.cholesky(w.T @ w + s2 * np.eye(x_dim)).T
+    )
+    x = x.astype(np.float32)  # [12, x_dim] drawn from p(x)
+    return model, params, x, exact_log_px(params, x, OBS_LOGVAR)
+
+
+_COMPILED: dict = {}
+
+
+def _is_fn(model, *, num_samples, sample_chunk):
+    """A jitted `importance_terms`, built once per configuration (compiling is the slow part)."""
+    key = (model, num_samples, sample_chunk)
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(
+            functools.partial(
+                importance_terms, model, num_samples=num_samples, sample_chunk=sample_chunk
+            )
+        )
+    return _COMPILED[key]
+
+
+def test_is_converges_to_exact_log_px(linear_gaussian):
+    model, params, x, exact = linear_gaussian
+    terms = _is_fn(model, num_samples=5000, sample_chunk=500)(params, x, None, jax.random.key(2))
+    log_px = np.asarray(terms.log_px, np.float64)
+    assert np.max(np.abs(log_px - exact)) < 0.05
+    # The encoder is imperfect: the ELBO is well below log p(x), so the test is not trivial.
+    assert np.mean(exact - np.asarray(terms.elbo)) > 0.1
+    # Convergence: the error shrinks as k grows (means over the 12 examples).
+    errors = []
+    for k in (1, 100):
+        small = _is_fn(model, num_samples=k, sample_chunk=k)(params, x, None, jax.random.key(3))
+        errors.append(np.mean(exact - np.asarray(small.log_px)))
+    errors.append(np.mean(exact - log_px))
+    assert errors[0] > errors[1] > abs(errors[2]) - 1e-3
+
+
+def test_chunking_and_batching_do_not_change_the_estimate(linear_gaussian):
+    model, params, x, _ = linear_gaussian
+    key = jax.random.key(4)
+    whole = _is_fn(model, num_samples=300, sample_chunk=300)(params, x, None, key)
+    chunked = _is_fn(model, num_samples=300, sample_chunk=7)(params, x, None, key)  # 7 * 43
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+    # An example's estimate does not depend on the other examples in its batch.
+    result = evaluate_dataset(
+        model, params, x, None, key, num_samples=300, sample_chunk=16, batch_size=5, progress=False
+    )
+    np.testing.assert_allclose(result.terms.log_px, np.asarray(whole.log_px), atol=1e-4)
+    np.testing.assert_allclose(
+        result.posterior_mean,
+        x @ np.asarray(params["enc_a"]) + np.asarray(params["enc_c"])[None],
+        atol=1e-5,
+    )
+    # Same key, same numbers; another key, other numbers.
+    again = _is_fn(model, num_samples=300, sample_chunk=300)(params, x, None, key)
+    np.testing.assert_array_equal(np.asarray(again.log_px), np.asarray(whole.log_px))
+    other = _is_fn(model, num_samples=300, sample_chunk=300)(params, x, None, jax.random.key(5))
+    assert not np.allclose(np.asarray(other.log_px), np.asarray(whole.log_px))
+
+
+def test_is_is_above_the_elbo_and_the_elbo_matches(linear_gaussian):
+    model, params, x, exact = linear_gaussian
+    terms = _is_fn(model, num_samples=5000, sample_chunk=500)(params, x, None, jax.random.key(6))
+    assert np.all(np.asarray(terms.log_px) >= np.asarray(terms.elbo))
+    assert np.all(np.asarray(terms.elbo) < exact)
+    # The k-sample ELBO agrees with the objective's ELBO averaged over many samples.
+    one = jax.jit(functools.partial(elbo, model, num_samples=5000))(
+        params, x, None, jax.random.key(7)
+    )
+    np.testing.assert_allclose(np.asarray(one), np.asarray(terms.elbo), atol=0.15)
+    # The public one-output function gives the same numbers.
+    log_px = jax.jit(
+        functools.partial(importance_log_likelihood, model, num_samples=5000, sample_chunk=500)
+    )(params, x, None, jax.random.key(6))
+    np.testing.assert_array_equal(np.asarray(log_px), np.asarray(terms.log_px))
+
+
+def test_bernoulli_vae_matches_quadrature():
+    """A Bernoulli MLP VAE with z_dim 1: log p(x) by numerical integration over z."""
+    model = VAE(image_shape=(5, 5, 1), z_dim=1, hidden=(16,), activation="tanh")
+    params = init_params(model, jax.random.key(0))
+    x = (jax.random.uniform(jax.random.key(1), (6, 5, 5, 1)) < 0.4).astype(jnp.float32)
+    z = jnp.linspace(-9.0, 9.0, 20001)[:, None]  # [G, 1]
+    logits = model.apply({"params": params}, z, method="decode").loc  # [G, 5, 5, 1]
+    log_px_z = bernoulli_log_likelihood(x[:, None], logits[None], event_ndims=3)  # [6, G]
+    log_prior = -0.5 * (math.log(2 * math.pi) + jnp.square(z[:, 0]))
+    dz = float(z[1, 0] - z[0, 0])
+    exact = jax.nn.logsumexp(log_px_z + log_prior[None], axis=1) + math.log(dz)
+    terms = _is_fn(model, num_samples=5000, sample_chunk=250)(params, x, None, jax.random.key(2))
+    np.testing.assert_allclose(np.asarray(terms.log_px), np.asarray(exact), atol=0.05)
+    assert np.all(np.asarray(terms.log_px) >= np.asarray(terms.elbo))
+
+
+@pytest.mark.parametrize("d", [50, 784])  # with and without padding to groups of 16
+def test_fused_bernoulli_matches_the_reference(d):
+    keys = jax.random.split(jax.random.key(d), 3)
+    logits = 8.0 * jax.random.normal(keys[0], (3, 4, d))
+    logits = logits.at[0, 0, :3].set(jnp.array([1e3, -1e3, 0.0]))
+    grey = jax.random.uniform(keys[1], (4, d))
+    binary = (jax.random.uniform(keys[2], (4, d)) < 0.5).astype(jnp.float32)
+    fused = jax.jit(bernoulli_log_prob_fused)
+    for x in (grey, binary):
+        reference = bernoulli_log_likelihood(x[None], logits, event_ndims=1)
+        np.testing.assert_allclose(
+            np.asarray(fused(x, logits)), np.asarray(reference), rtol=2e-6, atol=2e-3
+        )
+
+
+def test_active_units_on_a_constructed_case():
+    rng = np.random.default_rng(0)
+    n = 20000
+    stds = np.array([1.0, 0.3, 0.05, 0.0])  # variances 1, 0.09, 0.0025, 0
+    mean = rng.standard_normal((n, 4)) * stds[None] + 3.0
+    units = active_units(mean)
+    assert units.num_active == 2
+    np.testing.assert_allclose(units.variance, stds**2, rtol=0.05, atol=1e-6)
+    assert active_units(mean, threshold=0.001).num_active == 3
+    with pytest.raises(ValueError, match="N >= 2"):
+        active_units(mean[:1])
+
+
+def test_bits_per_dim():
+    log_px = jnp.array([-784 * math.log(2.0), -392 * math.log(2.0)])
+    np.testing.assert_allclose(np.asarray(bits_per_dim(log_px, 784)), [1.0, 0.5], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A z_dim-2 model trained for one epoch on 200 tiny synthetic 'digits' (seconds)."""
+    from experiments import mnist
+    from vae_jax.data import write_idx_files
+
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+
+    def digits(n):
+        labels = rng.integers(0, 10, n)
+        images = np.zeros((n, 28, 28), np.uint8)
+        for i, label in enumerate(labels):  # a bar whose position encodes the label
+            images[i, 4:24, 2 + 2 * label : 6 + 2 * label] = 255
+        return images, labels
+
+    train, test = digits(200), digits(60)
+    write_idx_files(root / "idx", *train, *test)
+    workdir = root / "run"
+    status = mnist.main(
+        [
+            "--workdir", str(workdir),
+            "--data_dir", str(root / "tfds"),
+            "--mnist_dir", str(root / "idx"),
+            "--epochs", "1",
+            "--batch_size", "50",
+            "--hidden", "32",
+            "--z_dim", "2",
+            "--binarize", "dynamic",
+            "--no_progress",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    return root, workdir
+
+
+def _evaluate_args(root, workdir, *extra):
+    return [
+        "--workdir", str(workdir),
+        "--data_dir", str(root / "tfds"),
+        "--mnist_dir", str(root / "idx"),
+        "--no_progress",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_cli_evaluates_a_checkpoint(tiny_run, capsys):
+    from experiments import evaluate
+
+    root, workdir = tiny_run
+    out = root / "pictures"
+    status = evaluate.main(
+        _evaluate_args(
+            root, workdir, "--num_samples", "64", "--sample_chunk", "10", "--out", str(out)
+        )
+    )
+    assert status == 0
+    report = json.loads((workdir / "evaluation_k64.json").read_text())
+    assert report["num_examples"] == 60 and report["num_samples"] == 64
+    assert report["is_key"] == "nll_is_k64"
+    assert report["is_ge_elbo"] and report["nll_is_k64"] <= report["neg_elbo"]
+    assert report["bits_per_dim_is_k64"] == pytest.approx(
+        report["nll_is_k64"] / (784 * math.log(2))
+    )
+    assert 0 <= report["active_units"] <= 2 and report["z_dim"] == 2
+    assert "binarized once" in report["binarization"] and report["peak_rss_mib"] > 0
+    for name in ("latent_scatter", "latent_manifold", "interpolations", "training_curves"):
+        assert (out / f"{name}.png").stat().st_size > 1000
+    assert "nll_is_k64" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num_samples", "0"], "must be a positive integer"),
+        (["--num_samples", "many"], "not an integer"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_cli_bad_flags_fail_with_one_line(tiny_run, capsys, extra, message):
+    from experiments import evaluate
+
+    root, workdir = tiny_run
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(_evaluate_args(root, workdir, *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_missing_workdir_and_help(tmp_path, capsys):
+    from experiments import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--workdir", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert "not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--workdir", str(tmp_path)])  # a directory, but no run in it
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    text = capsys.readouterr().out
+    for action in evaluate.build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text
+
+
+def test_report_names_grey_level_numbers_as_losses():
+    from vae_jax.config import ExperimentConfig
+    from vae_jax.evaluate import DatasetResult, ImportanceTerms, make_report
+
+    config = ExperimentConfig()  # grey-level MNIST, Bernoulli: not a normalised density
+    model = config.model.build(config.data.image_shape)
+    params = init_params(model, jax.random.key(0))
+    log_px = np.array([-100.0, -90.0])
+    terms = ImportanceTerms(log_px, log_px - 2.0, log_px - 20.0, np.array([18.0, 18.0]))
+    result = DatasetResult(terms, np.array([[0.0, 1.0], [1.0, 0.0]]), 2.0, 1.0, 1)
+    report = make_report(
+        result, config=config, model=model, params=params, num_samples=10, normalised=False
+    )
+    assert report["is_key"] == "neg_is_estimate_k10" and report["neg_is_estimate_k10"] == 95.0
+    assert "nll_is_k10" not in report and not any(k.startswith("bits_per_dim") for k in report)
+    assert "not NLLs" in report["caveat"] and report["neg_elbo"] == 97.0
+    assert report["is_ge_elbo"] and report["decoder_flops_per_eval"] == 2 * (20 * 400 + 400 * 784)
+    assert report["decoder_evals_per_second"] == 10.0  # the second example in the second second
+
+
+def test_conditional_gaussian_pixel_model_batches_like_single_examples():
+    """Labels are tiled in the same order as the samples: a batch gives each example the
+    numbers it gets alone (a misaligned label would change them)."""
+    model = VAE(image_shape=(4, 4, 1), z_dim=2, hidden=(8,), likelihood="gaussian_pixel",
+                num_classes=3)  # fmt: skip
+    params = init_params(model, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (4, 4, 4, 1))
+    labels = np.array([0, 1, 2, 1])
+    batch = evaluate_dataset(
+        model, params, x, labels, jax.random.key(2), num_samples=40, sample_chunk=8,
+        batch_size=4, progress=False,
+    )  # fmt: skip
+    alone = evaluate_dataset(
+        model, params, x, labels, jax.random.key(2), num_samples=40, sample_chunk=8,
+        batch_size=1, progress=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(batch.terms.log_px, alone.terms.log_px, rtol=1e-5, atol=1e-4)
+    assert np.all(np.isfinite(batch.terms.log_px))
+    assert np.mean(batch.terms.log_px) >= np.mean(batch.terms.elbo)
+    relabelled = evaluate_dataset(
+        model, params, x, np.array([1, 2, 0, 0]), jax.random.key(2), num_samples=40,
+        sample_chunk=8, batch_size=4, progress=False,
+    )  # fmt: skip
+    assert not np.allclose(relabelled.terms.log_px, batch.terms.log_px)
