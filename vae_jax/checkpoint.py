@@ -1,22 +1,44 @@
-"""Checkpoints with Orbax: atomic saves, keep-last-K, fall back past a corrupt latest one.
+"""Checkpoints with Orbax: atomic saves, keep-last-K, verified restores, no pickle.
 
 A work directory holds ``config.json`` (the `ExperimentConfig` that made it) and
 ``checkpoints/<step>/`` written by an Orbax `CheckpointManager`: ``state`` (the `TrainState`
 arrays, tensorstore/OCDBT) and ``meta`` (JSON: epoch, per-epoch records, partial-epoch
-sums). Orbax writes each step into a temporary directory and renames it when complete, so
-a run killed mid-write leaves the previous checkpoints untouched. Nothing is pickled.
+sums, the configuration and a SHA-256 ``digest`` of the arrays and the rest of the meta).
+
+Failure modes and what they leave:
+- killed while writing: Orbax writes ``<step>.orbax-checkpoint-tmp/`` and renames it to
+  ``<step>/`` when complete, so earlier checkpoints are untouched; the next writer removes
+  the temporary directory.
+- killed while pruning: old checkpoints (beyond `max_to_keep`) are first renamed into
+  ``checkpoints/.trash/`` (atomic), then deleted, so no half-deleted ``<step>/`` remains.
+- disk full or unwritable while saving: `CheckpointError` names the step that is intact.
+- truncated, garbled or missing files: each checkpoint lists its files with their sizes and
+  SHA-256 (``vae_jax_files.json``, written once the checkpoint is complete), checked before
+  reading; the digest of the restored arrays is checked after. A damaged checkpoint is
+  skipped with a `RuntimeWarning` and the previous one is used (a writer also moves it to
+  ``checkpoints/.unreadable/<step>`` so it is never tried again, nor deleted).
+
+Nothing is pickled: arrays are tensorstore/zarr chunks, everything else is JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
+import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vae_jax.config import ExperimentConfig
@@ -27,6 +49,9 @@ log = logging.getLogger("vae_jax.checkpoint")
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
+TRASH_SUBDIR = ".trash"  # pruned checkpoints are renamed here, then deleted
+UNREADABLE_SUBDIR = ".unreadable"  # unreadable checkpoints are moved here, kept for inspection
+FILES_MANIFEST = "vae_jax_files.json"  # in each checkpoint: {path: [size, sha256]}
 
 
 class CheckpointError(RuntimeError):
@@ -34,42 +59,95 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Saves and restores `TrainState` plus JSON metadata under ``workdir/checkpoints``."""
+    """Saves and restores `TrainState` plus JSON metadata under ``workdir/checkpoints``.
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3) -> None:
+    Args:
+      workdir: the experiment's work directory.
+      max_to_keep: how many of the newest checkpoints a writer keeps.
+      read_only: only restore (never create, prune, clean up or move anything); what
+        `load_checkpoint` uses, so that reading a directory a run is writing is safe.
+    """
+
+    def __init__(
+        self, workdir: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False
+    ) -> None:
         self.directory = Path(workdir).absolute() / CHECKPOINT_SUBDIR
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.read_only = read_only
+        if read_only:  # (Orbax's own read_only option logs warnings on every use)
+            options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                create=True,
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,  # what a run killed mid-save left behind
+                todelete_subdir=TRASH_SUBDIR,  # prune by atomic rename, then delete
+            )
+        try:
+            if not read_only:
+                self.directory.mkdir(parents=True, exist_ok=True)  # fails if it is a file
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot use {self.directory} for checkpoints ({type(error).__name__}: {error})"
+            ) from error
+        if not read_only:
+            self._empty_trash()
 
     def steps(self) -> list[int]:
         """The steps of the complete checkpoints on disk, oldest first."""
+        if self.read_only and not self.directory.is_dir():
+            return []
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
-        """Write a checkpoint for `step`, atomically; raise `CheckpointError` on failure."""
+        """Write a checkpoint for `step`, atomically; raise `CheckpointError` on failure.
+
+        `meta` must be JSON-serializable; a ``digest`` entry is added to it.
+        """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only")
+        meta = {**meta, "digest": state_digest(state, meta)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
             self.manager.save(step, args=args, force=True)
             self.manager.wait_until_finished()
         except Exception as error:  # disk full, permissions, ...: say what is intact
-            previous = [s for s in self.steps() if s != step]
-            kept = f"the checkpoint at step {previous[-1]} is intact" if previous else "none kept"
+            previous: list[int] = []
+            with contextlib.suppress(Exception):
+                self.manager.wait_until_finished()
+            with contextlib.suppress(Exception):
+                previous = [s for s in self.steps() if s != step]
+            kept = (
+                f"the checkpoint at step {previous[-1]} is intact"
+                if previous
+                else "no earlier checkpoint exists"
+            )
             raise CheckpointError(
                 f"could not write the checkpoint at step {step} in {self.directory} "
-                f"({type(error).__name__}: {error}); {kept}"
+                f"({type(error).__name__}: {_one_line(error)}); {kept}"
             ) from error
+        try:
+            _write_manifest(self.directory / str(step))
+        except OSError as error:  # the checkpoint itself is complete: it is just unlisted
+            log.warning("could not list the files of checkpoint %d: %s", step, error)
+        self._empty_trash()
 
     def restore(
-        self, target: TrainState, step: int | None = None
+        self,
+        target: TrainState,
+        step: int | None = None,
+        *,
+        check: Callable[[TrainState, dict[str, Any]], None] | None = None,
     ) -> tuple[TrainState, dict[str, Any], int] | None:
         """Restore the newest readable checkpoint (or exactly `step`), shaped like `target`.
 
-        A checkpoint that fails to load (truncated or corrupted files, wrong structure) is
-        skipped with a warning and the previous one is tried. Returns (state, meta, step),
-        or None when there is no checkpoint at all.
+        A checkpoint that fails to load (truncated, garbled or missing files, a digest that
+        does not match, a different structure, or `check(state, meta)` raising) is skipped
+        with a `RuntimeWarning` and the previous one is tried; a writer also moves it to
+        ``checkpoints/.unreadable/``. Returns (state, meta, step), or None when there is no
+        checkpoint at all.
         """
         steps = self.steps()
         if step is not None:
@@ -82,16 +160,25 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
             )
             try:
+                _check_manifest(self.directory / str(candidate))
+                _check_stored_like(self.directory / str(candidate) / "state", abstract)
                 restored = self.manager.restore(candidate, args=args)
                 state, meta = restored.state, restored.meta
                 _check_like(state, target)
+                _check_digest(state, meta, candidate)
+                if check is not None:
+                    check(state, meta)
             except Exception as error:  # corrupt or incompatible: fall back, loudly
+                # A failed Orbax restore leaves coroutines behind; collect them now, so that
+                # what they report is not attributed to whatever runs next.
+                gc.collect()
+                moved = "" if self.read_only else self._set_aside(candidate)
                 message = (
                     f"checkpoint at step {candidate} in {self.directory} is unreadable "
-                    f"({type(error).__name__}: {str(error)[:200]}); trying the previous one"
+                    f"({type(error).__name__}: {_one_line(error)[:200]}){moved}; "
+                    "trying the previous one"
                 )
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
-                log.warning(message)
                 continue
             return state, meta, candidate
         if steps:
@@ -101,10 +188,145 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
+    def _set_aside(self, step: int) -> str:
+        """Move an unreadable checkpoint out of the way (renamed, not deleted)."""
+        source = self.directory / str(step)
+        destination = self.directory / UNREADABLE_SUBDIR / str(step)
+        try:
+            destination.parent.mkdir(exist_ok=True)
+            shutil.rmtree(destination, ignore_errors=True)
+            source.rename(destination)
+            self.manager.reload()
+        except OSError:
+            return ""
+        return f"; moved to {destination}"
+
+    def _empty_trash(self) -> None:
+        shutil.rmtree(self.directory / TRASH_SUBDIR, ignore_errors=True)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+    """List every file of a complete checkpoint with its size and SHA-256 (atomically)."""
+    files = {
+        p.relative_to(directory).as_posix(): [p.stat().st_size, _file_sha256(p)]
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != FILES_MANIFEST
+    }
+    tmp = directory / f"{FILES_MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
+    os.replace(tmp, directory / FILES_MANIFEST)
+
+
+def _check_manifest(directory: Path) -> None:
+    """Raise ValueError if a file listed in the checkpoint's manifest is missing or differs.
+
+    (A checkpoint without a manifest, from a run killed just after writing it, is read as
+    is: the digest of its arrays is still checked.)
+    """
+    path = directory / FILES_MANIFEST
+    if not path.exists():
+        return
+    try:
+        files = json.loads(path.read_text())["files"]
+        items = [(name, int(size), str(sha)) for name, (size, sha) in files.items()]
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"its file list {FILES_MANIFEST} is damaged ({error})") from None
+    for name, size, sha in items:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"its file list {FILES_MANIFEST} names {name!r}, outside it")
+        file = directory / name
+        if not file.is_file():
+            raise ValueError(f"its file {name} is missing")
+        actual = file.stat().st_size
+        if actual != size:
+            raise ValueError(f"its file {name} has {actual} bytes, {size} were written")
+        if _file_sha256(file) != sha:
+            raise ValueError(f"its file {name} has changed since it was written (SHA-256)")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _host_array(x: Any) -> np.ndarray:
+    """A host copy of a (replicated) array, also when it spans several hosts."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_shards[0].data
+    return np.asarray(x)
+
+
+def state_digest(state: Any, meta: dict[str, Any]) -> str:
+    """SHA-256 over `meta` (canonical JSON, without its own digest) and every array of
+    `state` (tree path, dtype, shape and bytes): a restored checkpoint must reproduce it."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in meta.items() if k != "digest"}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        array = np.ascontiguousarray(_host_array(leaf))
+        h.update(f"{jax.tree_util.keystr(path)} {array.dtype.str} {array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _check_digest(state: Any, meta: Any, step: int) -> None:
+    if not isinstance(meta, dict):
+        raise ValueError("its metadata is not a JSON object")
+    if "digest" not in meta:  # written before digests existed: cannot be verified
+        log.info("checkpoint at step %d has no digest; its contents are not verified", step)
+        return
+    if state_digest(state, meta) != meta["digest"]:
+        raise ValueError("its arrays or metadata do not match the digest written with them")
+
+
+def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+    names = []
+    for key in path:
+        for attribute in ("name", "key", "idx"):
+            if hasattr(key, attribute):
+                names.append(str(getattr(key, attribute)))
+                break
+        else:
+            names.append(str(key))
+    return tuple(names)
+
+
+def _check_stored_like(directory: Path, target: Any) -> None:
+    """Raise ValueError unless the arrays stored in `directory` (from their metadata) have
+    `target`'s paths, shapes and dtypes; checked before reading any array."""
+    from etils import epath
+
+    stored = ocp.StandardCheckpointHandler().metadata(epath.Path(directory))
+    have = {
+        _path_names(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
+    }
+    want = {
+        _path_names(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]
+    }
+    if set(have) != set(want):
+        missing = sorted("/".join(p) for p in set(want) - set(have))[:3]
+        raise ValueError(f"checkpoint has a different structure than this model (lacks {missing})")
+    for path, (shape, dtype) in sorted(want.items()):
+        if have[path] != (shape, dtype):
+            stored_shape, stored_dtype = have[path]
+            raise ValueError(
+                f"checkpoint array {'/'.join(path)} is {stored_shape} {stored_dtype}, "
+                f"the model's is {shape} {dtype}"
+            )
+
 
 def _check_like(state: Any, target: Any) -> None:
     """Raise ValueError unless `state` has `target`'s tree structure, shapes and dtypes."""
-    if jax.tree.structure(state) != jax.tree.structure(target):
+    if jax.tree.structure(state) != jax.tree.structure(target):  # type: ignore[operator]
         raise ValueError("checkpoint has a different structure than this model")
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(target), strict=True):
         if a.shape != b.shape or a.dtype != b.dtype:
@@ -122,6 +344,9 @@ def write_config(workdir: str | os.PathLike, config: ExperimentConfig) -> None:
 def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
     """The configuration recorded in `workdir`, or None if it has none.
 
+    Every value is checked: its type (against the field's default), its range (through the
+    configuration's own checks and by building the model and objective).
+
     Raises:
       CheckpointError: the file exists but is not a valid configuration.
     """
@@ -129,9 +354,82 @@ def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
     if not path.exists():
         return None
     try:
-        return ExperimentConfig.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path} is not a valid vae_jax configuration: {error}") from error
+        values = json.loads(path.read_text())
+        check_config_types(values)
+        config = ExperimentConfig.from_dict(values)
+        check_config(config)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as error:
+        raise CheckpointError(
+            f"{path} is not a valid vae_jax configuration: {_one_line(error)[:300]}"
+        ) from error
+    return config
+
+
+def check_config_types(values: Any) -> None:
+    """Raise ValueError unless `values` (a `to_dict()` read back from JSON) has, in every
+    field, a value of the type of the field's default (ints not bools, finite floats)."""
+    defaults = ExperimentConfig().to_dict()
+    if not isinstance(values, dict):
+        raise ValueError(f"expected a JSON object, got {type(values).__name__}")
+    for section, fields in values.items():
+        if section not in defaults:
+            raise ValueError(f"unknown section {section!r}")
+        if not isinstance(fields, dict):
+            raise ValueError(f"{section} must be a JSON object, got {type(fields).__name__}")
+        for name, value in fields.items():
+            if name in defaults[section] and not _same_kind(value, defaults[section][name]):
+                kind = type(defaults[section][name]).__name__
+                raise ValueError(f"{section}.{name} must be of type {kind}, got {value!r}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and math.isfinite(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, list | tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+    return False
+
+
+def describe_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+    """'section.field: A there, B here; ...' for the fields where two config dicts differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            inner = describe_difference(va, vb, f"{prefix}{key}.")
+            if inner:
+                out.append(inner)
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va} there, {vb} here")
+    return "; ".join(out)
+
+
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Raise ValueError (one line) unless `config` can be trained as it is.
+
+    The dataclasses check their own fields; this adds what needs several of them: the seed
+    range, and building the model and the objective.
+    """
+    if not 0 <= config.train.seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {config.train.seed}")
+    for section in ("model", "objective", "data", "train"):
+        for name, value in dataclasses.asdict(getattr(config, section)).items():
+            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+                raise ValueError(f"{name} must be a finite float32 number, got {value}")
+    model = config.model.build(config.data.image_shape)
+    config.objective.build(model)
 
 
 class LoadedModel(NamedTuple):
@@ -145,7 +443,7 @@ class LoadedModel(NamedTuple):
 
 
 def load_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> LoadedModel:
-    """Load a trained model from an experiment's work directory.
+    """Load a trained model from an experiment's work directory (read-only).
 
     Example:
       >>> loaded = load_checkpoint("runs/mnist")
@@ -155,14 +453,18 @@ def load_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> Load
     Args:
       workdir: the directory given to the experiment (`--workdir`).
       step: a specific checkpoint; default the newest readable one.
+
+    Raises:
+      CheckpointError: no configuration, no checkpoint, or none readable.
     """
     config = read_config(workdir)
     if config is None:
         raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a vae_jax work directory")
     model = config.model.build(config.data.image_shape)
     tx = make_optimizer(config.train.learning_rate)
-    target = init_train_state(model, tx, make_keys(config.train.seed).init)
-    checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
+    key = make_keys(config.train.seed).init
+    target = jax.eval_shape(lambda: init_train_state(model, tx, key))  # shapes only
+    checkpointer = Checkpointer(workdir, read_only=True)
     try:
         restored = checkpointer.restore(target, step)
     finally:

@@ -2,6 +2,8 @@
 
 Every flag overrides one field of the chosen recipe (`--recipe`, default "pytorch"); a flag
 not given keeps the recipe's value. `--help` lists each flag with the default recipe's value.
+Each value is checked when parsed (type, range, choices, non-empty paths) and again as a
+whole configuration (`check_config`); flags must be spelled in full (no abbreviations).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from vae_jax.checkpoint import FLOAT32_MAX, MAX_SEED, check_config
 from vae_jax.config import ExperimentConfig
 from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from vae_jax.recipes import RECIPES
@@ -45,20 +48,38 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-def _positive_float(text: str) -> float:
-    value = _nonnegative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+def _seed(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_SEED}, got {text!r}")
     return value
 
 
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty path")
+    return text
+
+
+def _positive_float(text: str) -> float:
+    return _float(text, positive=True)
+
+
 def _nonnegative_float(text: str) -> float:
+    return _float(text, positive=False)
+
+
+def _float(text: str, *, positive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):  # rejects nan, inf and negatives
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    # (comparisons with nan are False: nan is refused along with inf and negatives)
+    if not (value > 0 if positive else value >= 0) or not value <= FLOAT32_MAX:
+        bound = "> 0" if positive else ">= 0"
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {bound} (at most {FLOAT32_MAX:.4g}), got {text!r}"
+        )
     return value
 
 
@@ -76,7 +97,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 # flag -> (config section, field, argparse type, choices, help)
-_Flag = tuple[str, str, Callable[[str], Any], Sequence[str] | None, str]
+_Flag = tuple[str, str, Callable[[str], Any], Sequence[Any] | None, str]
 FLAGS: dict[str, _Flag] = {
     "epochs": ("train", "epochs", _nonnegative_int, None, "passes over the training set"),
     "batch_size": ("train", "batch_size", _positive_int, None, "examples per update"),
@@ -84,7 +105,7 @@ FLAGS: dict[str, _Flag] = {
     "seed": (
         "train",
         "seed",
-        _nonnegative_int,
+        _seed,
         None,
         "seed of every random stream (init, data order, samples, evaluation)",
     ),
@@ -196,8 +217,8 @@ FLAGS: dict[str, _Flag] = {
     "image_size": (
         "data",
         "image_size",
-        _positive_int,
-        None,
+        _int,
+        (28, 32),
         "28, or 32 (MNIST zero-padded, for the conv VAE)",
     ),
 }
@@ -209,8 +230,11 @@ def build_parser(prog: str = "python -m experiments.mnist") -> argparse.Argument
         prog=prog,
         description="Train a VAE on MNIST: per-epoch sample and reconstruction grids, "
         "metrics.jsonl (nats per example) and Orbax checkpoints in --workdir. Re-running "
-        "the same command resumes from the last checkpoint.",
+        "the same command resumes from the last checkpoint, exactly. A --workdir of another "
+        "configuration is refused, and so is --no_resume on one with checkpoints, unless "
+        "--overwrite.",
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--recipe",
@@ -225,6 +249,8 @@ def build_parser(prog: str = "python -m experiments.mnist") -> argparse.Argument
         default = getattr(getattr(defaults, section), field)
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
+        if choices is not None:
+            text += f"; one of {', '.join(map(str, choices))}"
         group.add_argument(
             f"--{flag}",
             type=kind,
@@ -242,16 +268,19 @@ def build_parser(prog: str = "python -m experiments.mnist") -> argparse.Argument
     run = parser.add_argument_group("run options")
     run.add_argument(
         "--workdir",
+        type=_path,
         default="runs/mnist",
         help="where checkpoints, metrics and images go (default: runs/mnist)",
     )
     run.add_argument(
         "--data_dir",
+        type=_path,
         default=None,
         help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )
     run.add_argument(
         "--mnist_dir",
+        type=_path,
         default=None,
         help="directory with the four MNIST IDX files, used to prepare the "
         "dataset offline (default: $VAE_JAX_MNIST_DIR)",
@@ -260,25 +289,31 @@ def build_parser(prog: str = "python -m experiments.mnist") -> argparse.Argument
         "--overwrite",
         action="store_true",
         default=False,
-        help="reuse a work directory that holds a different configuration",
+        help="start afresh in a work directory that holds a different (or unreadable) "
+        "configuration, or, with --no_resume, checkpoints of this one: its checkpoints, "
+        "metrics and images are deleted first (a directory of the same configuration is "
+        "still resumed without --no_resume)",
     )
     run.add_argument(
         "--no_resume",
         action="store_true",
         default=False,
-        help="start from scratch even if the work directory has a checkpoint",
+        help="start from scratch; refused if the work directory has checkpoints, "
+        "unless --overwrite (which deletes them)",
     )
     run.add_argument(
         "--checkpoint_every_steps",
         type=_nonnegative_int,
         default=0,
-        help="also checkpoint every N train steps (default: 0, epochs only)",
+        help="also checkpoint once N train steps have passed since the last checkpoint, "
+        "at the end of a compiled call (default: 0, epochs only)",
     )
     run.add_argument(
         "--skip_nonfinite",
         action="store_true",
         default=False,
-        help="skip (and count) updates whose loss or gradient is NaN/inf instead of stopping",
+        help="skip (and count, as skipped_updates in metrics.jsonl) updates whose loss or "
+        "gradient is NaN/inf instead of stopping; stops anyway if a whole epoch is skipped",
     )
     run.add_argument("--no_progress", action="store_true", help="no progress bar")
     run.add_argument(
@@ -303,8 +338,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         config = dataclasses.replace(
             config, **{section: dataclasses.replace(getattr(config, section), **changes)}
         )
-    config.model.build(config.data.image_shape)  # validates the model options
-    config.objective.build(config.model.build(config.data.image_shape))
+    check_config(config)  # seed range, model and objective options
     return config
 
 

@@ -2,6 +2,7 @@
 
 A work directory holds:
   config.json                 the configuration that owns the directory
+  .lock                       locked (flock) while a run uses the directory
   metrics.jsonl               one JSON record per epoch (rewritten atomically each epoch)
   checkpoints/<step>/         Orbax checkpoints (the last `keep_checkpoints`, and the final)
   images/samples_epochNNN.png          64 samples from the prior (fixed z across epochs)
@@ -12,11 +13,13 @@ A work directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +27,17 @@ import numpy as np
 
 from vae_jax import data as data_lib
 from vae_jax import visualize
-from vae_jax.checkpoint import read_config, write_config
+from vae_jax.checkpoint import (
+    CHECKPOINT_SUBDIR,
+    CONFIG_FILE,
+    CheckpointError,
+    describe_difference,
+    read_config,
+    write_config,
+)
 from vae_jax.config import ExperimentConfig
 from vae_jax.loop import FitResult, fit
-from vae_jax.models import VAE
+from vae_jax.models import VAE, DecoderOutput
 from vae_jax.train import TrainState
 
 
@@ -53,13 +63,52 @@ def binarize_once(images: np.ndarray, seed: int) -> np.ndarray:
 
 
 def prepare_workdir(
-    workdir: str | os.PathLike, config: ExperimentConfig, *, overwrite: bool
+    workdir: str | os.PathLike, config: ExperimentConfig, *, overwrite: bool, resume: bool = True
 ) -> Path:
     """Create `workdir`, check it is writable and that it belongs to `config`.
 
-    A directory made by a different configuration (other than the epoch budget and the
-    checkpoint cadence) is refused unless `overwrite`, so no earlier run is lost by mistake.
+    Nothing is lost by mistake: a directory whose ``config.json`` holds a different
+    configuration (other than the epoch budget and the checkpoint cadence), is unreadable,
+    or is missing while checkpoints exist, is refused unless `overwrite`; so is a directory
+    with checkpoints of this configuration when `resume` is False. With `overwrite`, those
+    checkpoints, metrics and images are deleted and the run starts afresh; a directory of
+    the same configuration is resumed (unless `resume` is False), `overwrite` or not.
+
+    Raises:
+      WorkdirError: the directory cannot be used; the message says how to proceed.
     """
+    path = _writable_dir(workdir)
+    steps = _checkpoint_steps(path)
+    try:
+        existing = read_config(path)
+    except CheckpointError as error:
+        problem = str(error)
+    else:
+        if existing is None:
+            problem = f"{path} has checkpoints but no {CONFIG_FILE}" if steps else ""
+        elif existing.identity() != config.identity():
+            diff = describe_difference(existing.identity(), config.identity())
+            problem = f"{path} holds a run of a different configuration ({diff})"
+        elif steps and not resume:
+            problem = (
+                f"{path} holds checkpoints of this configuration (the newest at step "
+                f"{steps[-1]}), which --no_resume would discard; drop --no_resume to resume"
+            )
+        else:
+            problem = ""
+    if problem and not overwrite:
+        raise WorkdirError(
+            f"{problem}; use another --workdir, or --overwrite to start afresh there"
+        )
+    if problem:
+        _discard_outputs(path)
+    write_config(path, config)
+    return path
+
+
+def _writable_dir(workdir: str | os.PathLike) -> Path:
+    if not os.fspath(workdir):
+        raise WorkdirError("the work directory is an empty path")
     path = Path(workdir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -70,38 +119,61 @@ def prepare_workdir(
         raise WorkdirError(
             f"work directory {path} is not writable: {error.strerror or error}"
         ) from error
-    existing = read_config(path)
-    if existing is not None and existing.identity() != config.identity():
-        if not overwrite:
-            diff = _diff(existing.identity(), config.identity())
-            raise WorkdirError(
-                f"{path} holds a run of a different configuration ({diff}); "
-                "use another --workdir, or --overwrite to start afresh there"
-            )
-        import shutil
-
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        (path / "metrics.jsonl").unlink(missing_ok=True)
-    write_config(path, config)
     return path
 
 
-def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            inner = _diff(va, vb, f"{prefix}{key}.")
-            if inner:
-                out.append(inner)
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va} there, {vb} here")
-    return "; ".join(out)
+def _checkpoint_steps(path: Path) -> list[int]:
+    """The complete checkpoints in `path`, by their directory names (nothing is opened)."""
+    directory = path / CHECKPOINT_SUBDIR
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _discard_outputs(path: Path) -> None:
+    """Delete a previous run's outputs: moved aside first (atomic renames), then deleted,
+    so a run killed meanwhile leaves either the old outputs or none, never half of them."""
+    trash = path / ".discarded"
+    shutil.rmtree(trash, ignore_errors=True)
+    trash.mkdir()
+    for name in (CHECKPOINT_SUBDIR, "metrics.jsonl", "images", CONFIG_FILE):
+        if (path / name).exists():
+            (path / name).rename(trash / name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def workdir_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path/.lock`` (released when the process dies, even by
+    SIGKILL), so two runs never write the same work directory."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(path / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise WorkdirError(
+                f"{path} is in use by another run (pid {holder}); wait for it to finish, "
+                "or use another --workdir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def decoder_mean(model: VAE, params: Any, z: jax.Array, label: jax.Array | None) -> jax.Array:
     """The mean of p(x|z) in [0, 1]: sigmoid(logits), or the clipped Gaussian mean."""
-    output = model.apply({"params": params}, z, label, method="decode")
+    output = cast(DecoderOutput, model.apply({"params": params}, z, label, method="decode"))
     if model.likelihood == "bernoulli":
         return jax.nn.sigmoid(output.loc.astype(jnp.float32))
     return jnp.clip(output.loc.astype(jnp.float32), 0.0, 1.0)
@@ -118,15 +190,21 @@ def make_epoch_pictures(
 ) -> Callable[[int, TrainState], None]:
     """A hook that writes the per-epoch PNGs; the prior samples use one fixed z throughout."""
     images_dir = workdir / "images"
-    z = jax.random.normal(jax.random.key(seed + 1), (64, model.z_dim))
-    sample_labels = jnp.arange(64) % 10
-    x = jnp.asarray(test_images[:32], jnp.float32) / 255.0
-    labels = jnp.asarray(test_labels[:32], jnp.int32)
-    conditional = model.num_classes > 0
     per_class = 10
-    class_z = jax.random.normal(jax.random.key(seed + 2), (per_class, model.z_dim))
-    class_z = jnp.tile(class_z, (10, 1))  # the same 10 z for every digit
-    class_labels = jnp.repeat(jnp.arange(10), per_class)
+
+    @jax.jit  # one compiled call instead of one per eager op
+    def fixed_z() -> tuple[jax.Array, jax.Array]:
+        z = jax.random.normal(jax.random.key(seed + 1), (64, model.z_dim))
+        class_z = jax.random.normal(jax.random.key(seed + 2), (per_class, model.z_dim))
+        return z, jnp.tile(class_z, (10, 1))  # the same 10 z for every digit
+
+    z, class_z = fixed_z()
+    # (host arrays put on the device as they are: no eager op to compile)
+    sample_labels = jnp.asarray(np.arange(64, dtype=np.int32) % 10)
+    class_labels = jnp.asarray(np.repeat(np.arange(10, dtype=np.int32), per_class))
+    x = jnp.asarray(np.asarray(test_images[:32], np.float32) / np.float32(255.0))
+    labels = jnp.asarray(np.asarray(test_labels[:32], np.int32))
+    conditional = model.num_classes > 0
 
     @jax.jit
     def pictures(params: Any):
@@ -209,8 +287,54 @@ def run_experiment(
     checkpoint_every_steps: int = 0,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train `config` on MNIST into `workdir`: checkpoints, metrics.jsonl and PNGs."""
-    path = prepare_workdir(workdir, config, overwrite=overwrite)
+    """Train `config` on MNIST into `workdir`: checkpoints, metrics.jsonl and PNGs.
+
+    See `prepare_workdir` for when `workdir` is resumed, refused or (with `overwrite`)
+    cleared, and `fit` for the rest of the arguments.
+
+    Raises:
+      ValueError: a bad configuration, path or data file (`WorkdirError` for the work
+        directory); the message is one line.
+      CheckpointError, NonFiniteError, DataUnavailableError, OSError: see `fit`.
+    """
+    check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
+    with workdir_lock(_writable_dir(workdir)):
+        return _run(
+            config,
+            workdir,
+            data_dir=data_dir,
+            mnist_dir=mnist_dir,
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+            skip_nonfinite=skip_nonfinite,
+            checkpoint_every_steps=checkpoint_every_steps,
+            log=log,
+        )
+
+
+def check_paths(*, data_dir: str | None, mnist_dir: str | None) -> None:
+    """Raise ValueError unless the data paths given can be used."""
+    if data_dir is not None and (not data_dir or Path(data_dir).expanduser().is_file()):
+        raise ValueError(f"data_dir {data_dir!r} is not a directory")
+    if mnist_dir is not None and not Path(mnist_dir).expanduser().is_dir():
+        raise ValueError(f"mnist_dir {mnist_dir!r} is not a directory")
+
+
+def _run(
+    config: ExperimentConfig,
+    workdir: str | os.PathLike,
+    *,
+    data_dir: str | None,
+    mnist_dir: str | None,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    skip_nonfinite: bool,
+    checkpoint_every_steps: int,
+    log: Callable[[str], None],
+) -> FitResult:
+    path = prepare_workdir(workdir, config, overwrite=overwrite, resume=resume)
     train, test = load_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
     model = config.model.build(config.data.image_shape)
     pictures = make_epoch_pictures(path, model, test.image, test.label, config.train.seed)

