@@ -1,0 +1,1 @@
+"""Speed benchmarks (not part of the library): ``python -m benchmarks.speed --help``."""
