@@ -17,7 +17,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from vae_jax.config import ModelConfig
 from vae_jax.models import init_params
@@ -108,14 +107,6 @@ def test_bf16_training_keeps_float32_state():
     assert float(metrics["loss"][-1]) < float(metrics["loss"][0])  # it learns
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bias gradients are summed in bfloat16: JAX transposes the bias broadcast of a "
-    "bf16 layer into a bf16 reduce_sum, which saturates over batch x pixels (the conv "
-    "decoder's output bias gets 8.0 instead of 236.6). Fix in models.py: compute the "
-    "decoder's output layer in float32 (docs/benchmarks.md, mixed precision).",
-)
 def test_bf16_conv_output_bias_gradient():
     model32, model16 = _models(architecture="conv", conv_channels=(8, 16))
     params = init_params(model32, jax.random.key(0))

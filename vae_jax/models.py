@@ -97,7 +97,9 @@ class MLPDecoder(nn.Module):
             h = jnp.concatenate([h, onehot], axis=-1)
         for width in self.hidden:
             h = ACTIVATIONS[self.activation](nn.Dense(width, dtype=self.dtype)(h))
-        out = nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(h)
+        # The output layer runs in float32 even under mixed precision: its bias gradient sums
+        # over batch x pixels, which saturates in bfloat16 (tests/test_precision.py).
+        out = nn.Dense(math.prod(self.image_shape), dtype=jnp.float32)(h)
         return out.reshape(*out.shape[:-1], *self.image_shape)
 
 
@@ -154,8 +156,9 @@ class ConvDecoder(nn.Module):
                 h
             )
             h = ACTIVATIONS["leaky_relu"](_group_norm(width_, self.dtype)(h))
+        # float32 output layer under mixed precision, as in MLPDecoder (bias-gradient sums).
         h = nn.ConvTranspose(
-            out_channels, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype
+            out_channels, (4, 4), strides=(2, 2), padding="SAME", dtype=jnp.float32
         )(h)
         return h.reshape(*lead, height, width, out_channels)
 
