@@ -116,7 +116,8 @@ def init_train_state(
 
 def to_device(image: np.ndarray, label: np.ndarray, mesh: Mesh) -> DeviceData:
     """Put a split on the mesh's devices, replicated (uint8 images stay uint8)."""
-    return replicate(DeviceData(np.asarray(image, np.uint8), np.asarray(label, np.int32)), mesh)
+    on_device = replicate((np.asarray(image, np.uint8), np.asarray(label, np.int32)), mesh)
+    return DeviceData(*on_device)
 
 
 def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
