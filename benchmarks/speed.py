@@ -11,7 +11,8 @@ even when absolute numbers drift with the machine's load):
    ``steps_per_call``, as `vae_jax.loop.fit` runs it), interleaved epoch by epoch with the
    PyTorch eager reference (`benchmarks/torch_vae.py`); medians;
 4. the time to the first trained step in a fresh process (`benchmarks/first_step.py`);
-5. a batch-size sweep.
+5. the train call compiled with vae_jax's XLA:CPU options against XLA's defaults;
+6. a batch-size sweep.
 
 The seed recipe: MLP 784-400-20 (ReLU), Bernoulli loss on grey-level MNIST, Adam 1e-3,
 batch 128 (`--recipe pytorch`). Usage, from the repository root::
@@ -337,6 +338,46 @@ def input_pipeline(recipe: JaxRecipe, *, reps: int) -> dict[str, Any]:
     return out
 
 
+def xla_options_ab(recipe: JaxRecipe, *, chunks_n: int) -> dict[str, Any]:
+    """The library's train call compiled with vae_jax's CPU options vs XLA's defaults.
+
+    Both variants train their own copy of the state on the same 64-step chunks, in turn,
+    `chunks_n` times each; chunk times are scaled to seconds per epoch. On a shared machine
+    the minimum is the least disturbed sample.
+    """
+    tc = recipe.config.train
+    steps = tc.steps_per_call
+    variants = {
+        "vae_jax_cpu_options": recipe.call,
+        "xla_defaults": jax.jit(recipe.call.__wrapped__, donate_argnums=0),
+    }
+    model = recipe.config.model.build(tuple(recipe.data.image.shape[1:]))
+    states = {
+        name: init_train_state(model, recipe.tx, recipe.keys.init, recipe.mesh) for name in variants
+    }
+    index, weight = epoch_order(recipe.n, tc.batch_size, seed=tc.seed, epoch=0)
+    n_chunks = recipe.steps // steps
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(chunks_n + 1):  # the first round compiles
+        lo = (i % n_chunks) * steps
+        for name, call in variants.items():
+            start = time.perf_counter()
+            states[name], metrics = call(
+                states[name],
+                recipe.data,
+                index[lo : lo + steps],
+                weight[lo : lo + steps],
+                recipe.keys.train,
+            )
+            jax.device_get(metrics)
+            if i:
+                times[name].append((time.perf_counter() - start) * recipe.steps / steps)
+    return {
+        name: {"median_s": _median(t), "min_s": min(t), "chunks": len(t)}
+        for name, t in times.items()
+    }
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -444,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
         help="sweep ('' to skip; default: %(default)s)",
     )
     parser.add_argument("--sweep_epochs", type=int, default=2, help="timed epochs per batch size")
+    parser.add_argument(
+        "--ab_chunks",
+        type=int,
+        default=40,
+        help="chunks per variant in the A/B of vae_jax's XLA:CPU options (0 to skip)",
+    )
     parser.add_argument("--sweep_torch", action="store_true", help="also sweep PyTorch")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument(
@@ -595,6 +642,12 @@ def main(argv: list[str] | None = None) -> int:
     summary["library_loop_overhead"] = jax_s / step_s - 1
     _say(f"  library loop vs one whole-epoch call: {summary['library_loop_overhead']:+.1%}")
     report["headline"] = summary
+
+    if args.ab_chunks:
+        _say(f"\n## XLA:CPU dot emitters, interleaved 64-step chunks ({args.ab_chunks} each)")
+        report["xla_options_ab"] = ab = xla_options_ab(recipe, chunks_n=args.ab_chunks)
+        for name, r in ab.items():
+            _say(f"  {name:20s} {r['median_s']:.3f} s/epoch median, {r['min_s']:.3f} min")
 
     sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if sizes:

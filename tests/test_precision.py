@@ -1,9 +1,9 @@
 """Mixed precision: ``ModelConfig(dtype="bfloat16")`` against float32.
 
-bf16 computes the layers in bfloat16 (8 significant bits, ~2-3 decimal digits) while the
-parameters stay float32 and the loss is computed in float32 (objectives.py casts the
-encoder and decoder outputs). Tolerances, for the seed MLP at its initial parameters on a
-batch of 128 images, same key:
+bf16 computes the layers in bfloat16 (8 significant bits, ~2-3 decimal digits), except the
+decoder's output layer (float32, see the last test), while the parameters stay float32 and
+the loss is computed in float32 (objectives.py casts the encoder and decoder outputs).
+Tolerances, for the seed MLP at its initial parameters on a batch of 128 images, same key:
 - the ELBO and E_q[log p(x|z)] agree to 1e-3 relative (measured ~1e-4: each logit is
   rounded to bf16, 2^-9 relative, but the errors average out over 784 pixels and the
   batch), the KL (about 1 nat at initialisation, from bf16 means and log-variances) to
@@ -108,6 +108,8 @@ def test_bf16_training_keeps_float32_state():
 
 
 def test_bf16_conv_output_bias_gradient():
+    """The output bias's gradient sums over batch x pixels (64 x 784 here): summed in bf16
+    it saturates (8.0 instead of 236.6), so the decoder's output layer runs in float32."""
     model32, model16 = _models(architecture="conv", conv_channels=(8, 16))
     params = init_params(model32, jax.random.key(0))
     images, key = _images(64), jax.random.key(1)

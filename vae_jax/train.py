@@ -185,7 +185,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 # XLA:CPU compiles dots and some reductions to YNNPACK fusions by default; for this library's
 # shapes XLA's own emitters are faster (Eigen dots use both cores; the YNNPACK reduce over
-# [batch, 28, 28, 1] images is slow): seed MLP 2.00 -> 1.71 s/epoch, test-set ELBO 296 ->
+# [batch, 28, 28, 1] images is slow): seed MLP 2.31 -> 1.98 s/epoch, test-set ELBO 296 ->
 # 200 ms (docs/benchmarks.md). An empty list turns the YNNPACK fusions off.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
