@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax.conv import ConvTranspose4x4
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "softplus": nn.softplus,
@@ -151,15 +153,14 @@ class ConvDecoder(nn.Module):
         start = (height // factor, width // factor, self.channels[-1])
         h = nn.Dense(math.prod(start), dtype=self.dtype)(h)
         h = ACTIVATIONS["leaky_relu"](h).reshape(-1, *start)
-        for width_ in reversed(self.channels[:-1]):
-            h = nn.ConvTranspose(width_, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype)(
-                h
-            )
+        # Each layer is nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME"),
+        # computed in sub-pixel form where that is faster (vae_jax/conv.py); same parameters.
+        for i, width_ in enumerate(reversed(self.channels[:-1])):
+            h = ConvTranspose4x4(width_, self.dtype, name=f"ConvTranspose_{i}")(h)
             h = ACTIVATIONS["leaky_relu"](_group_norm(width_, self.dtype)(h))
         # float32 output layer under mixed precision, as in MLPDecoder (bias-gradient sums).
-        h = nn.ConvTranspose(
-            out_channels, (4, 4), strides=(2, 2), padding="SAME", dtype=jnp.float32
-        )(h)
+        last = f"ConvTranspose_{len(self.channels) - 1}"
+        h = ConvTranspose4x4(out_channels, jnp.float32, name=last)(h)
         return h.reshape(*lead, height, width, out_channels)
 
 
