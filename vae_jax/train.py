@@ -4,7 +4,8 @@ Design (each choice measured in docs/benchmarks.md):
 - The data set lives on the device as uint8; each step gathers its batch by index, scales
   it to [0, 1] (and binarizes it, for dynamically binarized data) inside the compiled step.
 - `steps_per_call` train steps run as one `lax.scan` inside one `jax.jit` call with the
-  train state donated: no host round trip per step.
+  train state donated: no host round trip per step. (Conv VAEs on CPU dispatch their steps
+  one compiled call each instead, since XLA:CPU convolutions are slow inside loops.)
 - Every step's key is ``fold_in(train_key, step)`` and every epoch's order is a permutation
   from ``np.random.default_rng((seed, epoch))``: a run resumed at a step draws exactly the
   randomness an uninterrupted run draws.
@@ -108,7 +109,7 @@ def init_train_state(
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=tx.init(params),
+        opt_state=jax.jit(tx.init)(params),
         skipped=jnp.zeros((), jnp.int32),
     )
     return state if mesh is None else replicate(state, mesh)
@@ -207,6 +208,18 @@ def _compiler_options(mesh: Mesh) -> dict[str, Any] | None:
     return None
 
 
+def _host_loop(model: Any, mesh: Mesh) -> bool:
+    """Whether to run the steps of a call as a host loop of compiled steps, not a `lax.scan`.
+
+    XLA:CPU runs a convolution inside a loop body many times slower than the same
+    convolution outside one (jax-ml/jax#12868, open): the conv28 VAE's train step took
+    1120 ms inside a `lax.scan` and 120 ms as its own call (docs/benchmarks.md). So on CPU
+    the conv VAEs dispatch one compiled step at a time (asynchronously; the per-call cost
+    is well under 1% of such a step) and everything else keeps the scan.
+    """
+    return mesh.devices.flat[0].platform == "cpu" and getattr(model, "architecture", "") == "conv"
+
+
 def make_train_call(
     objective: Objective,
     tx: optax.GradientTransformation,
@@ -219,7 +232,8 @@ def make_train_call(
     """Build ``call(state, data, index, weight, train_key) -> (state, metrics)``.
 
     The compiled call runs ``index.shape[0]`` train steps as one `lax.scan`, with `state`
-    donated. Step s uses batch ``data[index[s]]`` with example weights ``weight[s]`` and key
+    donated (a conv VAE on CPU: a host loop of compiled, donated steps; see `_host_loop`).
+    Step s uses batch ``data[index[s]]`` with example weights ``weight[s]`` and key
     ``fold_in(train_key, state.step)``. The loss is minus the objective (batch-weighted mean,
     nats per example); its gradient updates the parameters through `tx`. A step whose loss
     or gradient is not finite leaves the state unchanged when `skip_nonfinite`, else it is
@@ -264,13 +278,26 @@ def make_train_call(
         }
         return new, metrics
 
+    options = _compiler_options(mesh)
+    if _host_loop(objective.model, mesh):
+        step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
+
+        def host_call(state: TrainState, data: DeviceData, index, weight, train_key):
+            metrics = []
+            for s in range(len(index)):  # dispatched asynchronously: no host sync per step
+                state, m = step(state, data, index[s], weight[s], train_key)
+                metrics.append(m)
+            return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+
+        return host_call
+
     def call(state: TrainState, data: DeviceData, index, weight, train_key):
         def body(state: TrainState, xs: tuple[jax.Array, jax.Array]):
             return train_step(state, data, *xs, train_key)
 
         return jax.lax.scan(body, state, (index, weight))
 
-    return jax.jit(call, donate_argnums=0, compiler_options=_compiler_options(mesh))
+    return jax.jit(call, donate_argnums=0, compiler_options=options)
 
 
 def make_evaluate(
@@ -292,21 +319,41 @@ def make_evaluate(
         weight = (jnp.arange(steps * batch_size) < n).astype(jnp.float32)
         xs = (index.reshape(steps, -1), weight.reshape(steps, -1), jnp.arange(steps))
 
-        def body(totals, xs):
-            index, weight, i = xs
-            x = _batch_x(data, index, batch_sharding, None, binarize=False)
-            batch = {"image": x, "label": data.label[index]}
-            terms = objective.per_example(params, batch, jax.random.fold_in(key, i))
-            sums = [jnp.sum(weight * t) for t in terms]
-            return [a + b for a, b in zip(totals, sums, strict=True)], None
-
-        totals, _ = jax.lax.scan(body, [jnp.zeros((), jnp.float32)] * 3, xs)
+        totals, _ = jax.lax.scan(
+            functools.partial(batch_sums, params, data, key), [jnp.zeros((), jnp.float32)] * 3, xs
+        )
         return {
             name: total / n
             for name, total in zip(("elbo", "log_likelihood", "kl"), totals, strict=True)
         }
 
-    return jax.jit(evaluate, compiler_options=_compiler_options(mesh))
+    def batch_sums(params, data, key, totals, xs):
+        index, weight, i = xs
+        x = _batch_x(data, index, batch_sharding, None, binarize=False)
+        batch = {"image": x, "label": data.label[index]}
+        terms = objective.per_example(params, batch, jax.random.fold_in(key, i))
+        sums = [jnp.sum(weight * t) for t in terms]
+        return [a + b for a, b in zip(totals, sums, strict=True)], None
+
+    options = _compiler_options(mesh)
+    if not _host_loop(objective.model, mesh):
+        return jax.jit(evaluate, compiler_options=options)
+    batch_sums_jit = jax.jit(batch_sums, compiler_options=options)
+
+    def host_evaluate(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
+        n = data.image.shape[0]
+        steps = math.ceil(n / batch_size)
+        position = np.arange(steps * batch_size).reshape(steps, batch_size)
+        index, weight = position % n, (position < n).astype(np.float32)
+        totals = [jnp.zeros((), jnp.float32)] * 3
+        for i in range(steps):
+            totals, _ = batch_sums_jit(params, data, key, totals, (index[i], weight[i], i))
+        return {
+            name: total / n
+            for name, total in zip(("elbo", "log_likelihood", "kl"), totals, strict=True)
+        }
+
+    return host_evaluate
 
 
 def chunks(steps: int, size: int) -> Iterator[tuple[int, int]]:

@@ -1,0 +1,146 @@
+"""Train-step speed of the convolutional VAEs: XLA's transposed convolution vs sub-pixel form.
+
+Times the library's train call (`make_train_call`, as `vae_jax.loop.fit` runs it: ``--steps``
+steps per call, state donated, XLA:CPU options included; on CPU a conv VAE's steps are
+dispatched one compiled step at a time) for a conv VAE whose decoder computes every
+transposed convolution
+
+- ``xla``: with `lax.conv_transpose` (what `nn.ConvTranspose` runs),
+- ``vae_jax``: as the library does (`vae_jax.conv`: sub-pixel form for layers with at least
+  `SUBPIXEL_MIN_FEATURES` outputs, XLA's for the image layer),
+- ``subpixel``: in sub-pixel form everywhere (the image layer too);
+- ``vae_jax_scan``: as ``vae_jax``, but the steps inside one `lax.scan`, as the library runs
+  every other model (XLA:CPU convolutions are slow inside loops: jax-ml/jax#12868).
+
+The variants compute the same function with the same parameters; they are timed in turn,
+chunk by chunk (interleaved), so machine load hits all of them alike; medians are reported.
+Speed does not depend on pixel values, so the data are random binary images. Usage::
+
+    python -m benchmarks.conv                      # conv32 (the recipe) and conv28
+    python -m benchmarks.conv --json /tmp/conv.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import vae_jax.conv  # noqa: E402
+import vae_jax.train  # noqa: E402
+from vae_jax.config import ModelConfig  # noqa: E402
+from vae_jax.objectives import make_elbo  # noqa: E402
+from vae_jax.train import (  # noqa: E402
+    epoch_order,
+    init_train_state,
+    make_keys,
+    make_mesh,
+    make_optimizer,
+    make_train_call,
+    to_device,
+)
+
+# Per variant: the sub-pixel threshold it traces with (`ConvTranspose4x4` reads it when
+# traced) and whether its steps run as a host loop (the library's choice on CPU) or inside
+# one `lax.scan` (the library's choice elsewhere, and for the MLPs).
+VARIANTS = {
+    "xla": (10**9, True),
+    "vae_jax": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, True),
+    "subpixel": (1, True),
+    "vae_jax_scan": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, False),
+}
+MODELS = {
+    "conv32": (32, (32, 64, 128)),  # the conv32 recipe: 32x32, 32-64-128
+    "conv28": (28, (32, 64)),  # 28x28, 32-64
+}
+
+
+def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, object]:
+    size, channels = MODELS[name]
+    model = ModelConfig(architecture="conv", conv_channels=channels, z_dim=20).build(
+        (size, size, 1)
+    )
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    images = (rng.random((n, size, size, 1)) < 0.13).astype(np.uint8) * 255
+    mesh = make_mesh(1)
+    data = to_device(images, np.zeros(n, np.int32), mesh)
+    tx = make_optimizer(1e-3)
+    keys = make_keys(0)
+    index, weight = epoch_order(n, batch, seed=0, epoch=0)
+    calls, states, times = {}, {}, {}
+    host_loop = vae_jax.train._host_loop
+    for variant, (threshold, on_host) in VARIANTS.items():
+        vae_jax.conv.SUBPIXEL_MIN_FEATURES = threshold
+        vae_jax.train._host_loop = lambda model, mesh, on_host=on_host: on_host
+        call = make_train_call(make_elbo(model), tx, mesh)
+        state = init_train_state(model, tx, keys.init, mesh)
+        # Compile (tracing reads the threshold now) and warm up.
+        state, metrics = call(state, data, index, weight, keys.train)
+        jax.block_until_ready(metrics)
+        calls[variant], states[variant], times[variant] = call, state, []
+    vae_jax.conv.SUBPIXEL_MIN_FEATURES = VARIANTS["vae_jax"][0]
+    vae_jax.train._host_loop = host_loop
+    losses = {}
+    for _ in range(chunks):
+        for variant, call in calls.items():
+            start = time.perf_counter()
+            states[variant], metrics = call(states[variant], data, index, weight, keys.train)
+            jax.block_until_ready(metrics)
+            times[variant].append((time.perf_counter() - start) / steps)
+            losses[variant] = float(metrics["loss"][-1])
+    ms = {v: 1e3 * statistics.median(t) for v, t in times.items()}
+    return {
+        "model": name,
+        "image_size": size,
+        "channels": channels,
+        "batch": batch,
+        "steps_per_chunk": steps,
+        "chunks": chunks,
+        "step_ms_median": ms,
+        "step_ms_min": {v: 1e3 * min(t) for v, t in times.items()},
+        "epoch_s_median": {v: m * 469 / 1e3 for v, m in ms.items()},
+        "speedup_vs_xla": {v: ms["xla"] / m for v, m in ms.items()},
+        "last_loss": losses,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="conv32,conv28", help="default: %(default)s")
+    parser.add_argument("--batch", type=int, default=128, help="default: %(default)s")
+    parser.add_argument("--steps", type=int, default=4, help="steps per timed call")
+    parser.add_argument("--chunks", type=int, default=8, help="timed calls per variant")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
+    results = []
+    for name in args.models.split(","):
+        r = time_model(name, batch=args.batch, steps=args.steps, chunks=args.chunks)
+        results.append(r)
+        print(f"\n{name}: batch {args.batch}, ms per train step (median of {args.chunks} calls)")
+        for v in VARIANTS:
+            print(
+                f"  {v:9s} {r['step_ms_median'][v]:7.1f} ms (min {r['step_ms_min'][v]:6.1f}), "
+                f"{r['epoch_s_median'][v]:6.1f} s per 469-step epoch, "
+                f"{r['speedup_vs_xla'][v]:.2f}x vs xla; last loss {r['last_loss'][v]:.3f}",
+                flush=True,
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
