@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vae_jax.conv import (
@@ -14,6 +15,7 @@ from vae_jax.conv import (
     depth_to_space,
 )
 from vae_jax.models import VAE, init_params
+from vae_jax.objectives import make_elbo
 
 
 def _reference(features: int) -> nn.ConvTranspose:
@@ -96,3 +98,48 @@ def test_conv_decoder_parameters_have_flax_names(key):
     assert {"ConvTranspose_0", "ConvTranspose_1"} <= set(decoder)
     assert decoder["ConvTranspose_0"]["kernel"].shape == (4, 4, 64, 32)
     assert decoder["ConvTranspose_1"]["kernel"].shape == (4, 4, 32, 1)
+
+
+def test_conv_steps_run_as_a_host_loop_on_cpu_and_match_the_scan(key, monkeypatch):
+    """On CPU a conv VAE's train call and evaluation loop on the host (XLA:CPU convolutions
+    are slow inside loops); the numbers are those of the `lax.scan` path, which every other
+    model and backend uses."""
+    import vae_jax.train as train
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 40).astype(np.int32)
+    model = VAE(image_shape=(8, 8, 1), architecture="conv", conv_channels=(4, 8), z_dim=3)
+    mesh = train.make_mesh(1)
+    assert train._host_loop(model, mesh)
+    assert not train._host_loop(VAE(), mesh)
+    # SGD, not Adam: Adam normalises each update, so a bias whose gradient is zero up to
+    # rounding (conv biases before a GroupNorm of one channel per group) moves by +-lr either
+    # way; SGD keeps rounding-level gradient differences rounding-level.
+    tx = optax.sgd(0.05)
+    keys = train.make_keys(0)
+    data = train.to_device(images, labels, mesh)
+    index, weight = train.epoch_order(40, 16, seed=0, epoch=0)  # 3 steps, the last padded
+    elbo = make_elbo(model)
+
+    def run(host: bool):
+        monkeypatch.setattr(train, "_host_loop", lambda model, mesh: host)
+        call = train.make_train_call(elbo, tx, mesh)
+        evaluate = train.make_evaluate(elbo, mesh, batch_size=16)
+        state = train.init_train_state(model, tx, keys.init, mesh)
+        state, metrics = call(state, data, index, weight, keys.train)
+        return state, jax.device_get(metrics), evaluate(state.params, data, keys.eval)
+
+    host_state, host_metrics, host_eval = run(True)
+    scan_state, scan_metrics, scan_eval = run(False)
+    assert int(host_state.step) == int(scan_state.step) == 3
+    assert host_metrics.keys() == scan_metrics.keys()
+    for name in host_metrics:
+        assert host_metrics[name].shape == scan_metrics[name].shape == (3,)
+        np.testing.assert_allclose(host_metrics[name], scan_metrics[name], rtol=1e-5, atol=1e-4)
+    for a, b in zip(
+        jax.tree.leaves(host_state.params), jax.tree.leaves(scan_state.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for name in ("elbo", "log_likelihood", "kl"):
+        np.testing.assert_allclose(host_eval[name], scan_eval[name], rtol=1e-5)
