@@ -10,7 +10,9 @@ transposed convolution
   `SUBPIXEL_MIN_FEATURES` outputs, XLA's for the image layer),
 - ``subpixel``: in sub-pixel form everywhere (the image layer too);
 - ``vae_jax_scan``: as ``vae_jax``, but the steps inside one `lax.scan`, as the library runs
-  every other model (XLA:CPU convolutions are slow inside loops: jax-ml/jax#12868).
+  every other model (XLA:CPU convolutions are slow inside loops: jax-ml/jax#12868);
+- ``xla_scan``: `lax.conv_transpose` inside one `lax.scan`: the library before
+  `vae_jax.conv` and `vae_jax.train._host_loop`.
 
 The variants compute the same function with the same parameters; they are timed in turn,
 chunk by chunk (interleaved), so machine load hits all of them alike; medians are reported.
@@ -57,6 +59,7 @@ VARIANTS = {
     "vae_jax": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, True),
     "subpixel": (1, True),
     "vae_jax_scan": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, False),
+    "xla_scan": (10**9, False),
 }
 MODELS = {
     "conv32": (32, (32, 64, 128)),  # the conv32 recipe: 32x32, 32-64-128

@@ -38,6 +38,10 @@ def conv32() -> ExperimentConfig:
     binarized MNIST, Bernoulli likelihood, Adam 1e-3, batch 128.
 
     Command: ``python -m experiments.mnist --recipe conv32``.
+    Measured (README, "Conv VAE against the MLP"): test -ELBO 96.39 nats per example after
+    10 epochs (single sample, 1024 pixels of which 240 are always-zero padding), against
+    102.76 for the default MLP on the same dynamically binarized data; about 75 s per epoch
+    on the project's 2-core CPU.
     """
     return ExperimentConfig(
         model=ModelConfig(architecture="conv", conv_channels=(32, 64, 128), z_dim=20),
