@@ -311,21 +311,13 @@ def make_evaluate(
     stored: a binarized test set is stored binarized once (0/255), never resampled.
     """
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    names = ("elbo", "log_likelihood", "kl")
 
-    def evaluate(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
-        n = data.image.shape[0]
+    def batches(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Index and weight [steps, batch_size] of the padded batches, and the batch ids."""
         steps = math.ceil(n / batch_size)
-        index = jnp.arange(steps * batch_size) % n
-        weight = (jnp.arange(steps * batch_size) < n).astype(jnp.float32)
-        xs = (index.reshape(steps, -1), weight.reshape(steps, -1), jnp.arange(steps))
-
-        totals, _ = jax.lax.scan(
-            functools.partial(batch_sums, params, data, key), [jnp.zeros((), jnp.float32)] * 3, xs
-        )
-        return {
-            name: total / n
-            for name, total in zip(("elbo", "log_likelihood", "kl"), totals, strict=True)
-        }
+        position = np.arange(steps * batch_size).reshape(steps, batch_size)
+        return position % n, (position < n).astype(np.float32), np.arange(steps)
 
     def batch_sums(params, data, key, totals, xs):
         index, weight, i = xs
@@ -335,6 +327,12 @@ def make_evaluate(
         sums = [jnp.sum(weight * t) for t in terms]
         return [a + b for a, b in zip(totals, sums, strict=True)], None
 
+    def evaluate(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
+        n = data.image.shape[0]
+        body = functools.partial(batch_sums, params, data, key)
+        totals, _ = jax.lax.scan(body, [jnp.zeros((), jnp.float32)] * 3, batches(n))
+        return {name: total / n for name, total in zip(names, totals, strict=True)}
+
     options = _compiler_options(mesh)
     if not _host_loop(objective.model, mesh):
         return jax.jit(evaluate, compiler_options=options)
@@ -342,16 +340,10 @@ def make_evaluate(
 
     def host_evaluate(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
         n = data.image.shape[0]
-        steps = math.ceil(n / batch_size)
-        position = np.arange(steps * batch_size).reshape(steps, batch_size)
-        index, weight = position % n, (position < n).astype(np.float32)
         totals = [jnp.zeros((), jnp.float32)] * 3
-        for i in range(steps):
-            totals, _ = batch_sums_jit(params, data, key, totals, (index[i], weight[i], i))
-        return {
-            name: total / n
-            for name, total in zip(("elbo", "log_likelihood", "kl"), totals, strict=True)
-        }
+        for xs in zip(*batches(n), strict=True):
+            totals, _ = batch_sums_jit(params, data, key, totals, xs)
+        return {name: total / n for name, total in zip(names, totals, strict=True)}
 
     return host_evaluate
 
