@@ -64,6 +64,25 @@ def test_default_experiment_writes_images_metrics_and_checkpoint(tiny_mnist, tmp
     assert np.isfinite(value)
 
 
+def test_readme_command_needs_no_run_option(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """The README's `python -m experiments.mnist --z_dim 20` gives no run option (and shows
+    the progress bar): every option `main` reads must have its default."""
+    from vae_jax.cli import build_parser
+
+    args = build_parser().parse_args(["--z_dim", "20"])
+    for name in ("recipe", "workdir", "data_dir", "mnist_dir", "overwrite", "no_resume",
+                 "checkpoint_every_steps", "skip_nonfinite", "no_progress", "distributed",
+                 "conditional"):  # fmt: skip
+        assert hasattr(args, name), name
+    # The same command, with the data and work directory from the environment and the cwd.
+    monkeypatch.setenv("VAE_JAX_MNIST_DIR", tiny_mnist["mnist_dir"])
+    monkeypatch.setenv("TFDS_DATA_DIR", tiny_mnist["data_dir"])
+    monkeypatch.chdir(tmp_path)
+    assert mnist.main(["--z_dim", "20", "--epochs", "1", "--batch_size", "16"]) == 0
+    assert (tmp_path / "runs" / "mnist" / "metrics.jsonl").exists()
+    assert "epoch   1" in capsys.readouterr().out
+
+
 def test_rerunning_the_command_resumes_instead_of_restarting(tiny_mnist, tmp_path, capsys):
     workdir = tmp_path / "run"
     assert run(tiny_mnist, workdir, "--epochs", "1", "--hidden", "32", "--z_dim", "4") == 0
