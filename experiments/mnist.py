@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     # Orbax logs its failures (with tracebacks from its threads) before raising them; the
     # exception is reported below, in one line.
     logging.getLogger("absl").setLevel(logging.CRITICAL)
+    if args.no_progress:  # also TFDS's own bars, shown while it prepares MNIST
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
     if args.distributed:
         jax.distributed.initialize()
     resume_hint = f"run the same command again to resume from the last checkpoint in {args.workdir}"

@@ -315,7 +315,12 @@ def build_parser(prog: str = "python -m experiments.mnist") -> argparse.Argument
         help="skip (and count, as skipped_updates in metrics.jsonl) updates whose loss or "
         "gradient is NaN/inf instead of stopping; stops anyway if a whole epoch is skipped",
     )
-    run.add_argument("--no_progress", action="store_true", default=False, help="no progress bar")
+    run.add_argument(
+        "--no_progress",
+        action="store_true",
+        default=False,
+        help="no progress bars (training, and TFDS's while it prepares MNIST)",
+    )
     run.add_argument(
         "--distributed",
         action="store_true",
