@@ -78,6 +78,29 @@ def test_gaussian_log_likelihood_matches_numpy():
         np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def test_likelihoods_over_image_events_broadcast_like_numpy():
+    """Image-shaped events with every broadcast the likelihoods accept: a scalar, a
+    per-pixel and a per-row log-variance, and samples [L, batch] against data [batch]."""
+    rng = np.random.default_rng(2)
+    x = rng.random((3, 4, 5, 2)).astype(np.float32)  # [batch, H, W, C]
+    mean = rng.random((2, 3, 4, 5, 2)).astype(np.float32)  # [L, batch, H, W, C]
+    for logvar in (
+        np.float32(0.3),
+        rng.normal(size=(4, 5, 2)).astype(np.float32),
+        rng.normal(size=(4, 1, 1)).astype(np.float32),
+    ):
+        var = np.exp(logvar.astype(np.float64))
+        dens = -0.5 * np.log(2 * np.pi * var) - (x[None] - mean) ** 2 / (2 * var)
+        got = jax.jit(lambda x, m, v: gaussian_log_likelihood(x, m, v, event_ndims=3))(
+            x, mean, logvar
+        )
+        np.testing.assert_allclose(got, dens.sum(axis=(-3, -2, -1)), rtol=1e-5)
+    logits = rng.normal(size=(2, 3, 4, 5, 2)).astype(np.float32)
+    expected = np.sum(x[None] * logits - np.logaddexp(0.0, logits), axis=(-3, -2, -1))
+    got = jax.jit(lambda x, lg: bernoulli_log_likelihood(x, lg, event_ndims=3))(x, logits)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_elbo_is_a_lower_bound_and_iwae_tightens_it(linear):
     model, params, x = linear
     log_px = exact_log_px(params, np.asarray(x), OBS_LOGVAR).mean()
