@@ -212,8 +212,9 @@ def _host_loop(model: Any, mesh: Mesh) -> bool:
     """Whether to run the steps of a call as a host loop of compiled steps, not a `lax.scan`.
 
     XLA:CPU runs a convolution inside a loop body many times slower than the same
-    convolution outside one (jax-ml/jax#12868, open): the conv28 VAE's train step took
-    1120 ms inside a `lax.scan` and 120 ms as its own call (docs/benchmarks.md). So on CPU
+    convolution outside one (jax-ml/jax#12868, open): the conv32 VAE's train step took
+    3.5 s inside a `lax.scan` and 0.15 s as its own call (`benchmarks/conv.py`,
+    docs/benchmarks.md). So on CPU
     the conv VAEs dispatch one compiled step at a time (asynchronously; the per-call cost
     is well under 1% of such a step) and everything else keeps the scan.
     """
