@@ -98,15 +98,20 @@ def test_rerunning_the_command_resumes_instead_of_restarting(tiny_mnist, tmp_pat
         # architecture x likelihood
         ("--likelihood", "gaussian", "--obs_std", "0.2"),
         ("--likelihood", "gaussian_global"),
-        ("--architecture", "conv", "--likelihood", "gaussian_pixel"),
-        ("--architecture", "conv", "--image_size", "32", "--conv_channels", "8,16,16"),
+        # (each conv run costs ~25 s of XLA:CPU compilation, so the conv options share runs)
+        tuple(
+            "--architecture conv --image_size 32 --conv_channels 8,16,16 --likelihood "
+            "gaussian_pixel".split()
+        ),
         # objectives
         ("--beta", "4", "--kl_warmup_steps", "10", "--free_bits", "0.1"),
         ("--num_samples", "3"),
-        ("--bound", "iwae", "--num_samples", "4", "--architecture", "conv"),
         # conditional VAE and binarized data
         ("--conditional", "--binarize", "dynamic"),
-        ("--conditional", "--architecture", "conv", "--likelihood", "gaussian"),
+        tuple(
+            "--conditional --architecture conv --likelihood gaussian --bound iwae "
+            "--num_samples 4".split()
+        ),
         ("--recipe", "iwae_paper_iwae", "--hidden", "16,16", "--num_samples", "5"),
     ],
     ids=lambda flags: " ".join(flags),
