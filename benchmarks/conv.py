@@ -14,18 +14,12 @@ transposed convolution
 - ``xla_scan``: `lax.conv_transpose` inside one `lax.scan`: the library before
   `vae_jax.conv` and `vae_jax.train._host_loop`.
 
-Then the importance-sampled evaluation (`vae_jax.evaluate.make_batch_evaluator`, as
-``python -m experiments.evaluate`` runs it) of the same models, its sample chunks decoded
-inside one `lax.scan` (``scan``) or dispatched one compiled call per chunk (``host``, the
-library's choice for a conv VAE on CPU), with ``--is_samples`` samples per example.
-
 The variants compute the same function with the same parameters; they are timed in turn,
 chunk by chunk (interleaved), so machine load hits all of them alike; medians are reported.
 Speed does not depend on pixel values, so the data are random binary images. Usage::
 
     python -m benchmarks.conv                      # conv32 (the recipe) and conv28
     python -m benchmarks.conv --json /tmp/conv.json
-    python -m benchmarks.conv --is_samples 0       # train steps only
 """
 
 from __future__ import annotations
@@ -46,8 +40,6 @@ import numpy as np  # noqa: E402
 import vae_jax.conv  # noqa: E402
 import vae_jax.train  # noqa: E402
 from vae_jax.config import ModelConfig  # noqa: E402
-from vae_jax.evaluate import make_batch_evaluator  # noqa: E402
-from vae_jax.models import init_params  # noqa: E402
 from vae_jax.objectives import make_elbo  # noqa: E402
 from vae_jax.train import (  # noqa: E402
     epoch_order,
@@ -129,51 +121,6 @@ def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, o
     }
 
 
-def time_importance(
-    name: str, *, num_samples: int, batch: int, sample_chunk: int, rounds: int
-) -> dict[str, object]:
-    """Seconds per batch of the IS evaluation, host loop vs scan (interleaved, medians)."""
-    size, channels = MODELS[name]
-    model = ModelConfig(architecture="conv", conv_channels=channels, z_dim=20).build(
-        (size, size, 1)
-    )
-    key = jax.random.key(0)
-    params = init_params(model, key)
-    rng = np.random.default_rng(0)
-    x = (rng.random((batch, size, size, 1)) < 0.13).astype(np.uint8) * 255
-    ids = np.arange(batch, dtype=np.int32)
-    fns = {
-        variant: make_batch_evaluator(
-            model, num_samples=num_samples, sample_chunk=sample_chunk, host_loop=on_host
-        )
-        for variant, on_host in (("host", True), ("scan", False))
-    }
-    times: dict[str, list[float]] = {v: [] for v in fns}
-    log_px = {}
-    for fn in fns.values():  # compile and warm up
-        jax.block_until_ready(fn(params, x, None, ids, key))
-    for _ in range(rounds):
-        for v, fn in fns.items():
-            start = time.perf_counter()
-            terms, _ = jax.block_until_ready(fn(params, x, None, ids, key))
-            times[v].append(time.perf_counter() - start)
-            log_px[v] = float(np.mean(terms.log_px))
-    seconds = {v: statistics.median(t) for v, t in times.items()}
-    per_eval = {v: t / (batch * num_samples) for v, t in seconds.items()}
-    return {
-        "model": name,
-        "num_samples": num_samples,
-        "batch": batch,
-        "sample_chunk": sample_chunk,
-        "rounds": rounds,
-        "batch_s_median": seconds,
-        "decoder_evals_per_s": {v: 1 / t for v, t in per_eval.items()},
-        "test_set_k5000_hours": {v: t * 10_000 * 5000 / 3600 for v, t in per_eval.items()},
-        "speedup_host_vs_scan": seconds["scan"] / seconds["host"],
-        "mean_log_px": log_px,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -182,19 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128, help="default: %(default)s")
     parser.add_argument("--steps", type=int, default=4, help="steps per timed call")
     parser.add_argument("--chunks", type=int, default=8, help="timed calls per variant")
-    parser.add_argument(
-        "--is_samples",
-        type=int,
-        default=100,
-        help="importance samples per example for the IS timing; 0 skips it (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--is_batch", type=int, default=100, help="IS examples per batch (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--is_chunk", type=int, default=20, help="IS samples per chunk (default: %(default)s)"
-    )
-    parser.add_argument("--is_rounds", type=int, default=3, help="timed IS batches per variant")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
@@ -210,28 +144,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['speedup_vs_xla'][v]:.2f}x vs xla; last loss {r['last_loss'][v]:.3f}",
                 flush=True,
             )
-    for name in args.models.split(",") if args.is_samples > 0 else []:
-        r = time_importance(
-            name,
-            num_samples=args.is_samples,
-            batch=args.is_batch,
-            sample_chunk=args.is_chunk,
-            rounds=args.is_rounds,
-        )
-        results.append(r)
-        print(
-            f"\n{name}: IS evaluation, k={args.is_samples}, batch {args.is_batch}, "
-            f"chunk {args.is_chunk} (median of {args.is_rounds} batches)"
-        )
-        for v in ("host", "scan"):
-            print(
-                f"  {v:4s} {r['batch_s_median'][v]:8.2f} s per batch, "
-                f"{r['decoder_evals_per_s'][v]:9.0f} decoder evals/s, "
-                f"10k test images at k=5000: {r['test_set_k5000_hours'][v]:6.1f} h; "
-                f"mean log p(x) {r['mean_log_px'][v]:.3f}",
-                flush=True,
-            )
-        print(f"  host loop {r['speedup_host_vs_scan']:.2f}x faster than the scan", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
