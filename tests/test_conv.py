@@ -144,34 +144,3 @@ def test_conv_steps_run_as_a_host_loop_on_cpu_and_match_the_scan(key, monkeypatc
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for name in ("elbo", "log_likelihood", "kl"):
         np.testing.assert_allclose(host_eval[name], scan_eval[name], rtol=1e-5)
-
-
-def test_conv_importance_sampling_on_the_host_equals_the_scan(key):
-    """On CPU a conv VAE's importance sampling loops over sample chunks on the host; the
-    numbers are those of the `lax.scan` in `importance_terms` (k = 7 in chunks of 3: the
-    last chunk is padded; a conditional model with a learned per-pixel variance)."""
-    from vae_jax.evaluate import make_batch_evaluator
-
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
-    label = jnp.asarray(rng.integers(0, 10, 5), jnp.int32)
-    model = VAE(
-        image_shape=(8, 8, 1),
-        architecture="conv",
-        conv_channels=(4, 8),
-        z_dim=3,
-        num_classes=10,
-        likelihood="gaussian_pixel",
-    )
-    params = init_params(model, key)
-    ids = jnp.arange(10, 15, dtype=jnp.int32)
-    host = make_batch_evaluator(model, num_samples=7, sample_chunk=3)
-    scan = make_batch_evaluator(model, num_samples=7, sample_chunk=3, host_loop=False)
-    assert host is make_batch_evaluator(model, num_samples=7, sample_chunk=3, host_loop=True)
-    (host_terms, host_mean), (scan_terms, scan_mean) = (
-        f(params, x, label, ids, key) for f in (host, scan)
-    )
-    np.testing.assert_allclose(host_mean, scan_mean, rtol=1e-6)
-    for a, b in zip(host_terms, scan_terms, strict=True):
-        assert a.shape == (5,) and np.all(np.isfinite(a))
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)

@@ -7,8 +7,7 @@ Burda, Grosse & Salakhutdinov (2016), Appendix (the protocol of their Table 1):
 
 a stochastic lower bound (in expectation) that tends to log p(x) as k grows. With k = 5000 a
 batch of examples needs k decoder evaluations each, so the samples are processed in chunks of
-`sample_chunk` inside a `lax.scan` that keeps a running logsumexp (for a conv VAE on the CPU,
-a host loop of one compiled call per chunk: see `make_batch_evaluator`): memory is bounded by
+`sample_chunk` inside a `lax.scan` that keeps a running logsumexp: memory is bounded by
 ``batch * sample_chunk`` decoder outputs, whatever k is.
 
 Randomness: the noise of sample s of example n is drawn from
@@ -47,7 +46,6 @@ from vae_jax.objectives import (
     log_likelihood,
     standard_normal_log_prob,
 )
-from vae_jax.train import loops_on_host
 
 Params = Any
 
@@ -126,109 +124,6 @@ def bernoulli_log_prob_fused(x: jax.Array, logits: jax.Array) -> jax.Array:
     return linear - jnp.sum(jnp.log(jnp.prod(grouped, axis=-1)), axis=-1)
 
 
-class _ImportanceContext(NamedTuple):
-    """What every chunk of an importance-sampling pass needs (see `importance_terms`)."""
-
-    x_flat: jax.Array  # [batch, D]
-    mean: jax.Array  # [batch, z_dim], float32
-    logvar: jax.Array  # [batch, z_dim], float32
-    example_keys: jax.Array  # [batch] keys
-    label_tiled: jax.Array | None  # [sample_chunk * batch] labels of a conditional model
-
-
-_Carry = tuple[jax.Array, jax.Array, jax.Array]  # running max, rescaled sum, sum log p(x|z)
-
-
-def _importance_begin(
-    model: VAE,
-    params: Params,
-    x: ArrayLike,
-    label: ArrayLike | None,
-    key: jax.Array,
-    example_ids: ArrayLike | None,
-    sample_chunk: int,
-) -> tuple[_ImportanceContext, _Carry]:
-    """Encode `x` once and set up the running logsumexp (all [batch] float32)."""
-    x = _as_x(x)
-    batch = x.shape[0]
-    encoded: Any = model.apply({"params": params}, x, label, method="encode")
-    mean, logvar = (a.astype(jnp.float32) for a in encoded)
-    ids = jnp.arange(batch) if example_ids is None else jnp.asarray(example_ids)
-    example_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
-    label_tiled = None if label is None else jnp.tile(jnp.asarray(label), sample_chunk)
-    context = _ImportanceContext(x.reshape(batch, -1), mean, logvar, example_keys, label_tiled)
-    carry = (
-        jnp.full((batch,), -jnp.inf, jnp.float32),
-        jnp.zeros((batch,), jnp.float32),
-        jnp.zeros((batch,), jnp.float32),
-    )
-    return context, carry
-
-
-def _importance_chunk(
-    model: VAE,
-    params: Params,
-    context: _ImportanceContext,
-    carry: _Carry,
-    chunk: jax.Array,
-    *,
-    num_samples: int,
-    sample_chunk: int,
-) -> _Carry:
-    """Draw and decode samples ``chunk * sample_chunk + [0, sample_chunk)``; update `carry`."""
-    x_flat, mean, logvar, example_keys, label_tiled = context
-    running_max, running_sum, sum_log_px_z = carry  # [batch] each
-    batch, z_dim = mean.shape
-    samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
-    valid = samples < num_samples
-
-    def noise(sample: jax.Array) -> jax.Array:  # [batch, z_dim] for one sample index
-        return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, sample), (z_dim,)))(
-            example_keys
-        )
-
-    eps = jax.vmap(noise)(samples)  # [chunk, batch, z_dim]
-    z = mean[None] + jnp.exp(0.5 * logvar)[None] * eps
-    # Decode all chunk * batch samples as one matrix: [chunk * batch, z_dim] rows, so the
-    # decoder's matmuls are large; row c * batch + b is sample c of example b.
-    output: Any = model.apply(
-        {"params": params}, z.reshape(-1, z_dim), label_tiled, method="decode"
-    )
-    loc = output.loc.astype(jnp.float32).reshape(sample_chunk, batch, -1)  # [chunk, batch, D]
-    if model.likelihood == "bernoulli":
-        log_px_z = bernoulli_log_prob_fused(x_flat, loc)  # [chunk, batch]
-    else:
-        logvar_x = None if output.logvar is None else output.logvar.astype(jnp.float32)
-        if logvar_x is not None and logvar_x.ndim:
-            logvar_x = logvar_x.reshape(-1)  # per-pixel: [D]
-        log_px_z = log_likelihood(model, x_flat, DecoderOutput(loc, logvar_x), event_ndims=1)
-    log_w = log_px_z + standard_normal_log_prob(z) - diag_gaussian_log_prob(z, mean, logvar)
-    log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
-    new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
-    running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
-        jnp.exp(log_w - new_max[None]), axis=0
-    )
-    sum_log_px_z = sum_log_px_z + jnp.sum(jnp.where(valid[:, None], log_px_z, 0.0), axis=0)
-    return new_max, running_sum, sum_log_px_z
-
-
-def _importance_end(
-    context: _ImportanceContext, carry: _Carry, num_samples: int
-) -> ImportanceTerms:
-    running_max, running_sum, sum_log_px_z = carry
-    log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
-    kl = gaussian_kl(context.mean, context.logvar)
-    log_px_z = sum_log_px_z / num_samples
-    return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
-
-
-def _check_samples(num_samples: int, sample_chunk: int) -> int:
-    """Validate k and the chunk size; returns the chunk size actually used."""
-    if num_samples < 1 or sample_chunk < 1:
-        raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
-    return min(sample_chunk, num_samples)
-
-
 def importance_terms(
     model: VAE,
     params: Params,
@@ -263,17 +158,64 @@ def importance_terms(
       An `ImportanceTerms` of [batch] float32 arrays in nats (summed over pixels and
       latents, not reduced over the batch).
     """
-    sample_chunk = _check_samples(num_samples, sample_chunk)
-    context, carry = _importance_begin(model, params, x, label, key, example_ids, sample_chunk)
+    if num_samples < 1 or sample_chunk < 1:
+        raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
+    sample_chunk = min(sample_chunk, num_samples)
+    x = _as_x(x)
+    batch = x.shape[0]
+    encoded: Any = model.apply({"params": params}, x, label, method="encode")
+    mean, logvar = (a.astype(jnp.float32) for a in encoded)  # [batch, z_dim] each
+    std = jnp.exp(0.5 * logvar)
+    ids = jnp.arange(batch) if example_ids is None else jnp.asarray(example_ids)
+    example_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)  # [batch]
+    z_dim = mean.shape[-1]
 
-    def body(carry: _Carry, chunk: jax.Array) -> tuple[_Carry, None]:
-        carry = _importance_chunk(
-            model, params, context, carry, chunk, num_samples=num_samples, sample_chunk=sample_chunk
+    def noise(sample: jax.Array) -> jax.Array:  # [batch, z_dim] for one sample index
+        return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, sample), (z_dim,)))(
+            example_keys
         )
-        return carry, None
 
-    carry, _ = jax.lax.scan(body, carry, jnp.arange(math.ceil(num_samples / sample_chunk)))
-    return _importance_end(context, carry, num_samples)
+    num_chunks = math.ceil(num_samples / sample_chunk)
+
+    x_flat = x.reshape(batch, -1)  # [batch, D]
+    label_tiled = None if label is None else jnp.tile(jnp.asarray(label), sample_chunk)
+
+    def body(carry, chunk):
+        running_max, running_sum, sum_log_px_z = carry  # [batch] each
+        samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
+        valid = samples < num_samples
+        eps = jax.vmap(noise)(samples)  # [chunk, batch, z_dim]
+        z = mean[None] + std[None] * eps
+        # Decode all chunk * batch samples as one matrix: [chunk * batch, z_dim] rows, so
+        # the decoder's matmuls are large; row c * batch + b is sample c of example b.
+        output = model.apply({"params": params}, z.reshape(-1, z_dim), label_tiled, method="decode")
+        loc = output.loc.astype(jnp.float32).reshape(sample_chunk, batch, -1)  # [chunk, batch, D]
+        if model.likelihood == "bernoulli":
+            log_px_z = bernoulli_log_prob_fused(x_flat, loc)  # [chunk, batch]
+        else:
+            logvar_x = None if output.logvar is None else output.logvar.astype(jnp.float32)
+            if logvar_x is not None and logvar_x.ndim:
+                logvar_x = logvar_x.reshape(-1)  # per-pixel: [D]
+            log_px_z = log_likelihood(model, x_flat, DecoderOutput(loc, logvar_x), event_ndims=1)
+        log_w = log_px_z + standard_normal_log_prob(z) - diag_gaussian_log_prob(z, mean, logvar)
+        log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
+        new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
+        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
+            jnp.exp(log_w - new_max[None]), axis=0
+        )
+        sum_log_px_z = sum_log_px_z + jnp.sum(jnp.where(valid[:, None], log_px_z, 0.0), axis=0)
+        return (new_max, running_sum, sum_log_px_z), None
+
+    init = (
+        jnp.full((batch,), -jnp.inf, jnp.float32),
+        jnp.zeros((batch,), jnp.float32),
+        jnp.zeros((batch,), jnp.float32),
+    )
+    (running_max, running_sum, sum_log_px_z), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+    log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
+    kl = gaussian_kl(mean, logvar)
+    log_px_z = sum_log_px_z / num_samples
+    return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
 
 
 def importance_log_likelihood(
@@ -385,66 +327,30 @@ class DatasetResult(NamedTuple):
     cpu_seconds: float = float("nan")
 
 
-def make_batch_evaluator(
-    model: VAE, *, num_samples: int, sample_chunk: int, host_loop: bool | None = None
-) -> Callable[..., tuple[ImportanceTerms, jax.Array]]:
-    """A compiled ``fn(params, x, label, example_ids, key) -> (ImportanceTerms, mean)``.
-
-    One jitted `importance_terms` call per batch, or, with `host_loop`, a host loop that
-    dispatches one compiled call per sample chunk (the same numbers). When `host_loop` is
-    None, `vae_jax.train.loops_on_host` decides: a conv VAE on the CPU, where XLA runs
-    convolutions inside a `lax.scan` many times slower, loops on the host. Cached per
-    (model, num_samples, sample_chunk, host_loop), so repeated evaluations compile once.
-    """
-    if host_loop is None:
-        host_loop = loops_on_host(model, jax.default_backend())
-    return _make_batch_evaluator(
-        model, num_samples=num_samples, sample_chunk=sample_chunk, host_loop=host_loop
-    )
-
-
 @functools.lru_cache(maxsize=16)
-def _make_batch_evaluator(
-    model: VAE, *, num_samples: int, sample_chunk: int, host_loop: bool
+def make_batch_evaluator(
+    model: VAE, *, num_samples: int, sample_chunk: int
 ) -> Callable[..., tuple[ImportanceTerms, jax.Array]]:
-    def encode_mean(params, x, label):
-        mean, _ = model.apply({"params": params}, _as_x(x), label, method="encode")
-        return mean.astype(jnp.float32)
+    """A jitted ``fn(params, x, label, example_ids, key) -> (ImportanceTerms, mean)``.
 
-    if not host_loop:
+    Cached per (model, num_samples, sample_chunk), so repeated evaluations compile once.
+    """
 
-        def fn(params, x, label, example_ids, key):
-            terms = importance_terms(
-                model,
-                params,
-                x,
-                label,
-                key,
-                num_samples=num_samples,
-                sample_chunk=sample_chunk,
-                example_ids=example_ids,
-            )
-            return terms, encode_mean(params, x, label)
-
-        return jax.jit(fn)
-
-    chunk_size = _check_samples(num_samples, sample_chunk)
-    begin = jax.jit(functools.partial(_importance_begin, model, sample_chunk=chunk_size))
-    step = jax.jit(
-        functools.partial(
-            _importance_chunk, model, num_samples=num_samples, sample_chunk=chunk_size
+    def fn(params, x, label, example_ids, key):
+        terms = importance_terms(
+            model,
+            params,
+            x,
+            label,
+            key,
+            num_samples=num_samples,
+            sample_chunk=sample_chunk,
+            example_ids=example_ids,
         )
-    )
-    end = jax.jit(functools.partial(_importance_end, num_samples=num_samples))
-    mean_jit = jax.jit(encode_mean)
+        mean, _ = model.apply({"params": params}, _as_x(x), label, method="encode")
+        return terms, mean.astype(jnp.float32)
 
-    def host_fn(params, x, label, example_ids, key):
-        context, carry = begin(params, x, label, key, example_ids)
-        for chunk in range(math.ceil(num_samples / chunk_size)):  # dispatched asynchronously
-            carry = step(params, context, carry, jnp.int32(chunk))
-        return end(context, carry), mean_jit(params, x, label)
-
-    return host_fn
+    return jax.jit(fn)
 
 
 def evaluate_dataset(

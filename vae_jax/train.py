@@ -208,22 +208,17 @@ def _compiler_options(mesh: Mesh) -> dict[str, Any] | None:
     return None
 
 
-def loops_on_host(model: Any, platform: str) -> bool:
-    """Whether to run a model's repeated steps as a host loop of compiled calls, not a scan.
+def _host_loop(model: Any, mesh: Mesh) -> bool:
+    """Whether to run the steps of a call as a host loop of compiled steps, not a `lax.scan`.
 
     XLA:CPU runs a convolution inside a loop body many times slower than the same
     convolution outside one (jax-ml/jax#12868, open): the conv32 VAE's train step took
     3.5 s inside a `lax.scan` and 0.15 s as its own call (`benchmarks/conv.py`,
-    docs/benchmarks.md). So on CPU the conv VAEs dispatch one compiled step at a time
-    (asynchronously; the per-call cost is well under 1% of such a step) and everything
-    else keeps the scan. `platform` is a JAX platform name ("cpu", "gpu", "tpu").
+    docs/benchmarks.md). So on CPU
+    the conv VAEs dispatch one compiled step at a time (asynchronously; the per-call cost
+    is well under 1% of such a step) and everything else keeps the scan.
     """
-    return platform == "cpu" and getattr(model, "architecture", "") == "conv"
-
-
-def _host_loop(model: Any, mesh: Mesh) -> bool:
-    """`loops_on_host` for the devices of `mesh` (train and test-set ELBO calls)."""
-    return loops_on_host(model, mesh.devices.flat[0].platform)
+    return mesh.devices.flat[0].platform == "cpu" and getattr(model, "architecture", "") == "conv"
 
 
 def make_train_call(
