@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from vae_jax.config import ExperimentConfig
     from vae_jax.data import load_mnist
     from vae_jax.train import (
+        chunks,
         epoch_order,
         init_train_state,
         make_keys,
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     call = make_train_call(objective, tx, mesh)
     data = to_device(train.image, train.label, mesh)
     index, weight = epoch_order(len(train.image), tc.batch_size, seed=tc.seed, epoch=0)
-    chunk = (index[: tc.steps_per_call], weight[: tc.steps_per_call])
+    _, stop = next(chunks(len(index), tc.steps_per_call))  # the first call, as `fit` makes it
+    chunk = (index[:stop], weight[:stop])
     t["setup"] = time.perf_counter() - START
 
     compiled = call.lower(state, data, *chunk, keys.train).compile()

@@ -121,7 +121,9 @@ FLAGS: dict[str, _Flag] = {
         "steps_per_call",
         _positive_int,
         None,
-        "train steps fused into one compiled call (progress-bar granularity)",
+        "train steps fused into one compiled call (progress-bar granularity); rounded to the "
+        "nearest divisor of the epoch's steps within a factor of 2, if any, so that one "
+        "compiled call serves the whole epoch (469 steps: 67)",
     ),
     "checkpoint_every": (
         "train",

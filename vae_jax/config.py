@@ -106,7 +106,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     eval_batch_size: int = 1000
-    steps_per_call: int = 64  # train steps fused into one compiled call (progress granularity)
+    steps_per_call: int = 64  # train steps per compiled call (see `train.chunk_size`)
     checkpoint_every: int = 1  # epochs between checkpoints
     keep_checkpoints: int = 3
     num_devices: int = 0  # data-parallel devices (0 = all local devices)
