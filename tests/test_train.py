@@ -27,6 +27,8 @@ def test_chunks_cover_the_epoch_once_in_order(steps, size):
         (24, 64, 24),  # an epoch shorter than a call: one call
         (8, 2, 2),  # already a divisor
         (467, 64, 64),  # a prime: no divisor within a factor of 2, so 7 x 64 + 19
+        (7, 3, 3),  # 1 divides 7 but is not within a factor of 2 of 3
+        (9, 5, 3),  # divisors 3 and 9 are both within a factor of 2 of 5; 3 is nearer
         (96, 64, 48),  # divisors 32, 48 and 96: 48 is nearest
         (4080, 64, 60),  # 60 and 68 are both 4 away (no nearer divisor): the smaller
     ],

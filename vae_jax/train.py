@@ -361,7 +361,7 @@ def chunk_size(steps: int, size: int) -> int:
     """
     if steps <= size:
         return steps
-    divisors = [d for d in range(max(1, size // 2), min(steps, 2 * size) + 1) if steps % d == 0]
+    divisors = [d for d in range((size + 1) // 2, min(steps, 2 * size) + 1) if steps % d == 0]
     return min(divisors, key=lambda d: (abs(d - size), d)) if divisors else size
 
 
