@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -34,19 +33,16 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.speed import _median, _timeit  # noqa: E402
 from vae_jax.evaluate import decoder_flops, evaluate_dataset  # noqa: E402
 from vae_jax.models import VAE, init_params  # noqa: E402
 
 
 def _matmul_seconds(a: jax.Array, b: jax.Array, reps: int) -> float:
+    """Median seconds of ``a @ b`` (compiled, warmed up)."""
     fn = jax.jit(jnp.matmul)
     fn(a, b).block_until_ready()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _median(_timeit(lambda: fn(a, b).block_until_ready(), reps))
 
 
 def ceilings(rows: int, reps: int) -> dict[str, float]:

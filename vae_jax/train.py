@@ -216,9 +216,9 @@ def _host_loop(model: Any, mesh: Mesh) -> bool:
     XLA:CPU runs a convolution inside a loop body many times slower than the same
     convolution outside one (jax-ml/jax#12868, open): the conv32 VAE's train step took
     3.5 s inside a `lax.scan` and 0.15 s as its own call (`benchmarks/conv.py`,
-    docs/benchmarks.md). So on CPU
-    the conv VAEs dispatch one compiled step at a time (asynchronously; the per-call cost
-    is well under 1% of such a step) and everything else keeps the scan.
+    docs/benchmarks.md). So on CPU the conv VAEs dispatch one compiled step at a time
+    (asynchronously; the per-call cost is well under 1% of such a step) and everything
+    else keeps the scan.
     """
     return mesh.devices.flat[0].platform == "cpu" and getattr(model, "architecture", "") == "conv"
 
