@@ -35,7 +35,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+import optax  # noqa: E402
 
 import vae_jax.conv  # noqa: E402
 import vae_jax.train  # noqa: E402
@@ -46,7 +47,6 @@ from vae_jax.train import (  # noqa: E402
     init_train_state,
     make_keys,
     make_mesh,
-    make_optimizer,
     make_train_call,
     steps_per_epoch,
     to_device,
@@ -80,7 +80,7 @@ def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, o
     images = (rng.random((n, size, size, 1)) < 0.13).astype(np.uint8) * 255
     mesh = make_mesh(1)
     data = to_device(images, np.zeros(n, np.int32), mesh)
-    tx = make_optimizer(1e-3)
+    tx = optax.adam(1e-3)
     keys = make_keys(0)
     index, weight = epoch_order(n, batch, seed=0, epoch=0)
     calls, states, times = {}, {}, {}

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t: dict[str, float] = {}
     import jax
+    import optax
 
     from vae_jax.config import ExperimentConfig
     from vae_jax.data import load_mnist
@@ -38,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
         init_train_state,
         make_keys,
         make_mesh,
-        make_optimizer,
         make_train_call,
         to_device,
     )
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     mesh = make_mesh(tc.num_devices)
     model = config.model.build(tuple(train.image.shape[1:]))
     objective = config.objective.build(model)
-    tx = make_optimizer(tc.learning_rate)
+    tx = optax.adam(tc.learning_rate)
     keys = make_keys(tc.seed)
     state = init_train_state(model, tx, keys.init, mesh)
     call = make_train_call(objective, tx, mesh)

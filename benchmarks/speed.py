@@ -44,7 +44,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from vae_jax.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
@@ -57,7 +58,6 @@ from vae_jax.train import (  # noqa: E402
     init_train_state,
     make_keys,
     make_mesh,
-    make_optimizer,
     make_train_call,
     steps_per_epoch,
     to_device,
@@ -248,7 +248,7 @@ class JaxRecipe:
         self.config = config
         self.mesh = make_mesh(tc.num_devices)
         model = config.model.build(tuple(images.shape[1:]))
-        self.tx = make_optimizer(tc.learning_rate)
+        self.tx = optax.adam(tc.learning_rate)
         self.keys = make_keys(tc.seed)
         self.state = init_train_state(model, self.tx, self.keys.init, self.mesh)
         self.call = make_train_call(config.objective.build(model), self.tx, self.mesh)

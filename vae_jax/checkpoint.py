@@ -43,7 +43,8 @@ import orbax.checkpoint as ocp
 
 from vae_jax.config import ExperimentConfig
 from vae_jax.models import VAE
-from vae_jax.train import TrainState, init_train_state, make_keys, make_optimizer
+from vae_jax.optim import make_optimizer
+from vae_jax.train import TrainState, init_train_state, make_keys
 
 log = logging.getLogger("vae_jax.checkpoint")
 
@@ -420,7 +421,8 @@ def check_config(config: ExperimentConfig) -> None:
     """Raise ValueError (one line) unless `config` can be trained as it is.
 
     The dataclasses check their own fields; this adds what needs several of them: the seed
-    range, and building the model and the objective.
+    range, finite float32 values, and building the model for the data's event shape, when
+    the configuration knows it (for arrays it is taken from the data, by `fit`).
     """
     if not 0 <= config.train.seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0..{MAX_SEED}, got {config.train.seed}")
@@ -428,8 +430,8 @@ def check_config(config: ExperimentConfig) -> None:
         for name, value in dataclasses.asdict(getattr(config, section)).items():
             if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
                 raise ValueError(f"{name} must be a finite float32 number, got {value}")
-    model = config.model.build(config.data.image_shape)
-    config.objective.build(model)
+    if config.data.image_shape:
+        config.model.build(config.data.image_shape)
 
 
 class LoadedModel(NamedTuple):
@@ -461,7 +463,7 @@ def load_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> Load
     if config is None:
         raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a vae_jax work directory")
     model = config.model.build(config.data.image_shape)
-    tx = make_optimizer(config.train.learning_rate)
+    tx = make_optimizer(config.train, steps_per_epoch=1)  # (for the state's shapes only)
     key = make_keys(config.train.seed).init
     target = jax.eval_shape(lambda: init_train_state(model, tx, key))  # shapes only
     checkpointer = Checkpointer(workdir, read_only=True)

@@ -27,12 +27,16 @@ class ModelConfig:
     likelihood: str = "bernoulli"  # bernoulli | gaussian | gaussian_global | gaussian_pixel
     obs_std: float = 1.0  # std of the fixed-variance Gaussian likelihood
     conditional: bool = False  # condition encoder and decoder on the one-hot label
+    num_classes: int = 10  # label values 0..num_classes-1 (conditional models only)
     dtype: str = "float32"  # compute dtype; "bfloat16" = mixed precision (params stay f32)
 
-    def build(self, image_shape: tuple[int, ...], num_classes: int = 10) -> VAE:
-        """The `VAE` module for images of `image_shape`; raises ValueError if inconsistent."""
+    def build(self, image_shape: tuple[int, ...]) -> VAE:
+        """The `VAE` for examples of `image_shape` (any shape for the MLP, (H, W, C) for the
+        conv VAE); raises ValueError if inconsistent."""
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.conditional and self.num_classes < 1:
+            raise ValueError(f"a conditional model needs num_classes >= 1, got {self.num_classes}")
         model = VAE(
             image_shape=tuple(image_shape),
             z_dim=self.z_dim,
@@ -42,7 +46,7 @@ class ModelConfig:
             conv_channels=tuple(self.conv_channels),
             likelihood=self.likelihood,
             obs_std=self.obs_std,
-            num_classes=num_classes if self.conditional else 0,
+            num_classes=self.num_classes if self.conditional else 0,
             dtype=jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32,
         )
         check_model(model)
@@ -59,11 +63,17 @@ class ObjectiveConfig:
     free_bits: float = 0.0  # nats per latent dimension (0 = off)
     kl_warmup_steps: int = 0  # KL weight rises linearly from 0 to beta over this many steps
 
-    def build(self, model: VAE) -> Objective:
+    def __post_init__(self) -> None:
         if self.bound not in ("elbo", "iwae"):
             raise ValueError(f"bound must be 'elbo' or 'iwae', got {self.bound!r}")
         if self.kl_warmup_steps < 0:
             raise ValueError(f"kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.beta < 0 or self.free_bits < 0:
+            raise ValueError(f"beta and free_bits must be >= 0, got {self.beta}, {self.free_bits}")
+
+    def build(self, model: VAE) -> Objective:
         if self.bound == "iwae":
             return Objective(model, "iwae", num_samples=self.num_samples)
         return Objective(
@@ -73,37 +83,74 @@ class ObjectiveConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which data, and how it is presented to the model."""
+    """Which data, and how it is presented to the model.
+
+    `dataset` names the data ("mnist" for the experiments' MNIST; "array" or any other name
+    for arrays handed to `fit`). MNIST's examples are ``(image_size, image_size, 1)``; for
+    other data `event_shape` is one example's shape, taken from the data by `fit` when left
+    empty, and recorded so that a work directory is only resumed with data of that shape.
+    """
 
     dataset: str = "mnist"
-    binarize: str = "none"  # "none" (grey levels in [0,1]) | "dynamic" (Bernoulli resampling)
-    image_size: int = 28  # 28, or 32 (zero-padded by 2 pixels on each side)
+    binarize: str = "none"  # "none" (values as given) | "dynamic" (Bernoulli resampling)
+    image_size: int = 28  # MNIST only: 28, or 32 (zero-padded by 2 pixels on each side)
     test_binarize_seed: int = 0  # the fixed seed that binarizes the test set once
+    event_shape: tuple[int, ...] = ()  # one example's shape (not MNIST); () = from the data
 
     def __post_init__(self) -> None:
         if self.binarize not in ("none", "dynamic"):
             raise ValueError(f"binarize must be 'none' or 'dynamic', got {self.binarize!r}")
         if self.image_size not in (28, 32):
             raise ValueError(f"image_size must be 28 or 32, got {self.image_size}")
+        if not self.dataset:
+            raise ValueError("dataset must be a non-empty name")
+        if any(d < 1 for d in self.event_shape):
+            raise ValueError(f"event_shape must have sizes >= 1, got {self.event_shape}")
+        if self.dataset == "mnist" and self.event_shape:
+            raise ValueError("MNIST's event shape comes from image_size; leave event_shape ()")
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 1)
+    def image_shape(self) -> tuple[int, ...]:
+        """One example's shape; () when it is still to be taken from the data."""
+        if self.dataset == "mnist":
+            return (self.image_size, self.image_size, 1)
+        return self.event_shape
 
     @property
     def variant(self) -> str:
         """The data variant's name, as written in logs and metrics."""
+        if self.dataset != "mnist":
+            name = "values as given" if self.binarize == "none" else "dynamically binarized"
+            shape = "x".join(map(str, self.event_shape)) or "?"
+            return f"{self.dataset} [{shape}], {name}"
         name = "grey-level" if self.binarize == "none" else "dynamically binarized"
         return f"{name} {self.dataset} {self.image_size}x{self.image_size}"
 
 
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "exponential", "iwae_paper")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation. Defaults: the PyTorch recipe (Adam 1e-3, batch 128, 10 epochs)."""
+    """The optimisation. Defaults: the PyTorch recipe (Adam 1e-3, batch 128, 10 epochs).
+
+    The learning rate follows `schedule` (`vae_jax.optim.make_schedule`): "constant";
+    "cosine" (to 0 at the run's last step); "exponential" (times `decay_rate` per epoch);
+    "iwae_paper" (Burda et al., 2016: ``learning_rate * 10**(-i/7)`` for 3**i epochs,
+    i = 0..7, 3280 epochs in all). `warmup_steps` > 0 prepends a linear ramp from 0.
+    """
 
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
+    optimizer: str = "adam"  # "adam" | "adamw" (decoupled weight decay)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (adamw only)
+    adam_eps: float = 1e-8  # Adam's epsilon (the IWAE paper used 1e-4)
+    schedule: str = "constant"  # a name from SCHEDULES
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps
+    decay_rate: float = 1.0  # "exponential": the learning rate's factor per epoch
+    clip_norm: float = 0.0  # clip gradients to this global norm (0 = off)
     seed: int = 0
     eval_batch_size: int = 1000
     steps_per_call: int = 64  # train steps per compiled call (see `train.chunk_size`)
@@ -123,6 +170,25 @@ class TrainConfig:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.num_devices < 0:
             raise ValueError(f"num_devices must be >= 0, got {self.num_devices}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.weight_decay < 0 or (self.weight_decay > 0 and self.optimizer != "adamw"):
+            raise ValueError(
+                f"weight_decay must be >= 0 and needs optimizer adamw, got {self.weight_decay} "
+                f"with {self.optimizer}"
+            )
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.decay_rate <= 1:
+            raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}")
+        if self.decay_rate != 1 and self.schedule != "exponential":
+            raise ValueError("decay_rate applies to the exponential schedule only")
+        if self.clip_norm < 0:
+            raise ValueError(f"clip_norm must be >= 0 (0 = off), got {self.clip_norm}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,10 +221,12 @@ class ExperimentConfig:
     def identity(self) -> dict[str, Any]:
         """What must match for a work directory's checkpoints to be resumed by this config.
 
-        Everything except the number of epochs (a run may be extended), the checkpoint
-        cadence and the device count.
+        Everything except the number of epochs (a run may be extended; not with the cosine
+        schedule, whose length it sets), the checkpoint cadence and the device count.
         """
         d = self.to_dict()
-        for key in ("epochs", "checkpoint_every", "keep_checkpoints", "num_devices"):
+        for key in ("checkpoint_every", "keep_checkpoints", "num_devices"):
             d["train"].pop(key)
+        if self.train.schedule != "cosine":
+            d["train"].pop("epochs")
         return d

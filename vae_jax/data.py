@@ -49,9 +49,11 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
+
+from vae_jax.arrays import Split, check_split
 
 __all__ = [
     "DataUnavailableError",
@@ -113,18 +115,6 @@ _READ_CHUNK = 8192
 
 class DataUnavailableError(RuntimeError):
     """Raised when no source can provide the dataset; the message says what to do."""
-
-
-class Split(NamedTuple):
-    """One split held in memory.
-
-    Attributes:
-        image: ``uint8`` array of shape ``[N, 28, 28, 1]``.
-        label: ``int32`` array of shape ``[N]``.
-    """
-
-    image: np.ndarray
-    label: np.ndarray
 
 
 class _Unavailable(Exception):
@@ -925,8 +915,10 @@ def load_mnist(
     out = {split: read_split(DATASET_NAME, split, resolved) for split in ("train", "test")}
     for split, arrays in out.items():
         name = f"MNIST {split} split in {resolved}"
+        if arrays.image.dtype != np.uint8:
+            raise ValueError(f"{name}: images are {arrays.image.dtype}, not uint8")
         check_split(
-            arrays.image, arrays.label, name=name, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES
+            arrays.image, arrays.label, name=name, event_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES
         )
     counts = {split: len(s.label) for split, s in out.items()}
     logger.info(
@@ -941,61 +933,6 @@ def load_mnist(
             "MNIST in %s has %s examples, not the standard %s", resolved, counts, NUM_EXAMPLES
         )
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Checks on data handed to training.
-
-
-def check_split(
-    image: Any,
-    label: Any,
-    *,
-    name: str,
-    image_shape: Sequence[int] | None = None,
-    num_classes: int | None = None,
-) -> None:
-    """Raises ValueError, in one line naming ``name``, unless the split is usable for training.
-
-    Checks: ``image`` is a numpy ``uint8`` array ``[N, H, W, C]`` with N >= 1 (of
-    ``image_shape`` if given; uint8 cannot hold NaN, and a float array is refused, saying
-    whether it holds NaN or values outside 0..255, rather than silently truncated to 0/1);
-    ``label`` is an integer array ``[N]``, in ``0..num_classes-1`` if given.
-    """
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"{name}: images must be a numpy array, got {type(image).__name__}")
-    if image.ndim != 4 or image.shape[0] < 1 or min(image.shape[1:], default=0) < 1:
-        raise ValueError(f"{name}: images must be [N >= 1, H, W, C], got shape {image.shape}")
-    if image_shape is not None and tuple(image.shape[1:]) != tuple(image_shape):
-        raise ValueError(
-            f"{name}: images are {tuple(image.shape[1:])}, expected {tuple(image_shape)}"
-        )
-    if image.dtype != np.uint8:
-        detail = ""
-        if image.dtype.kind in "fc":
-            if np.isnan(image).any():
-                detail = "; it contains NaN"
-            elif not np.isfinite(image).all():
-                detail = "; it contains infinite values"
-            elif image.size and (image.min() < 0 or image.max() > 255):
-                detail = f"; its values span {image.min():g}..{image.max():g}, outside 0..255"
-            elif image.size and image.max() <= 1:
-                detail = "; values in [0, 1]? pass np.round(x * 255).astype(np.uint8)"
-        raise ValueError(
-            f"{name}: images must be uint8 grey levels 0..255, got {image.dtype}{detail}"
-        )
-    if not isinstance(label, np.ndarray) or label.dtype.kind not in "iu":
-        kind = getattr(label, "dtype", type(label).__name__)
-        raise ValueError(f"{name}: labels must be an integer numpy array, got {kind}")
-    if label.shape != image.shape[:1]:
-        raise ValueError(
-            f"{name}: {label.shape} labels for {image.shape[0]} images (expected shape "
-            f"({image.shape[0]},))"
-        )
-    if num_classes is not None and (label.min() < 0 or label.max() >= num_classes):
-        raise ValueError(
-            f"{name}: labels span {label.min()}..{label.max()}, outside 0..{num_classes - 1}"
-        )
 
 
 # --------------------------------------------------------------------------------------------

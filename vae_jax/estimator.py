@@ -1,4 +1,4 @@
-"""`VAEEstimator`: a scikit-learn-style VAE for any array of images or vectors in [0, 1].
+"""`VAEEstimator`: a scikit-learn-style VAE for any array of images or vectors.
 
 For people who want ``fit`` / ``transform`` rather than a training loop::
 
@@ -15,10 +15,9 @@ The estimator needs no scikit-learn; it follows its conventions (constructor arg
 stored unvalidated and checked by `fit`; fitted attributes end in ``_``; `get_params` /
 `set_params`). Saving writes the parameters with Orbax and the rest as JSON: no pickle.
 
-Precision note: the training loop keeps data sets on the device as uint8 grey levels and
-scales them by 1/255 inside the step, so `fit` trains on ``round(255 * X) / 255`` (an
-error of at most 1/510 per value; binary data are exact). `transform`, `reconstruct` and
-`score` use X exactly as given.
+X is used exactly as given (as float32) by `fit`, `transform`, `reconstruct` and `score`:
+values in [0, 1] for the Bernoulli likelihood (float round-off at the edges is tolerated),
+any real values for the Gaussian ones.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from numpy.typing import ArrayLike
 
+from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from vae_jax.evaluate import evaluate_dataset
 from vae_jax.experiment import decoder_mean
@@ -137,20 +137,17 @@ class VAEEstimator:
         """Train on X by maximising the ELBO (Adam, `epochs` passes); returns self.
 
         Args:
-          X: [N, D] vectors, [N, H, W] or [N, H, W, C] images; values in [0, 1], finite.
-            Training sees X quantised to 1/255 steps (see the module docstring).
+          X: [N, D] vectors, [N, H, W] or [N, H, W, C] images, finite; values in [0, 1] for
+            the Bernoulli likelihood, any real values for the Gaussian ones. Used as given.
           y: ignored (present for scikit-learn compatibility).
         """
         del y
         x = _check_array(X, likelihood=self.likelihood)
         config = self._config(len(x))
         feature_shape = tuple(x.shape[1:])
-        images = np.round(x.reshape(len(x), *_image_shape(feature_shape)) * 255.0).astype(np.uint8)
-        labels = np.zeros(len(x), np.int32)
         result = fit_loop(
             config,
-            images,
-            labels,
+            x.reshape(len(x), *_image_shape(feature_shape)).astype(np.float32),
             workdir=None,
             progress=self.verbose,
             log=print if self.verbose else _quiet,
@@ -159,7 +156,7 @@ class VAEEstimator:
         self.params_ = jax.device_get(result.state.params)
         self.feature_shape_ = feature_shape
         self.n_features_in_ = math.prod(feature_shape)
-        variant = "binarized" if self.binarize else "values in [0, 1]"
+        variant = "binarized" if self.binarize else "values as given"
         self.history_ = [
             {**r, "data": f"array of {len(x)} x {list(feature_shape)}, {variant}"}
             for r in result.records
@@ -364,7 +361,8 @@ def _image_shape(feature_shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _check_array(X: ArrayLike, *, likelihood: str) -> np.ndarray:
-    """Validate X: numeric, [N, D] / [N, H, W] / [N, H, W, C], N >= 1, finite, in [0, 1]."""
+    """Validate X: numeric, [N, D] / [N, H, W] / [N, H, W, C], N >= 1, finite; in [0, 1]
+    (round-off clipped) for a Bernoulli likelihood."""
     x = np.asarray(X)
     if x.dtype == object or not (
         np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)
@@ -381,11 +379,10 @@ def _check_array(X: ArrayLike, *, likelihood: str) -> np.ndarray:
     if bad.any():
         raise ValueError(f"X contains {int(bad.sum())} NaN or infinite values")
     low, high = float(x.min()), float(x.max())
-    if low < 0.0 or high > 1.0:
-        why = (
-            "a Bernoulli likelihood needs values in [0, 1]"
-            if likelihood == "bernoulli"
-            else "the training loop stores data as 8-bit grey levels in [0, 1]"
+    tol = UNIT_INTERVAL_TOLERANCE
+    if likelihood == "bernoulli" and (low < -tol or high > 1.0 + tol):
+        raise ValueError(
+            f"X has values in [{low:g}, {high:g}]; a Bernoulli likelihood needs values in "
+            "[0, 1] (rescale, e.g. X / X.max(), or use likelihood='gaussian_pixel')"
         )
-        raise ValueError(f"X has values in [{low:g}, {high:g}]; {why} (rescale, e.g. X / X.max())")
-    return x
+    return np.clip(x, 0.0, 1.0) if likelihood == "bernoulli" else x

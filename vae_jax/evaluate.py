@@ -38,6 +38,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
+from vae_jax.arrays import to_float, to_float_np
 from vae_jax.models import VAE, DecoderOutput
 from vae_jax.objectives import (
     Objective,
@@ -81,14 +82,6 @@ class ActiveUnits(NamedTuple):
     num_active: int
     variance: np.ndarray
     threshold: float
-
-
-def _as_x(x: ArrayLike) -> jax.Array:
-    """uint8 grey levels -> float32 in [0, 1]; float input is used as given."""
-    x = jnp.asarray(x)
-    if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) * (1.0 / 255.0)
-    return x.astype(jnp.float32)
 
 
 _PRODUCT_GROUP = 16  # softplus terms multiplied before one log: each factor is in [1, 2]
@@ -161,7 +154,7 @@ def importance_terms(
     if num_samples < 1 or sample_chunk < 1:
         raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
     sample_chunk = min(sample_chunk, num_samples)
-    x = _as_x(x)
+    x = to_float(x)
     batch = x.shape[0]
     encoded: Any = model.apply({"params": params}, x, label, method="encode")
     mean, logvar = (a.astype(jnp.float32) for a in encoded)  # [batch, z_dim] each
@@ -267,7 +260,7 @@ def elbo(
     the batch.
     """
     objective = Objective(model, "elbo", num_samples=num_samples)
-    batch: dict[str, Any] = {"image": _as_x(x)}
+    batch: dict[str, Any] = {"image": to_float(x)}
     if label is not None:
         batch["label"] = jnp.asarray(label)
     return objective.per_example(params, batch, key).elbo
@@ -347,7 +340,7 @@ def make_batch_evaluator(
             sample_chunk=sample_chunk,
             example_ids=example_ids,
         )
-        mean, _ = model.apply({"params": params}, _as_x(x), label, method="encode")
+        mean, _ = model.apply({"params": params}, to_float(x), label, method="encode")
         return terms, mean.astype(jnp.float32)
 
     return jax.jit(fn)
@@ -734,7 +727,7 @@ def write_evaluation_pictures(
     pairs = min(num_interpolations, len(images) // 2)
     if pairs >= 1:
         rows = []
-        x = np.asarray(images, np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+        x = to_float_np(images)
         for r in range(pairs):
             a, b = 2 * r, 2 * r + 1
             z = visualize.interpolate_latents(

@@ -27,6 +27,7 @@ import numpy as np
 
 from vae_jax import data as data_lib
 from vae_jax import visualize
+from vae_jax.arrays import binarize_once, pad_images, to_float_np
 from vae_jax.checkpoint import (
     CHECKPOINT_SUBDIR,
     CONFIG_FILE,
@@ -43,23 +44,6 @@ from vae_jax.train import TrainState
 
 class WorkdirError(ValueError):
     """The work directory cannot be used (unwritable, or owned by another configuration)."""
-
-
-def pad_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad uint8 [N, H, W, C] images symmetrically to [N, size, size, C]."""
-    h, w = images.shape[1:3]
-    if (h, w) == (size, size):
-        return images
-    if size < h or size < w or (size - h) % 2 or (size - w) % 2:
-        raise ValueError(f"cannot pad {h}x{w} images symmetrically to {size}x{size}")
-    ph, pw = (size - h) // 2, (size - w) // 2
-    return np.pad(images, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-
-
-def binarize_once(images: np.ndarray, seed: int) -> np.ndarray:
-    """Binarize uint8 grey levels once: pixel ~ Bernoulli(grey / 255), returned as 0/255."""
-    u = np.random.default_rng(seed).random(images.shape, dtype=np.float32)
-    return np.where(u < images.astype(np.float32) / 255.0, 255, 0).astype(np.uint8)
 
 
 def prepare_workdir(
@@ -202,7 +186,7 @@ def make_epoch_pictures(
     # (host arrays put on the device as they are: no eager op to compile)
     sample_labels = jnp.asarray(np.arange(64, dtype=np.int32) % 10)
     class_labels = jnp.asarray(np.repeat(np.arange(10, dtype=np.int32), per_class))
-    x = jnp.asarray(np.asarray(test_images[:32], np.float32) / np.float32(255.0))
+    x = jnp.asarray(to_float_np(test_images[:32]))
     labels = jnp.asarray(np.asarray(test_labels[:32], np.int32))
     conditional = model.num_classes > 0
 

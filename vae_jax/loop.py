@@ -15,6 +15,7 @@ data as an uninterrupted one: on one CPU its final parameters are bitwise equal.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -24,8 +25,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm.auto import tqdm
 
+from vae_jax.arrays import Split, check_split
 from vae_jax.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -35,9 +38,9 @@ from vae_jax.checkpoint import (
     write_config,
 )
 from vae_jax.config import ExperimentConfig
-from vae_jax.data import check_split
 from vae_jax.models import VAE
 from vae_jax.objectives import Objective, make_elbo, make_iwae
+from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.train import (
     NonFiniteError,
     TrainState,
@@ -47,7 +50,6 @@ from vae_jax.train import (
     make_evaluate,
     make_keys,
     make_mesh,
-    make_optimizer,
     make_train_call,
     replicate,
     steps_per_epoch,
@@ -70,10 +72,11 @@ class FitResult(NamedTuple):
 def fit(
     config: ExperimentConfig,
     train_images: np.ndarray,
-    train_labels: np.ndarray,
+    train_labels: np.ndarray | None = None,
     test_images: np.ndarray | None = None,
     test_labels: np.ndarray | None = None,
     *,
+    tx: optax.GradientTransformation | None = None,
     workdir: str | Path | None = None,
     resume: bool = True,
     on_epoch_end: EpochHook | None = None,
@@ -82,14 +85,23 @@ def fit(
     checkpoint_every_steps: int = 0,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train `config`'s model on uint8 images; return the final state and per-epoch records.
+    """Train `config`'s model on in-memory arrays; return the final state and the records.
 
     Args:
-      config: the experiment configuration.
-      train_images, train_labels: uint8 [N, H, W, C] grey levels (or 0/255 binarized) and
-        int [N] labels. Dynamic binarization, if configured, happens inside the train step.
+      config: the experiment configuration. For data other than MNIST
+        (``config.data.dataset != "mnist"``), an empty ``config.data.event_shape`` is
+        taken from `train_images` (and recorded in the work directory).
+      train_images: ``[N, *event_shape]`` examples (`vae_jax.arrays`): uint8 levels
+        (scaled by 1/255 in the step) or real values used exactly as given (float32);
+        values in [0, 1] for a Bernoulli likelihood or dynamic binarization (which
+        happens inside the train step). Vectors ``[N, D]`` or images ``[N, H, W, C]``
+        for the MLP, images for the conv VAE.
+      train_labels: int ``[N]`` labels, or None (needed by a conditional model).
       test_images, test_labels: evaluated after every epoch (single-sample ELBO with a fixed
         key; also the IWAE bound when training with IWAE). Already binarized if binarized.
+      tx: any `optax.GradientTransformation` to use instead of the one `config.train`
+        describes (`vae_jax.optim.make_optimizer`). A work directory records the
+        configuration only: resuming with another `tx` is your responsibility.
       workdir: where ``config.json`` and the checkpoints go (none if None). A directory
         whose ``config.json`` holds a different configuration is refused.
       resume: continue from the newest readable checkpoint in `workdir`, if any. With
@@ -118,21 +130,34 @@ def fit(
         (the message names the checkpoint that is intact).
       NonFiniteError: a non-finite loss or gradient (the message names the step).
     """
-    tc = config.train
+    # ---------------------------------------------------------------- check what comes in
     check_config(config)
-    num_classes = 10 if config.model.conditional else None
-    check_split(train_images, train_labels, name="training data", num_classes=num_classes)
+    mc, tc = config.model, config.train
+    checks: dict[str, Any] = {
+        "num_classes": mc.num_classes if mc.conditional else None,
+        "unit_interval": mc.likelihood == "bernoulli" or config.data.binarize == "dynamic",
+    }
+    train = check_split(
+        train_images,
+        train_labels,
+        name="training data",
+        event_shape=config.data.image_shape or None,
+        **checks,
+    )
+    event_shape = tuple(train.image.shape[1:])
+    if not config.data.image_shape:
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, event_shape=event_shape)
+        )
+        check_config(config)  # the model, for this event shape
+    test = None
     if test_images is not None:
-        check_split(
-            test_images,
-            test_labels,
-            name="test data",
-            image_shape=train_images.shape[1:],
-            num_classes=num_classes,
+        test = check_split(
+            test_images, test_labels, name="test data", event_shape=event_shape, **checks
         )
     if checkpoint_every_steps < 0:
         raise ValueError(f"checkpoint_every_steps must be >= 0, got {checkpoint_every_steps}")
-    n_train = len(train_images)
+    n_train = len(train.image)
     if tc.batch_size > n_train:
         raise ValueError(
             f"batch_size ({tc.batch_size}) is larger than the training set ({n_train} examples)"
@@ -144,15 +169,17 @@ def fit(
             f"{tc.epochs} epochs of {n_steps_epoch} steps exceed {MAX_STEPS} steps "
             "(the int32 step counter)"
         )
+    if tx is None:
+        check_schedule(tc, n_steps_epoch)
+        tx = make_optimizer(tc, n_steps_epoch)
     mesh = make_mesh(tc.num_devices)
     for name in ("batch_size", "eval_batch_size"):
         if getattr(tc, name) % mesh.size:
             raise ValueError(
                 f"{name} ({getattr(tc, name)}) must divide evenly over {mesh.size} devices"
             )
-    model = config.model.build(tuple(train_images.shape[1:]))
+    model = config.model.build(event_shape)
     objective = config.objective.build(model)
-    tx = make_optimizer(tc.learning_rate)
     keys = make_keys(tc.seed)
     records: list[dict[str, Any]] = []
     partial = dict.fromkeys(PARTIAL_KEYS, 0.0)
@@ -192,10 +219,8 @@ def fit(
             state,
             records,
             partial,
-            train_images,
-            train_labels,
-            test_images,
-            test_labels,
+            train,
+            test,
             checkpointer=checkpointer,
             on_epoch_end=on_epoch_end,
             progress=progress,
@@ -254,10 +279,8 @@ def _train(
     state: TrainState,
     records: list[dict[str, Any]],
     partial: dict[str, float],
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    test_images: np.ndarray | None,
-    test_labels: np.ndarray | None,
+    train: Split,
+    test: Split | None,
     *,
     checkpointer: Checkpointer | None,
     on_epoch_end: EpochHook | None,
@@ -268,7 +291,7 @@ def _train(
 ) -> FitResult:
     """The epoch loop of `fit`, from `state` (fresh or restored) to the last epoch."""
     tc = config.train
-    n_train = len(train_images)
+    n_train = len(train.image)
     n_steps_epoch = steps_per_epoch(n_train, tc.batch_size)
     total_steps = tc.epochs * n_steps_epoch
     call = make_train_call(
@@ -280,7 +303,7 @@ def _train(
         skip_nonfinite=skip_nonfinite,
     )
     evaluators: dict[str, Callable[..., Any]] = {}
-    if test_images is not None:
+    if test is not None:
         evaluators["elbo"] = make_evaluate(make_elbo(model), mesh, batch_size=tc.eval_batch_size)
         if objective.kind == "iwae":
             evaluators["iwae"] = make_evaluate(
@@ -288,11 +311,8 @@ def _train(
                 mesh,
                 batch_size=tc.eval_batch_size,
             )
-    train_data = to_device(train_images, train_labels, mesh)
-    test_data = None
-    if test_images is not None:
-        assert test_labels is not None  # (checked by `fit`)
-        test_data = to_device(test_images, test_labels, mesh)
+    train_data = to_device(train.image, train.label, mesh)
+    test_data = None if test is None else to_device(test.image, test.label, mesh)
     last_saved = int(state.step)
 
     def save(epoch_done: int, step: int) -> None:

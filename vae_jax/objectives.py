@@ -19,9 +19,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
-from vae_jax.models import VAE, DecoderOutput, decode, encode
+from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE, to_float
+from vae_jax.models import LIKELIHOODS, VAE, DecoderOutput, decode, encode
 
 Params = Any
 Batch = jax.Array | Mapping[str, jax.Array]
@@ -171,16 +173,14 @@ def log_likelihood(
 def unpack_batch(batch: Batch) -> tuple[jax.Array, jax.Array | None]:
     """Return (x, label) from an image array or a mapping with "image" (and "label").
 
-    uint8 images are scaled to [0, 1] (grey levels / 255); float images are used as given.
+    uint8 images are scaled to [0, 1] (``x * (1/255)``); floats are used as given
+    (`vae_jax.arrays.to_float`).
     """
     if isinstance(batch, Mapping):
         x, label = batch["image"], batch.get("label")
     else:
         x, label = batch, None
-    x = jnp.asarray(x)
-    if x.dtype == jnp.uint8:
-        x = x.astype(jnp.float32) / 255.0
-    return x, label
+    return to_float(x), label
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -232,6 +232,12 @@ class Objective:
     free_bits: float = 0.0
 
     def __post_init__(self) -> None:
+        likelihood = getattr(self.model, "likelihood", None)
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"the model's likelihood must be one of {LIKELIHOODS}, got {likelihood!r} "
+                f"({type(self.model).__name__}.likelihood)"
+            )
         if self.kind not in ("elbo", "iwae"):
             raise ValueError(f"kind must be 'elbo' or 'iwae', got {self.kind!r}")
         if self.num_samples < 1:
@@ -261,8 +267,7 @@ class Objective:
         `beta` overrides the configured KL weight (KL warm-up passes a traced schedule).
         Free bits are not applied here (they act on batch means; see `terms`).
         """
-        x, label = unpack_batch(batch)
-        x = x.astype(jnp.float32)
+        x, label = self._checked(batch)
         event_ndims = x.ndim - 1
         mean, logvar = encode(self.model, params, x, label)
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
@@ -303,7 +308,7 @@ class Objective:
         terms = ElboTerms(mean(per.elbo), mean(per.log_likelihood), mean(per.kl))
         if self.free_bits > 0 and self.kind == "elbo":
             x, label = unpack_batch(batch)
-            enc_mean, enc_logvar = encode(self.model, params, x.astype(jnp.float32), label)
+            enc_mean, enc_logvar = encode(self.model, params, x, label)
             kl_dims = gaussian_kl_per_dim(enc_mean, enc_logvar)  # [batch, z_dim]
             kl_dims = jnp.sum(w[:, None] * kl_dims, axis=0) / jnp.sum(w)
             kl_fb = jnp.sum(jnp.maximum(kl_dims, self.free_bits))
@@ -314,6 +319,52 @@ class Objective:
     def __call__(self, params: Params, batch: Batch, key: jax.Array) -> jax.Array:
         """The batch-mean bound in nats per example: a scalar (see the class docstring)."""
         return self.terms(params, batch, key).elbo
+
+    def _checked(self, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
+        """(x, label) of `batch`, checked: see `check_batch`."""
+        check_batch(self.model, batch)
+        return unpack_batch(batch)
+
+
+def check_batch(model: Any, batch: Batch) -> None:
+    """Raise ValueError (one line) unless `batch` fits `model`.
+
+    By shape, always (also under `jit`, when tracing): a batch axis before the model's
+    event shape (``model.image_shape``, when the module has one), and labels for a
+    conditional model (``model.num_classes > 0``). By value, when the values are concrete
+    (outside `jit`): finite, and in [0, 1] for a Bernoulli likelihood (float round-off up
+    to `vae_jax.arrays.UNIT_INTERVAL_TOLERANCE` is accepted; uint8 is always in range).
+    """
+    x, label = (batch["image"], batch.get("label")) if isinstance(batch, Mapping) else (batch, None)
+    shape = tuple(jnp.shape(x))
+    event = tuple(getattr(model, "image_shape", ()) or ())
+    if event and shape[1:] != event:
+        hint = " (one example without its batch axis?)" if shape == event else ""
+        raise ValueError(
+            f"the batch has shape {shape}; this model takes [batch, {', '.join(map(str, event))}]"
+            f"{hint}"
+        )
+    if len(shape) < 2 or shape[0] < 1:
+        raise ValueError(f"the batch has shape {shape}; expected [batch >= 1, *event_shape]")
+    if getattr(model, "num_classes", 0) > 0:
+        if label is None:
+            raise ValueError("this model is conditional: pass {'image': x, 'label': labels}")
+        if tuple(jnp.shape(label)) != shape[:1]:
+            raise ValueError(f"labels of shape {tuple(jnp.shape(label))} for {shape[0]} examples")
+    if isinstance(x, jax.core.Tracer) or jnp.result_type(x) == jnp.uint8:
+        return
+    values = np.asarray(x, np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"the batch contains {int((~np.isfinite(values)).sum())} NaN or inf values"
+        )
+    low, high = float(values.min()), float(values.max())
+    tol = UNIT_INTERVAL_TOLERANCE
+    if getattr(model, "likelihood", None) == "bernoulli" and (low < -tol or high > 1 + tol):
+        raise ValueError(
+            f"the batch has values in [{low:g}, {high:g}]; a Bernoulli likelihood needs values "
+            "in [0, 1] (uint8 levels 0..255 are scaled by 1/255; floats are used as given)"
+        )
 
 
 def make_elbo(

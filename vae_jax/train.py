@@ -1,8 +1,9 @@
 """Training: the state, the jitted train step, evaluation, and the epoch loop.
 
 Design (each choice measured in docs/benchmarks.md):
-- The data set lives on the device as uint8; each step gathers its batch by index, scales
-  it to [0, 1] (and binarizes it, for dynamically binarized data) inside the compiled step.
+- The data set lives on the device (uint8 stays uint8, floats are float32); each step
+  gathers its batch by index and scales it (uint8 by 1/255; floats as given) and, for
+  dynamically binarized data, binarizes it inside the compiled step.
 - `steps_per_call` train steps run as one `lax.scan` inside one `jax.jit` call with the
   train state donated: no host round trip per step. (`chunks` rounds it to a divisor of
   the epoch's steps when one is near, so one compiled program serves the whole epoch. Conv
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vae_jax.arrays import to_float
 from vae_jax.models import VAE, init_params
 from vae_jax.objectives import Objective
 
@@ -66,7 +68,8 @@ class Keys(NamedTuple):
 
 
 class DeviceData(NamedTuple):
-    """A split on the device: image uint8 [N, H, W, C] grey levels, label int32 [N]."""
+    """A split on the device: image [N, *event_shape] uint8 (scaled by 1/255 in the step)
+    or float32 (used as given), label int32 [N]."""
 
     image: jax.Array
     label: jax.Array
@@ -99,11 +102,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Adam with the given learning rate (the recipe's optimiser)."""
-    return optax.adam(learning_rate)
-
-
 def init_train_state(
     model: VAE, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh | None = None
 ) -> TrainState:
@@ -118,8 +116,11 @@ def init_train_state(
 
 
 def to_device(image: np.ndarray, label: np.ndarray, mesh: Mesh) -> DeviceData:
-    """Put a split on the mesh's devices, replicated (uint8 images stay uint8)."""
-    on_device = replicate((np.asarray(image, np.uint8), np.asarray(label, np.int32)), mesh)
+    """Put a split on the mesh's devices, replicated: uint8 stays uint8 (a quarter of the
+    memory of float32), anything else becomes float32 (`vae_jax.arrays`)."""
+    image = np.asarray(image)
+    image = image if image.dtype == np.uint8 else image.astype(np.float32)
+    on_device = replicate((image, np.asarray(label, np.int32)), mesh)
     return DeviceData(*on_device)
 
 
@@ -141,17 +142,6 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def _images_to_x(
-    image: jax.Array, key: jax.Array | None, *, binarize: bool, dtype: Any = jnp.float32
-) -> jax.Array:
-    """uint8 grey levels -> float x in [0, 1], resampled ~ Bernoulli(x) if binarize."""
-    x = image.astype(jnp.float32) * (1.0 / 255.0)
-    if binarize:
-        assert key is not None
-        x = jax.random.bernoulli(key, x).astype(jnp.float32)
-    return x.astype(dtype)
-
-
 def _batch_x(
     data: DeviceData,
     index: jax.Array,
@@ -160,17 +150,22 @@ def _batch_x(
     *,
     binarize: bool,
 ) -> jax.Array:
-    """The batch ``data.image[index]`` as float32 x [batch, *image_shape] in [0, 1].
+    """The batch ``data.image[index]`` as float32 x [batch, *event_shape].
 
-    The images are gathered as rows of ``data.image`` viewed as uint8 [N, H*W*C] and
-    scaled (and binarized) in that flat shape, then viewed as [batch, H, W, C] again (a free
-    bitcast). The values, and the Bernoulli draws, are the same as in image shape; but
+    uint8 data are scaled by 1/255, float data used as given (`vae_jax.arrays.to_float`);
+    with `binarize`, each value is then resampled ~ Bernoulli(value) from `key`.
+    The examples are gathered as rows of ``data.image`` viewed as [N, prod(event_shape)] and
+    scaled (and binarized) in that flat shape, then viewed as [batch, *event_shape] again (a
+    free bitcast). The values, and the Bernoulli draws, are the same as in image shape; but
     XLA:CPU vectorizes along the minor dimension, which in [N, 28, 28, 1] has size 1, so the
     flat gather and scale are several times cheaper (docs/benchmarks.md).
     """
     n = data.image.shape[0]
     rows = jax.lax.with_sharding_constraint(data.image.reshape(n, -1)[index], sharding)
-    x = _images_to_x(rows, key, binarize=binarize)  # [batch, H*W*C]
+    x = to_float(rows)  # [batch, prod(event_shape)]
+    if binarize:
+        assert key is not None
+        x = jax.random.bernoulli(key, x).astype(jnp.float32)
     return x.reshape(index.shape[0], *data.image.shape[1:])
 
 
