@@ -105,7 +105,11 @@ def test_rerunning_the_command_resumes_instead_of_restarting(tiny_mnist, tmp_pat
         ),
         # objectives
         ("--beta", "4", "--kl_warmup_steps", "10", "--free_bits", "0.1"),
-        ("--num_samples", "3"),
+        # L samples, with every optimizer option at once
+        tuple(
+            "--num_samples 3 --optimizer adamw --weight_decay 1e-4 --schedule cosine "
+            "--warmup_steps 2 --clip_norm 5".split()
+        ),
         # conditional VAE and binarized data
         ("--conditional", "--binarize", "dynamic"),
         tuple(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from vae_jax.checkpoint import FLOAT32_MAX, MAX_SEED, check_config
-from vae_jax.config import ExperimentConfig
+from vae_jax.config import OPTIMIZERS, SCHEDULES, ExperimentConfig
 from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from vae_jax.recipes import RECIPES
 
@@ -101,7 +101,59 @@ _Flag = tuple[str, str, Callable[[str], Any], Sequence[Any] | None, str]
 FLAGS: dict[str, _Flag] = {
     "epochs": ("train", "epochs", _nonnegative_int, None, "passes over the training set"),
     "batch_size": ("train", "batch_size", _positive_int, None, "examples per update"),
-    "learning_rate": ("train", "learning_rate", _positive_float, None, "Adam learning rate"),
+    "learning_rate": (
+        "train",
+        "learning_rate",
+        _positive_float,
+        None,
+        "peak learning rate (the schedule's starting value)",
+    ),
+    "optimizer": (
+        "train",
+        "optimizer",
+        str,
+        OPTIMIZERS,
+        "adam, or adamw (Adam with decoupled --weight_decay)",
+    ),
+    "weight_decay": (
+        "train",
+        "weight_decay",
+        _nonnegative_float,
+        None,
+        "AdamW's decoupled weight decay (with --optimizer adamw)",
+    ),
+    "adam_eps": ("train", "adam_eps", _positive_float, None, "Adam's epsilon (IWAE paper: 1e-4)"),
+    "schedule": (
+        "train",
+        "schedule",
+        str,
+        SCHEDULES,
+        "learning-rate schedule: constant; cosine (to 0 at the last step of --epochs); "
+        "exponential (times --decay_rate per epoch, continuously); iwae_paper (Burda et al. "
+        "2016: rate * 10^(-i/7) for 3^i epochs, i = 0..7, 3280 epochs; fewer epochs "
+        "truncate it)",
+    ),
+    "warmup_steps": (
+        "train",
+        "warmup_steps",
+        _nonnegative_int,
+        None,
+        "linear learning-rate warm-up from 0 over this many steps; the schedule starts after it",
+    ),
+    "decay_rate": (
+        "train",
+        "decay_rate",
+        _positive_float,
+        None,
+        "learning-rate factor per epoch of the exponential schedule, in (0, 1]",
+    ),
+    "clip_norm": (
+        "train",
+        "clip_norm",
+        _nonnegative_float,
+        None,
+        "clip gradients to this global norm before the optimizer (0 = off)",
+    ),
     "seed": (
         "train",
         "seed",
