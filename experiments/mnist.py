@@ -1,75 +1,18 @@
 """Train a VAE on MNIST: ``python -m experiments.mnist --z_dim 20``. See ``--help``.
 
-Exit status: 0 done; 2 a bad flag, configuration, path, data file or work directory (one
-line on stderr); 1 a failure while running: a non-finite loss, a checkpoint that cannot be
-written or read, a full disk (one line that says what is intact), or no data (the sources
-tried and how to fix it); 130 interrupted. Re-running the same command resumes from the
-last checkpoint.
+The same command as ``python -m experiments.train`` (whose default data set is MNIST);
+kept under this name because the tutorials and the README use it.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+
+from experiments.train import main as train_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vae_jax.cli import build_parser, config_from_args, fail
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as error:
-        fail(parser.prog, str(error), 2)
-
-    import jax
-
-    from vae_jax.checkpoint import CheckpointError
-    from vae_jax.data import DataUnavailableError
-    from vae_jax.experiment import WorkdirError, run_experiment
-    from vae_jax.train import NonFiniteError
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # Orbax logs its failures (with tracebacks from its threads) before raising them; the
-    # exception is reported below, in one line.
-    logging.getLogger("absl").setLevel(logging.CRITICAL)
-    if args.no_progress:  # also TFDS's own bars, shown while it prepares MNIST
-        import tensorflow_datasets as tfds
-
-        tfds.disable_progress_bar()
-    if args.distributed:
-        jax.distributed.initialize()
-    resume_hint = f"run the same command again to resume from the last checkpoint in {args.workdir}"
-    try:
-        run_experiment(
-            config,
-            args.workdir,
-            data_dir=args.data_dir,
-            mnist_dir=args.mnist_dir,
-            overwrite=args.overwrite,
-            resume=not args.no_resume,
-            progress=not args.no_progress,
-            skip_nonfinite=args.skip_nonfinite,
-            checkpoint_every_steps=args.checkpoint_every_steps,
-        )
-    except (WorkdirError, ValueError) as error:
-        fail(parser.prog, _one_line(error), 2)
-    except CheckpointError as error:
-        fail(parser.prog, f"{_one_line(error)}; once fixed, {resume_hint}", 1)
-    except NonFiniteError as error:
-        fail(parser.prog, _one_line(error), 1)
-    except DataUnavailableError as error:  # several lines: each source tried, and the fixes
-        fail(parser.prog, str(error), 1)
-    except OSError as error:  # e.g. disk full while writing metrics or images
-        fail(parser.prog, f"{error}; the checkpoints are intact, once fixed, {resume_hint}", 1)
-    except KeyboardInterrupt:
-        fail(parser.prog, f"interrupted; {resume_hint}", 130)
-    return 0
-
-
-def _one_line(error: BaseException) -> str:
-    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return train_main(argv, prog="python -m experiments.mnist")
 
 
 if __name__ == "__main__":

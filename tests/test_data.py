@@ -150,7 +150,7 @@ def test_read_split_fast_path_matches_tfds_decoding(tiny_prepared):
     import tensorflow_datasets as tfds
 
     source = tfds.data_source("mnist", split="test", data_dir=tiny_prepared, download=False)
-    decoded = data._read_split_decoded(source)  # The general path, TFDS decodes.
+    decoded = data._read_split_decoded(source, "image", "label")  # The general path.
     fast = data.read_split("mnist", "test", tiny_prepared)
     np.testing.assert_array_equal(fast.image, decoded.image)
     np.testing.assert_array_equal(fast.label, decoded.label)

@@ -7,8 +7,7 @@ import pytest
 
 from vae_jax import VAE, init_params, make_elbo
 from vae_jax.config import ModelConfig
-from vae_jax.experiment import decoder_mean
-from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, check_model
+from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, check_model, decoder_mean
 
 
 @pytest.mark.parametrize(

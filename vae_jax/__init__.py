@@ -8,9 +8,9 @@ from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveC
 from vae_jax.data import DataUnavailableError, Split, load_mnist, prepare_mnist
 from vae_jax.estimator import VAEEstimator
 from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
-from vae_jax.experiment import decoder_mean, reconstruct, run_experiment
+from vae_jax.experiment import run_experiment
 from vae_jax.loop import FitResult, fit
-from vae_jax.models import VAE, DecoderOutput, init_params
+from vae_jax.models import VAE, DecoderOutput, decoder_mean, init_params, reconstruct
 from vae_jax.objectives import (
     ElboTerms,
     Objective,

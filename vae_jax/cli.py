@@ -12,12 +12,14 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from vae_jax.checkpoint import FLOAT32_MAX, MAX_SEED, check_config
 from vae_jax.config import OPTIMIZERS, SCHEDULES, ExperimentConfig
 from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from vae_jax.recipes import RECIPES
+from vae_jax.sources import is_file_spec
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,6 +61,13 @@ def _path(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must be a non-empty path")
     return text
+
+
+def _dataset(text: str) -> str:
+    """A dataset name as given; a .npz/.npy path made absolute (so a resume from another
+    directory finds the same file and the work directory records where it is)."""
+    text = _path(text)
+    return str(Path(text).expanduser().absolute()) if is_file_spec(text) else text
 
 
 def _positive_float(text: str) -> float:
@@ -230,6 +239,13 @@ FLAGS: dict[str, _Flag] = {
         None,
         "standard deviation of the fixed-variance Gaussian likelihood",
     ),
+    "num_classes": (
+        "model",
+        "num_classes",
+        _positive_int,
+        None,
+        "labels 0..N-1 of a conditional model (a TFDS ClassLabel's count replaces it)",
+    ),
     "dtype": (
         "model",
         "dtype",
@@ -260,6 +276,16 @@ FLAGS: dict[str, _Flag] = {
         None,
         "KL weight rises linearly from 0 to --beta over this many steps",
     ),
+    "dataset": (
+        "data",
+        "dataset",
+        _dataset,
+        None,
+        "the data: mnist; the name of a TFDS dataset prepared as array_record in --data_dir; "
+        "or a .npz file (x_train, optional x_test, y_train, y_test) or .npy file (one array "
+        "[N, *event_shape]). uint8 arrays are levels scaled by 1/255, other dtypes are used as "
+        "given",
+    ),
     "binarize": (
         "data",
         "binarize",
@@ -273,16 +299,17 @@ FLAGS: dict[str, _Flag] = {
         "image_size",
         _int,
         (28, 32),
-        "28, or 32 (MNIST zero-padded, for the conv VAE)",
+        "MNIST only: 28, or 32 (zero-padded, for the conv VAE)",
     ),
 }
 
 
-def build_parser(prog: str = "python -m experiments.mnist") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m experiments.train") -> argparse.ArgumentParser:
     defaults = ExperimentConfig()
     parser = OneLineParser(
         prog=prog,
-        description="Train a VAE on MNIST: per-epoch sample and reconstruction grids, "
+        description="Train a VAE on --dataset (default MNIST): per-epoch sample and "
+        "reconstruction grids (for image data), "
         "metrics.jsonl (nats per example) and Orbax checkpoints in --workdir. Re-running "
         "the same command resumes from the last checkpoint, exactly. A --workdir of another "
         "configuration is refused, and so is --no_resume on one with checkpoints, unless "
@@ -330,7 +357,8 @@ def build_parser(prog: str = "python -m experiments.mnist") -> argparse.Argument
         "--data_dir",
         type=_path,
         default=None,
-        help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+        help="TFDS data directory: where MNIST is prepared and TFDS datasets are read "
+        "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )
     run.add_argument(
         "--mnist_dir",

@@ -106,6 +106,8 @@ class DataConfig:
             raise ValueError("dataset must be a non-empty name")
         if any(d < 1 for d in self.event_shape):
             raise ValueError(f"event_shape must have sizes >= 1, got {self.event_shape}")
+        if self.dataset != "mnist" and self.image_size != 28:
+            raise ValueError("image_size applies to MNIST only (other data keep their shape)")
         if self.dataset == "mnist" and self.event_shape:
             raise ValueError("MNIST's event shape comes from image_size; leave event_shape ()")
 

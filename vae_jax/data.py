@@ -344,7 +344,7 @@ def _builder_cls() -> type:
     return ArrayRecordMnist
 
 
-def _resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
     return Path(data_dir).expanduser().absolute()
@@ -605,7 +605,7 @@ def prepare_mnist(
         ValueError: If the IDX files in ``mnist_dir`` are invalid (names the file).
         DataUnavailableError: If no source can provide the data.
     """
-    root = _resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir)
     failures: list[str] = []
 
     # a. Already prepared.
@@ -816,7 +816,9 @@ def _decode_images(pngs: Sequence[bytes], image_feature: Any, shape: tuple[int, 
     return out
 
 
-def _read_split_decoded(source: Sequence[Mapping[str, Any]]) -> Split:
+def _read_split_decoded(
+    source: Sequence[Mapping[str, Any]], image_key: str, label_key: str | None
+) -> Split:
     """Reads a whole data source that decodes its examples itself (the general, slower path)."""
     images: list[np.ndarray] = []
     labels: list[int] = []
@@ -824,35 +826,46 @@ def _read_split_decoded(source: Sequence[Mapping[str, Any]]) -> Split:
     for start in range(0, len(source), _READ_CHUNK):
         keys = list(range(start, min(start + _READ_CHUNK, len(source))))
         batch = getitems(keys) if getitems is not None else [source[i] for i in keys]
-        images.extend(np.asarray(example["image"]) for example in batch)
-        labels.extend(int(example["label"]) for example in batch)
-    return Split(np.stack(images).astype(np.uint8), np.asarray(labels, np.int32))
+        images.extend(np.asarray(example[image_key]) for example in batch)
+        labels.extend(int(example[label_key]) if label_key else 0 for example in batch)
+    return Split(np.stack(images), np.asarray(labels, np.int32))
 
 
-def read_split(name: str, split: str, data_dir: str | os.PathLike | None) -> Split:
+def read_split(
+    name: str | Any,
+    split: str,
+    data_dir: str | os.PathLike | None,
+    *,
+    image_key: str = "image",
+    label_key: str | None = "label",
+) -> Split:
     """Reads a whole split of a prepared array_record TFDS dataset into memory.
 
-    Works for any dataset with an ``image`` (``tfds.features.Image``, fixed shape, uint8) and
-    a scalar integer ``label`` feature, e.g. ``mnist``. Records are read in batches through
-    ``tfds.data_source`` as raw bytes and decoded here (much faster than decoding example by
-    example); other feature layouts fall back to the data source's own decoding.
+    Works for any dataset with a fixed-shape `image_key` feature (``tfds.features.Image``, or
+    a numeric ``Tensor``) and, optionally, a scalar integer `label_key` feature. Grey-level
+    PNG images (``mnist``) are read in batches through ``tfds.data_source`` as raw bytes and
+    decoded here (much faster than decoding example by example); other layouts use the data
+    source's own decoding (no TensorFlow either way).
 
     Args:
-        name: TFDS dataset name, e.g. ``"mnist"``.
+        name: TFDS dataset name, e.g. ``"mnist"``, or a TFDS builder.
         split: Split name, e.g. ``"train"`` (TFDS split slicing syntax also works).
         data_dir: TFDS data directory (``None``: env ``TFDS_DATA_DIR``, else
-            ``~/tensorflow_datasets``).
+            ``~/tensorflow_datasets``); unused when `name` is a builder.
+        image_key, label_key: the features read (`label_key` None: labels are zeros).
 
     Returns:
-        A :class:`Split` with ``image`` ``uint8`` ``[N, H, W, C]`` and ``label`` ``int32``
-        ``[N]``.
+        A :class:`Split` with ``image`` ``[N, *shape]`` (uint8 for images) and ``label``
+        ``int32`` ``[N]``.
     """
     import tensorflow_datasets as tfds
 
-    data_dir = os.fspath(_resolve_data_dir(data_dir))
-    builder = tfds.builder(name, data_dir=data_dir)
+    if isinstance(name, str):
+        builder = tfds.builder(name, data_dir=os.fspath(resolve_data_dir(data_dir)))
+    else:
+        builder = name
     features = builder.info.features
-    image_feature = features["image"]
+    image_feature = features[image_key]
     shape = tuple(image_feature.shape)
     fast = (
         isinstance(image_feature, tfds.features.Image)
@@ -860,11 +873,12 @@ def read_split(name: str, split: str, data_dir: str | os.PathLike | None) -> Spl
         and shape[-1] == 1
         and all(isinstance(d, int) for d in shape)
         and np.dtype(image_feature.np_dtype) == np.uint8
-        and tuple(features["label"].shape) == ()
+        and label_key is not None
+        and tuple(features[label_key].shape) == ()
         and hasattr(tfds.decode, "DeserializeMethod")
     )
     if not fast:
-        return _read_split_decoded(builder.as_data_source(split=split))
+        return _read_split_decoded(builder.as_data_source(split=split), image_key, label_key)
 
     from tensorflow_datasets.proto import tf_example_pb2
 
@@ -879,8 +893,8 @@ def read_split(name: str, split: str, data_dir: str | os.PathLike | None) -> Spl
         pngs = []
         for i, record in enumerate(source.__getitems__(list(range(start, stop))), start):
             feature = tf_example_pb2.Example.FromString(record).features.feature
-            pngs.append(feature["image"].bytes_list.value[0])
-            label[i] = feature["label"].int64_list.value[0]
+            pngs.append(feature[image_key].bytes_list.value[0])
+            label[i] = feature[label_key].int64_list.value[0]
         image[start:stop] = _decode_images(pngs, image_feature, shape)
     return Split(image, label)
 

@@ -38,9 +38,8 @@ from numpy.typing import ArrayLike
 from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from vae_jax.evaluate import evaluate_dataset
-from vae_jax.experiment import decoder_mean
 from vae_jax.loop import fit as fit_loop
-from vae_jax.models import init_params
+from vae_jax.models import decoder_mean, init_params
 
 _FORMAT = "vae_jax.VAEEstimator"
 _FORMAT_VERSION = 1

@@ -450,7 +450,7 @@ def evaluate_checkpoint(
     """Evaluate a trained checkpoint on the test set: IS log-likelihood, ELBO, KL, bits/dim,
     active units; write a JSON report.
 
-    The data come from `vae_jax.experiment.load_data` with the checkpoint's own
+    The data come from `vae_jax.sources.prepare_data` with the checkpoint's own
     configuration, so padding and binarization match training: a dynamically binarized
     model is scored on the test set binarized once with the configured fixed seed.
 
@@ -482,18 +482,23 @@ def evaluate_checkpoint(
         first); this cannot happen for a correct estimator, up to Monte Carlo noise.
     """
     from vae_jax.checkpoint import load_checkpoint
-    from vae_jax.experiment import load_data
+    from vae_jax.sources import prepare_data
 
     loaded = load_checkpoint(workdir, step)
     config = loaded.config
-    _, test = load_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
+    _, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
+    if test is None:
+        log(f"note: {config.data.dataset} has no test split: evaluating the training set")
+        test = train
     images, labels = test.image, test.label
     if num_examples is not None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
         images, labels = images[:num_examples], labels[:num_examples]
     k = num_samples
-    normalised = config.model.likelihood == "bernoulli" and config.data.binarize != "none"
+    # A true log-density of the data: a Bernoulli likelihood of binary data, or a Gaussian
+    # density (continuous, of the values as the model sees them: uint8 scaled by 1/255).
+    normalised = config.model.likelihood != "bernoulli" or config.data.binarize != "none"
     if not normalised:
         log(
             f"note: {config.data.variant} with a {config.model.likelihood} likelihood: the "
@@ -605,7 +610,7 @@ def make_report(
         "binarization": (
             f"test set binarized once, seed {config.data.test_binarize_seed}"
             if config.data.binarize != "none"
-            else "none (grey levels in [0, 1])"
+            else "none (values as given; uint8 scaled by 1/255)"
         ),
         "likelihood": model.likelihood,
         "units": "nats per example (mean over the evaluated test examples)",
@@ -624,8 +629,14 @@ def make_report(
         "decoder_flops_per_eval": flops,
         "decoder_gflops_per_second": None if flops is None else flops * evals_per_second / 1e9,
     }
-    if normalised:
+    if normalised and model.likelihood == "bernoulli":
         report[f"bits_per_dim_is_k{k}"] = float(np.mean(bits_per_dim(t.log_px, num_dims)))
+    elif normalised:
+        report["caveat"] = (
+            f"{model.likelihood} likelihood: a density of continuous values (uint8 data "
+            "scaled by 1/255), in nats; not comparable with discrete likelihoods, and no "
+            "bits/dim is reported"
+        )
     else:
         report["caveat"] = (
             f"{model.likelihood} likelihood on {config.data.variant}: not a normalised "
@@ -693,7 +704,7 @@ def write_evaluation_pictures(
     """
     from vae_jax import visualize
     from vae_jax.checkpoint import load_checkpoint
-    from vae_jax.experiment import decoder_mean
+    from vae_jax.models import decoder_mean
 
     loaded = load_checkpoint(workdir, step)
     model, params, config = loaded.model, loaded.params, loaded.config

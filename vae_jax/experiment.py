@@ -19,15 +19,14 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data as data_lib
 from vae_jax import visualize
-from vae_jax.arrays import binarize_once, pad_images, to_float_np
+from vae_jax.arrays import to_float_np
 from vae_jax.checkpoint import (
     CHECKPOINT_SUBDIR,
     CONFIG_FILE,
@@ -38,7 +37,8 @@ from vae_jax.checkpoint import (
 )
 from vae_jax.config import ExperimentConfig
 from vae_jax.loop import FitResult, fit
-from vae_jax.models import VAE, DecoderOutput
+from vae_jax.models import VAE, decoder_mean, reconstruct
+from vae_jax.sources import prepare_data
 from vae_jax.train import TrainState
 
 
@@ -155,45 +155,41 @@ def workdir_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def decoder_mean(model: VAE, params: Any, z: jax.Array, label: jax.Array | None) -> jax.Array:
-    """The mean of p(x|z) in [0, 1]: sigmoid(logits), or the clipped Gaussian mean."""
-    output = cast(DecoderOutput, model.apply({"params": params}, z, label, method="decode"))
-    if model.likelihood == "bernoulli":
-        return jax.nn.sigmoid(output.loc.astype(jnp.float32))
-    return jnp.clip(output.loc.astype(jnp.float32), 0.0, 1.0)
-
-
-def reconstruct(model: VAE, params: Any, x: jax.Array, label: jax.Array | None) -> jax.Array:
-    """Decode the posterior mean of each image: [batch, *image_shape] in [0, 1]."""
-    mean, _ = model.apply({"params": params}, x, label, method="encode")
-    return decoder_mean(model, params, mean, label)
+def is_image_shape(shape: tuple[int, ...]) -> bool:
+    """Whether examples of this shape can be drawn: (H, W) or (H, W, C) with C 1 or 3."""
+    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3))
 
 
 def make_epoch_pictures(
-    workdir: Path, model: VAE, test_images: np.ndarray, test_labels: np.ndarray, seed: int
+    workdir: Path, model: VAE, images: np.ndarray, labels: np.ndarray, seed: int
 ) -> Callable[[int, TrainState], None]:
-    """A hook that writes the per-epoch PNGs; the prior samples use one fixed z throughout."""
+    """A hook that writes the per-epoch PNGs; the prior samples use one fixed z throughout.
+
+    `images` (test images, or training images when there is no test set) give the
+    reconstructions: the first 32. Values are drawn clipped to [0, 1].
+    """
     images_dir = workdir / "images"
     per_class = 10
+    num_classes = max(model.num_classes, 1)
 
     @jax.jit  # one compiled call instead of one per eager op
     def fixed_z() -> tuple[jax.Array, jax.Array]:
         z = jax.random.normal(jax.random.key(seed + 1), (64, model.z_dim))
         class_z = jax.random.normal(jax.random.key(seed + 2), (per_class, model.z_dim))
-        return z, jnp.tile(class_z, (10, 1))  # the same 10 z for every digit
+        return z, jnp.tile(class_z, (num_classes, 1))  # the same 10 z for every class
 
     z, class_z = fixed_z()
     # (host arrays put on the device as they are: no eager op to compile)
-    sample_labels = jnp.asarray(np.arange(64, dtype=np.int32) % 10)
-    class_labels = jnp.asarray(np.repeat(np.arange(10, dtype=np.int32), per_class))
-    x = jnp.asarray(to_float_np(test_images[:32]))
-    labels = jnp.asarray(np.asarray(test_labels[:32], np.int32))
+    sample_labels = jnp.asarray(np.arange(64, dtype=np.int32) % num_classes)
+    class_labels = jnp.asarray(np.repeat(np.arange(num_classes, dtype=np.int32), per_class))
+    x = jnp.asarray(to_float_np(images[:32]))
+    shown_labels = jnp.asarray(np.asarray(labels[:32], np.int32))
     conditional = model.num_classes > 0
 
     @jax.jit
     def pictures(params: Any):
         samples = decoder_mean(model, params, z, sample_labels if conditional else None)
-        recon = reconstruct(model, params, x, labels if conditional else None)
+        recon = reconstruct(model, params, x, shown_labels if conditional else None)
         by_class = decoder_mean(model, params, class_z, class_labels) if conditional else None
         return samples, recon, by_class
 
@@ -216,7 +212,7 @@ def make_epoch_pictures(
             visualize.save_class_conditional_grid(
                 images_dir / f"class_samples_epoch{epoch:03d}.png",
                 by_class,
-                num_classes=10,
+                num_classes=num_classes,
                 per_class=per_class,
                 title=f"class-conditional samples, epoch {epoch}",
             )
@@ -233,31 +229,6 @@ def write_metrics(workdir: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def load_data(
-    config: ExperimentConfig,
-    *,
-    data_dir: str | None,
-    mnist_dir: str | None,
-    log: Callable[[str], None] = print,
-) -> tuple[data_lib.Split, data_lib.Split]:
-    """Load MNIST, pad to the configured size and binarize the test set once if needed."""
-    if config.data.dataset != "mnist":
-        raise ValueError(f"unknown dataset {config.data.dataset!r} (the CLI supports mnist)")
-    _, source = data_lib.prepare_mnist(data_dir, mnist_dir=mnist_dir)
-    splits = data_lib.load_mnist(data_dir, mnist_dir=mnist_dir)
-    train, test = splits["train"], splits["test"]
-    log(
-        f"data: {config.data.variant}, {len(train.image)} train / {len(test.image)} test "
-        f"examples (source: {source})"
-    )
-    size = config.data.image_size
-    train = data_lib.Split(pad_images(train.image, size), train.label)
-    test_image = pad_images(test.image, size)
-    if config.data.binarize == "dynamic":
-        test_image = binarize_once(test_image, config.data.test_binarize_seed)
-    return train, data_lib.Split(test_image, test.label)
-
-
 def run_experiment(
     config: ExperimentConfig,
     workdir: str | os.PathLike,
@@ -271,7 +242,10 @@ def run_experiment(
     checkpoint_every_steps: int = 0,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train `config` on MNIST into `workdir`: checkpoints, metrics.jsonl and PNGs.
+    """Train `config` on its data set into `workdir`: checkpoints, metrics.jsonl and PNGs.
+
+    The data set is ``config.data.dataset`` (`vae_jax.sources.load_dataset`: "mnist", a
+    prepared TFDS name, or a .npz/.npy path).
 
     See `prepare_workdir` for when `workdir` is resumed, refused or (with `overwrite`)
     cleared, and `fit` for the rest of the arguments.
@@ -318,21 +292,27 @@ def _run(
     checkpoint_every_steps: int,
     log: Callable[[str], None],
 ) -> FitResult:
+    config, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
     path = prepare_workdir(workdir, config, overwrite=overwrite, resume=resume)
-    train, test = load_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
     model = config.model.build(config.data.image_shape)
-    pictures = make_epoch_pictures(path, model, test.image, test.label, config.train.seed)
+    shown = test if test is not None else train
+    pictures = None
+    if is_image_shape(config.data.image_shape):
+        pictures = make_epoch_pictures(path, model, shown.image, shown.label, config.train.seed)
+    else:
+        log(f"no per-epoch pictures: examples of shape {config.data.image_shape} are not images")
 
     def on_epoch_end(epoch: int, state: TrainState, records: list[dict[str, Any]]) -> None:
-        pictures(epoch, state)
+        if pictures is not None:
+            pictures(epoch, state)
         write_metrics(path, records)
 
     result = fit(
         config,
         train.image,
         train.label,
-        test.image,
-        test.label,
+        None if test is None else test.image,
+        None if test is None else test.label,
         workdir=path,
         resume=resume,
         on_epoch_end=on_epoch_end,

@@ -302,3 +302,22 @@ def decode(
 ) -> DecoderOutput:
     """The parameters of p(x|z), [..., batch, *image_shape], for any module with `decode`."""
     return cast(DecoderOutput, model.apply({"params": params}, z, label, method="decode"))
+
+
+def decoder_mean(
+    model: nn.Module, params: Any, z: jax.Array, label: jax.Array | None = None
+) -> jax.Array:
+    """The mean of p(x|z), float32 [..., batch, *event_shape]: sigmoid(logits) in [0, 1]
+    for a Bernoulli likelihood, the Gaussian mean (any real value) otherwise."""
+    output = decode(model, params, z, label)
+    if model.likelihood == "bernoulli":
+        return jax.nn.sigmoid(output.loc.astype(jnp.float32))
+    return output.loc.astype(jnp.float32)
+
+
+def reconstruct(
+    model: nn.Module, params: Any, x: jax.Array, label: jax.Array | None = None
+) -> jax.Array:
+    """Decode the posterior mean of each example: `decoder_mean` at z = E_q[z], shaped like x."""
+    mean, _ = encode(model, params, x, label)
+    return decoder_mean(model, params, mean, label)

@@ -1,0 +1,245 @@
+"""Where a data set comes from: MNIST, any TFDS dataset prepared as array_record, or files.
+
+`load_dataset(spec)` reads a data set named by one string into memory, as a `Dataset` of
+`vae_jax.arrays.Split`s:
+
+- ``"mnist"``: MNIST through its offline preparation chain (`vae_jax.data.load_mnist`);
+- a path ending in ``.npz``: arrays ``x_train`` (required), ``x_test``, ``y_train``,
+  ``y_test`` (optional); read without pickle;
+- a path ending in ``.npy``: one array ``[N, *event_shape]``, the training set;
+- any other name: a TFDS dataset already prepared as ``array_record`` in the TFDS data
+  directory, read with ``tfds.data_source`` (no TensorFlow). Its example feature is the
+  ``tfds.features.Image`` (or else the numeric ``Tensor``) among its features, preferring one
+  named ``image``; its label the ``ClassLabel`` feature, if any. Splits "train" and, if
+  present, "test".
+
+Nothing here checks values: `fit` does, where data enter training (`vae_jax.arrays`).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from vae_jax.arrays import Split, binarize_once, check_split, pad_images
+from vae_jax.config import ExperimentConfig
+
+FILE_SUFFIXES = (".npz", ".npy")
+
+
+class Dataset(NamedTuple):
+    """A data set in memory, as read (`fit` checks it: `vae_jax.arrays.check_split`).
+
+    Attributes:
+      x_train: [N, *event_shape] training examples.
+      y_train: [N] integer labels, or None.
+      x_test, y_test: the test split, or None when the source has none.
+      num_classes: the label count when the source declares it (a TFDS ClassLabel), else
+        None.
+      source: where the data came from, for logs.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray | None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    num_classes: int | None
+    source: str
+
+
+def is_file_spec(spec: str) -> bool:
+    """Whether `spec` names a file (.npz or .npy) rather than a dataset."""
+    return spec.lower().endswith(FILE_SUFFIXES)
+
+
+def load_dataset(
+    spec: str, *, data_dir: str | os.PathLike | None = None, mnist_dir: str | None = None
+) -> Dataset:
+    """Read the data set `spec` names (see the module docstring) into memory.
+
+    Raises:
+      ValueError: a missing or malformed file, or a TFDS dataset that is not prepared as
+        array_record in the data directory (the message says how to prepare it).
+      DataUnavailableError: MNIST could not be prepared from any source.
+    """
+    if spec == "mnist":
+        from vae_jax.data import load_mnist, prepare_mnist
+
+        _, source = prepare_mnist(data_dir, mnist_dir=mnist_dir)
+        splits = load_mnist(data_dir, mnist_dir=mnist_dir)
+        train, test = splits["train"], splits["test"]
+        return Dataset(train.image, train.label, test.image, test.label, 10, source)
+    if is_file_spec(spec):
+        return load_file(spec)
+    return load_tfds(spec, data_dir)
+
+
+def load_file(path: str | os.PathLike) -> Dataset:
+    """Read a .npz (``x_train``, ``x_test``, ``y_train``, ``y_test``) or .npy file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"data file {path} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read {path} as a NumPy file: {_one_line(error)}") from None
+    if isinstance(loaded, np.ndarray):  # .npy: the training set, no labels
+        return Dataset(loaded, None, None, None, None, f"{path}")
+    with loaded:
+        names = set(loaded.files)
+        known = {"x_train", "x_test", "y_train", "y_test"}
+        if "x_train" not in names:
+            raise ValueError(
+                f"{path} has no array x_train (it has {sorted(names) or 'none'}); expected "
+                "x_train, and optionally x_test, y_train, y_test"
+            )
+        if names - known:
+            raise ValueError(f"{path} has unexpected arrays {sorted(names - known)}")
+        if "y_test" in names and "x_test" not in names:
+            raise ValueError(f"{path} has y_test but no x_test")
+        try:
+            arrays = {name: loaded[name] for name in names}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"cannot read the arrays of {path}: {_one_line(error)}") from None
+    get = arrays.get
+    return Dataset(arrays["x_train"], get("y_train"), get("x_test"), get("y_test"), None, f"{path}")
+
+
+def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Read splits "train" and "test" (if present) of a prepared array_record TFDS dataset."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import file_adapters
+
+    from vae_jax.data import read_split, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    how = (
+        f"prepare it on a machine with TensorFlow (`tfds build {name} "
+        f"--file_format=array_record --data_dir DIR`) and pass that DIR as --data_dir (or "
+        "$TFDS_DATA_DIR)"
+    )
+    try:
+        builder = tfds.builder(name, data_dir=os.fspath(root))
+        prepared = builder.is_prepared()
+    except Exception as error:  # DatasetNotFoundError, unreadable dataset_info.json, ...
+        why = (
+            f"no {root}/{name}/<version>/dataset_info.json, and TFDS knows no such dataset"
+            if type(error).__name__ == "DatasetNotFoundError"
+            else f"{type(error).__name__}: {_one_line(error)[:200]}"
+        )
+        raise ValueError(f"no TFDS dataset {name!r} in {root} ({why}); {how}") from None
+    if not prepared:
+        raise ValueError(f"TFDS dataset {name!r} is not prepared in {root}; {how}")
+    if builder.info.file_format != file_adapters.FileFormat.ARRAY_RECORD:
+        fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
+        raise ValueError(
+            f"TFDS dataset {name!r} in {root} is prepared as {fmt!r}, which needs TensorFlow "
+            f"to read; {how}"
+        )
+    features = builder.info.features
+    image_key, label_key, num_classes = _find_features(name, features)
+    splits = set(builder.info.splits)
+    if "train" not in splits:
+        raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has {sorted(splits)})")
+    train = read_split(builder, "train", None, image_key=image_key, label_key=label_key)
+    x_test = y_test = None
+    if "test" in splits:
+        x_test, y_test = read_split(builder, "test", None, image_key=image_key, label_key=label_key)
+    y_train = train.label if label_key else None
+    y_test = y_test if label_key else None
+    source = f"TFDS {name} in {root} (x: {image_key!r}, label: {label_key!r})"
+    return Dataset(train.image, y_train, x_test, y_test, num_classes, source)
+
+
+def _find_features(name: str, features: Any) -> tuple[str, str | None, int | None]:
+    """(example key, label key or None, number of classes or None) of a FeaturesDict."""
+    import tensorflow_datasets as tfds
+
+    items = dict(features.items())
+    images = [k for k, f in items.items() if isinstance(f, tfds.features.Image)]
+    tensors = [
+        k
+        for k, f in items.items()
+        if type(f) is tfds.features.Tensor
+        and len(f.shape) >= 1
+        and np.dtype(f.np_dtype).kind in "biuf"
+    ]
+    candidates = images or tensors
+    if not candidates:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no image or numeric tensor feature to model "
+            f"(features: {sorted(items)})"
+        )
+    image_key = "image" if "image" in candidates else candidates[0]
+    if any(d is None for d in items[image_key].shape):
+        raise ValueError(
+            f"TFDS dataset {name!r}: feature {image_key!r} has no fixed shape "
+            f"({items[image_key].shape}); only fixed-shape examples can be batched"
+        )
+    labels = [k for k, f in items.items() if isinstance(f, tfds.features.ClassLabel)]
+    label_key = "label" if "label" in labels else (labels[0] if labels else None)
+    num_classes = items[label_key].num_classes if label_key else None
+    return image_key, label_key, num_classes
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def prepare_data(
+    config: ExperimentConfig,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    mnist_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[ExperimentConfig, Split, Split | None]:
+    """The data of `config` as the experiments train and evaluate on them.
+
+    Reads ``config.data.dataset`` (`load_dataset`), zero-pads MNIST to
+    ``config.data.image_size``, checks both splits (`vae_jax.arrays.check_split`: values in
+    [0, 1] for a Bernoulli likelihood or binarization, labels for a conditional model),
+    and binarizes the test set once with ``config.data.test_binarize_seed`` when training
+    binarizes dynamically.
+
+    Returns:
+      (config, train, test): `config` with the data's event shape (and, for a conditional
+      model, the source's class count) filled in; test is None when the source has none.
+    """
+    dataset = load_dataset(config.data.dataset, data_dir=data_dir, mnist_dir=mnist_dir)
+    x_train, x_test = dataset.x_train, dataset.x_test
+    if config.data.dataset == "mnist":
+        x_train = pad_images(x_train, config.data.image_size)
+        x_test = None if x_test is None else pad_images(x_test, config.data.image_size)
+    else:
+        config = replace(config, data=replace(config.data, event_shape=tuple(x_train.shape[1:])))
+    model = config.model
+    if model.conditional and dataset.num_classes and dataset.num_classes != model.num_classes:
+        config = replace(config, model=replace(model, num_classes=dataset.num_classes))
+    checks: dict[str, Any] = {
+        "num_classes": config.model.num_classes if config.model.conditional else None,
+        "unit_interval": model.likelihood == "bernoulli" or config.data.binarize == "dynamic",
+    }
+    train = check_split(x_train, dataset.y_train, name=f"{config.data.dataset} train", **checks)
+    test = None
+    if x_test is not None:
+        test = check_split(
+            x_test,
+            dataset.y_test,
+            name=f"{config.data.dataset} test",
+            event_shape=train.image.shape[1:],
+            **checks,
+        )
+        if config.data.binarize == "dynamic":
+            test = Split(binarize_once(test.image, config.data.test_binarize_seed), test.label)
+    n_test = 0 if test is None else len(test.image)
+    log(
+        f"data: {config.data.variant}, {len(train.image)} train / {n_test} test examples, "
+        f"{train.image.dtype} (source: {dataset.source})"
+    )
+    return config, train, test
