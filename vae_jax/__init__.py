@@ -10,9 +10,17 @@ from vae_jax.estimator import VAEEstimator
 from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
 from vae_jax.experiment import run_experiment
 from vae_jax.loop import FitResult, fit
-from vae_jax.models import VAE, DecoderOutput, decoder_mean, init_params, reconstruct
+from vae_jax.models import (
+    LIKELIHOODS,
+    VAE,
+    DecoderOutput,
+    decoder_mean,
+    init_params,
+    reconstruct,
+)
 from vae_jax.objectives import (
     ElboTerms,
+    LatentSample,
     Objective,
     bernoulli_log_likelihood,
     gaussian_kl,
@@ -20,11 +28,15 @@ from vae_jax.objectives import (
     make_elbo,
     make_iwae,
     reparameterize,
+    sample_latent,
 )
+from vae_jax.optim import make_optimizer, make_schedule
 from vae_jax.recipes import RECIPES
+from vae_jax.sources import Dataset, load_dataset
 from vae_jax.train import NonFiniteError, TrainState, make_evaluate, make_mesh, make_train_call
 
 __all__ = [
+    "LIKELIHOODS",
     "RECIPES",
     "VAE",
     "CheckpointError",
@@ -32,9 +44,11 @@ __all__ = [
     "DataConfig",
     "DataUnavailableError",
     "DecoderOutput",
+    "Dataset",
     "ElboTerms",
     "ExperimentConfig",
     "FitResult",
+    "LatentSample",
     "LoadedModel",
     "ModelConfig",
     "NonFiniteError",
@@ -57,10 +71,14 @@ __all__ = [
     "make_elbo",
     "make_evaluate",
     "make_iwae",
+    "load_dataset",
     "make_mesh",
+    "make_optimizer",
+    "make_schedule",
     "make_train_call",
     "prepare_mnist",
     "reconstruct",
     "reparameterize",
+    "sample_latent",
     "run_experiment",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from vae_jax.models import VAE, check_model
@@ -73,7 +74,7 @@ class ObjectiveConfig:
         if self.beta < 0 or self.free_bits < 0:
             raise ValueError(f"beta and free_bits must be >= 0, got {self.beta}, {self.free_bits}")
 
-    def build(self, model: VAE) -> Objective:
+    def build(self, model: nn.Module) -> Objective:
         if self.bound == "iwae":
             return Objective(model, "iwae", num_samples=self.num_samples)
         return Objective(

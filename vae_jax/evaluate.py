@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,6 +154,12 @@ def importance_terms(
     """
     if num_samples < 1 or sample_chunk < 1:
         raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
+    if hasattr(model, "sample_latent"):
+        raise ValueError(
+            f"{type(model).__name__} defines sample_latent: importance_terms evaluates models "
+            "whose q(z|x) is encode()'s diagonal Gaussian and p(z) = N(0, I); use "
+            "make_iwae(model, num_samples=k) for others"
+        )
     sample_chunk = min(sample_chunk, num_samples)
     x = to_float(x)
     batch = x.shape[0]
@@ -347,7 +354,7 @@ def make_batch_evaluator(
 
 
 def evaluate_dataset(
-    model: VAE,
+    model: nn.Module,
     params: Params,
     images: np.ndarray,
     labels: np.ndarray | None,

@@ -22,13 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax.arrays import Split, check_split
+from vae_jax.arrays import Split, check_split, to_float_np
 from vae_jax.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -38,7 +39,6 @@ from vae_jax.checkpoint import (
     write_config,
 )
 from vae_jax.config import ExperimentConfig
-from vae_jax.models import VAE
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.train import (
@@ -63,7 +63,7 @@ PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")
 
 
 class FitResult(NamedTuple):
-    model: VAE
+    model: nn.Module
     objective: Objective
     state: TrainState
     records: list[dict[str, Any]]
@@ -76,6 +76,7 @@ def fit(
     test_images: np.ndarray | None = None,
     test_labels: np.ndarray | None = None,
     *,
+    model: nn.Module | None = None,
     tx: optax.GradientTransformation | None = None,
     workdir: str | Path | None = None,
     resume: bool = True,
@@ -99,9 +100,13 @@ def fit(
       train_labels: int ``[N]`` labels, or None (needed by a conditional model).
       test_images, test_labels: evaluated after every epoch (single-sample ELBO with a fixed
         key; also the IWAE bound when training with IWAE). Already binarized if binarized.
+      model: your own Flax module (README, "Your own model") to train instead of the `VAE`
+        that ``config.model`` describes; ``config.objective`` and ``config.train`` still
+        apply.
       tx: any `optax.GradientTransformation` to use instead of the one `config.train`
-        describes (`vae_jax.optim.make_optimizer`). A work directory records the
-        configuration only: resuming with another `tx` is your responsibility.
+        describes (`vae_jax.optim.make_optimizer`).
+      (A work directory records the configuration only, not a `model` or `tx` passed here:
+      resuming with other ones is refused only when the parameter shapes differ.)
       workdir: where ``config.json`` and the checkpoints go (none if None). A directory
         whose ``config.json`` holds a different configuration is refused.
       resume: continue from the newest readable checkpoint in `workdir`, if any. With
@@ -133,9 +138,13 @@ def fit(
     # ---------------------------------------------------------------- check what comes in
     check_config(config)
     mc, tc = config.model, config.train
+    if model is None:
+        likelihood, num_classes = mc.likelihood, mc.num_classes if mc.conditional else 0
+    else:
+        likelihood, num_classes = model.likelihood, getattr(model, "num_classes", None) or 0
     checks: dict[str, Any] = {
-        "num_classes": mc.num_classes if mc.conditional else None,
-        "unit_interval": mc.likelihood == "bernoulli" or config.data.binarize == "dynamic",
+        "num_classes": num_classes or None,
+        "unit_interval": likelihood == "bernoulli" or config.data.binarize == "dynamic",
     }
     train = check_split(
         train_images,
@@ -178,7 +187,8 @@ def fit(
             raise ValueError(
                 f"{name} ({getattr(tc, name)}) must divide evenly over {mesh.size} devices"
             )
-    model = config.model.build(event_shape)
+    if model is None:
+        model = config.model.build(event_shape)
     objective = config.objective.build(model)
     keys = make_keys(tc.seed)
     records: list[dict[str, Any]] = []
@@ -196,7 +206,9 @@ def fit(
                 "work directory"
             )
         # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
-        state = jax.jit(functools.partial(init_train_state, model, tx))(keys.init)
+        example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
+        init = functools.partial(init_train_state, model, tx, example=example)
+        state = jax.jit(init)(keys.init)
         state = replicate(state, mesh)
         if checkpointer is not None and resume:
             restored = checkpointer.restore(state, check=_check_meta)
@@ -271,7 +283,7 @@ def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:
 
 def _train(
     config: ExperimentConfig,
-    model: VAE,
+    model: nn.Module,
     objective: Objective,
     tx: Any,
     keys: Any,

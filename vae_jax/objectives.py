@@ -17,13 +17,14 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
 from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE, to_float
-from vae_jax.models import LIKELIHOODS, VAE, DecoderOutput, decode, encode
+from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode
 
 Params = Any
 Batch = jax.Array | Mapping[str, jax.Array]
@@ -159,12 +160,56 @@ def reparameterize(
 
 
 def log_likelihood(
-    model: VAE, x: jax.Array, output: DecoderOutput, *, event_ndims: int
+    model: nn.Module, x: jax.Array, output: DecoderOutput, *, event_ndims: int
 ) -> jax.Array:
     """log p(x|z) for the model's likelihood, summed over the event axes: [...] in nats."""
-    if model.likelihood == "bernoulli" or output.logvar is None:
+    if model.likelihood == "bernoulli":
         return bernoulli_log_likelihood(x, output.loc, event_ndims=event_ndims)
+    if output.logvar is None:
+        raise ValueError(
+            f"a {model.likelihood} likelihood needs decode() to return DecoderOutput(loc, logvar) "
+            "with a log-variance; it returned logvar=None"
+        )
     return gaussian_log_likelihood(x, output.loc, output.logvar, event_ndims=event_ndims)
+
+
+class LatentSample(NamedTuple):
+    """Samples of the latent variables and their log-densities, for one batch.
+
+    Attributes:
+      z: [L, batch, ...] samples z ~ q(z|x) (any pytree whose leaves lead with [L, batch],
+        for models with several latent layers); what ``decode`` takes.
+      log_q: [L, batch] log q(z|x) in nats.
+      log_p: [L, batch] log p(z) in nats (the prior).
+      kl: [batch] KL(q(z|x) || p(z)) in closed form when the model knows it, else None:
+        the objectives then use the Monte Carlo estimate ``mean_L (log_q - log_p)``.
+    """
+
+    z: Any
+    log_q: jax.Array
+    log_p: jax.Array
+    kl: jax.Array | None
+
+
+def sample_latent(
+    model: Any, params: Params, x: jax.Array, label: jax.Array | None, key: jax.Array, n: int
+) -> LatentSample:
+    """`n` reparameterized samples of q(z|x) per example, with log q, log p and the KL.
+
+    A module that defines ``sample_latent(x, label, key, num_samples) -> LatentSample`` (a
+    posterior that is not one diagonal Gaussian, a learned prior, several latent layers)
+    is called for them. Otherwise the default: ``encode(x, label) -> (mean, logvar)`` of a
+    diagonal Gaussian q(z|x), a standard-normal prior, noise ``[n, batch, z_dim]`` drawn from
+    `key` (so one example's noise depends on the key, its index in the batch and the batch
+    size), and the KL in closed form.
+    """
+    if hasattr(model, "sample_latent"):
+        return model.apply({"params": params}, x, label, key, n, method="sample_latent")
+    mean, logvar = encode(model, params, x, label)
+    mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+    z = reparameterize(key, mean, logvar, n)  # [n, batch, z_dim]
+    log_q = diag_gaussian_log_prob(z, mean, logvar)
+    return LatentSample(z, log_q, standard_normal_log_prob(z), gaussian_kl(mean, logvar))
 
 
 # ----------------------------------------------------------------------------- batches
@@ -225,7 +270,7 @@ class Objective:
         batch-mean KL of latent j (Kingma et al., 2016): a training objective, not a bound.
     """
 
-    model: VAE
+    model: nn.Module
     kind: str = "elbo"
     beta: float = 1.0
     num_samples: int = 1
@@ -246,6 +291,8 @@ class Objective:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.free_bits < 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
+        if self.free_bits > 0 and hasattr(self.model, "sample_latent"):
+            raise ValueError("free_bits needs the per-latent KL of a diagonal-Gaussian encode()")
 
     @property
     def name(self) -> str:
@@ -269,18 +316,18 @@ class Objective:
         """
         x, label = self._checked(batch)
         event_ndims = x.ndim - 1
-        mean, logvar = encode(self.model, params, x, label)
-        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
-        z = reparameterize(key, mean, logvar, self.num_samples)  # [L, batch, z_dim]
-        output = decode(self.model, params, z, label)
+        latent = sample_latent(self.model, params, x, label, key, self.num_samples)
+        output = decode(self.model, params, latent.z, label)
         output = DecoderOutput(
             output.loc.astype(jnp.float32),
             None if output.logvar is None else output.logvar.astype(jnp.float32),
         )
         log_px_z = log_likelihood(self.model, x, output, event_ndims=event_ndims)  # [L, batch]
-        kl = gaussian_kl(mean, logvar)  # [batch]
+        kl = latent.kl  # [batch]
+        if kl is None:
+            kl = jnp.mean(latent.log_q - latent.log_p, axis=0)
         if self.kind == "iwae":
-            log_w = log_px_z + standard_normal_log_prob(z) - diag_gaussian_log_prob(z, mean, logvar)
+            log_w = log_px_z + latent.log_p - latent.log_q
             bound = jax.nn.logsumexp(log_w, axis=0) - math.log(self.num_samples)
             return ElboTerms(bound, jnp.mean(log_px_z, axis=0), kl)
         beta = self.beta if beta is None else beta
@@ -368,7 +415,7 @@ def check_batch(model: Any, batch: Batch) -> None:
 
 
 def make_elbo(
-    model: VAE, *, beta: float = 1.0, num_samples: int = 1, free_bits: float = 0.0
+    model: nn.Module, *, beta: float = 1.0, num_samples: int = 1, free_bits: float = 0.0
 ) -> Objective:
     """The ELBO of `model` as a pure function ``elbo(params, batch, key) -> scalar``.
 
@@ -391,7 +438,7 @@ def make_elbo(
     return Objective(model, "elbo", beta=beta, num_samples=num_samples, free_bits=free_bits)
 
 
-def make_iwae(model: VAE, *, num_samples: int) -> Objective:
+def make_iwae(model: nn.Module, *, num_samples: int) -> Objective:
     """The importance-weighted bound with k = `num_samples`: ``iwae(params, batch, key)``.
 
     ``IWAE_k = logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k`` with

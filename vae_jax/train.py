@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vae_jax.arrays import to_float
-from vae_jax.models import VAE, init_params
+from vae_jax.models import init_params
 from vae_jax.objectives import Objective
 
 
@@ -103,9 +104,15 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def init_train_state(
-    model: VAE, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh | None = None
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    mesh: Mesh | None = None,
+    *,
+    example: Any = None,
 ) -> TrainState:
-    params = init_params(model, key)
+    """A fresh state: `init_params(model, key, example)` and the optimizer's initial state."""
+    params = init_params(model, key, example)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

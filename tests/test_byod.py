@@ -1,0 +1,205 @@
+"""Bring your own data, optimizer and model: arrays of any shape and dtype, .npz/.npy files,
+TFDS datasets by name, any optax transformation, and a module of your own."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+import vae_jax
+from experiments import train as train_cli
+from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+
+SMALL = ("--epochs", "1", "--batch_size", "16", "--z_dim", "2", "--no_progress")
+
+
+def _cli(argv, capsys):
+    """Run `python -m experiments.train` in this process: (exit status, stderr)."""
+    try:
+        status = train_cli.main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    return status, capsys.readouterr().err
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------- files
+
+
+def test_real_valued_vectors_from_npz_train_from_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(96, 6)) * 40.0 - 25.0).astype(np.float32)  # far beyond [0, 1]
+    np.savez(tmp_path / "vectors.npz", x_train=x[:64], x_test=x[64:])
+    workdir = tmp_path / "run"
+    argv = ["--dataset", tmp_path / "vectors.npz", "--likelihood", "gaussian_global"]
+    status, err = _cli([*argv, "--hidden", "16", "--workdir", workdir, *SMALL], capsys)
+    assert status == 0, err
+    (record,) = _records(workdir)
+    assert math.isfinite(record["test_loss"]) and "values as given" in record["data"]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"]["event_shape"] == [6]
+    assert config["data"]["dataset"] == str(tmp_path / "vectors.npz")
+    loaded = vae_jax.load_checkpoint(workdir)
+    assert loaded.model.image_shape == (6,) and loaded.step == 4
+
+
+def test_uint8_rgb_images_from_npz_train_conv_and_mlp_with_colour_grids(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x_train=images[:32], x_test=images[32:])
+    for flags in (("--hidden", "16"), ("--architecture", "conv", "--conv_channels", "4,8")):
+        workdir = tmp_path / "-".join(flags)
+        argv = ["--dataset", tmp_path / "rgb.npz", "--workdir", workdir, *SMALL, *flags]
+        status, err = _cli(argv, capsys)
+        assert status == 0, err
+        for name in ("samples_epoch001.png", "reconstructions_epoch001.png"):
+            with Image.open(workdir / "images" / name) as picture:
+                assert picture.mode == "RGB"
+                pixels = np.asarray(picture)
+            assert (pixels[..., 0] != pixels[..., 1]).any()  # colour, not grey
+
+
+# ------------------------------------------------------------------------------- TFDS
+
+
+def _tiny_tfds_builder(data_dir):
+    """A TFDS dataset defined here and prepared as array_record, without TensorFlow: PNGs
+    written with Pillow, a ClassLabel, an extra text feature; the example feature is not
+    called "image" and the label not "label"."""
+    import tensorflow_datasets as tfds
+
+    class TinyColours(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict(
+                {
+                    "picture": tfds.features.Image(shape=(8, 8, 3)),
+                    "kind": tfds.features.ClassLabel(num_classes=3),
+                    "note": tfds.features.Text(),
+                }
+            )
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(48, 0), "test": self._generate_examples(16, 1)}
+
+        def _generate_examples(self, n, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(n):
+                buffer = io.BytesIO()
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(buffer, format="PNG")
+                yield i, {"picture": buffer.getvalue(), "kind": i % 3, "note": "x"}
+
+    builder = TinyColours(data_dir=str(data_dir), file_format="array_record")
+    builder.download_and_prepare()
+    return builder
+
+
+def test_a_tfds_dataset_prepared_as_array_record_trains_from_the_cli_by_name(tmp_path, capsys):
+    builder = _tiny_tfds_builder(tmp_path / "tfds")
+    workdir = tmp_path / "run"
+    argv = ["--dataset", builder.name, "--data_dir", tmp_path / "tfds", "--conditional"]
+    status, err = _cli([*argv, "--hidden", "16", "--workdir", workdir, *SMALL], capsys)
+    assert status == 0, err
+    (record,) = _records(workdir)
+    assert record["data"].startswith("tiny_colours [8x8x3]")
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["num_classes"] == 3  # from the ClassLabel
+    assert (workdir / "images" / "class_samples_epoch001.png").exists()
+
+
+# ------------------------------------------------------------------------------- Python
+
+
+class MeanOnly(nn.Module):
+    """A model-protocol module whose p(x|z) ignores z: its decoder mean is one learned
+    vector, so its maximum-likelihood value is the data's per-dimension mean."""
+
+    z_dim: int = 1
+    image_shape: tuple[int, ...] = (4,)
+    likelihood: str = "gaussian_pixel"
+
+    def setup(self):
+        self.encoder = nn.Dense(2 * self.z_dim)
+        self.loc = self.param("loc", nn.initializers.zeros, self.image_shape)
+        self.logvar = self.param("logvar", nn.initializers.zeros, self.image_shape)
+
+    def encode(self, x, label=None):
+        mean, logvar = jnp.split(self.encoder(x), 2, axis=-1)
+        return mean, logvar
+
+    def decode(self, z, label=None):
+        loc = jnp.broadcast_to(self.loc, (*z.shape[:-1], *self.image_shape))
+        return vae_jax.DecoderOutput(loc, self.logvar)
+
+
+def test_values_below_one_grey_level_are_used_as_given_not_quantized():
+    """Data whose whole range is below 1/255: 8-bit storage would turn the per-dimension
+    means [0.0005, 0.0015, 0.0025, 0.0035] into [0, 0, 1/255, 1/255]; a gaussian_pixel
+    model trained on the data as given recovers them."""
+    means = np.array([0.0005, 0.0015, 0.0025, 0.0035], np.float32)
+    x = means + 1e-5 * np.random.default_rng(0).normal(size=(128, 4)).astype(np.float32)
+    assert x.max() - x.min() < 1 / 255
+    config = ExperimentConfig(
+        data=DataConfig(dataset="tiny"),
+        train=TrainConfig(epochs=100, batch_size=32, schedule="cosine"),
+    )
+    result = vae_jax.fit(config, x, model=MeanOnly(), progress=False, log=lambda _: None)
+    reconstruction = vae_jax.reconstruct(result.model, result.state.params, jnp.asarray(x))
+    np.testing.assert_allclose(reconstruction[0], x.mean(axis=0), atol=1e-6)
+
+
+def test_fit_takes_any_optax_transformation_and_float_images():
+    rng = np.random.default_rng(2)
+    x = rng.random((64, 4, 4, 2)).astype(np.float64)  # float64 in [0, 1]: float32, as given
+    config = ExperimentConfig(
+        model=ModelConfig(hidden=(8,), z_dim=2),
+        data=DataConfig(dataset="array"),
+        train=TrainConfig(epochs=2, batch_size=16),
+    )
+    quiet = {"progress": False, "log": lambda _: None}
+    sgd = vae_jax.fit(config, x, tx=optax.sgd(0.0), **quiet)  # a zero step: nothing moves
+    init = vae_jax.init_params(sgd.model, vae_jax.train.make_keys(0).init)
+    for a, b in zip(jax.tree.leaves(sgd.state.params), jax.tree.leaves(init), strict=True):
+        np.testing.assert_array_equal(a, b)
+    adam = vae_jax.fit(config, x, **quiet)
+    assert adam.records[-1]["train_loss"] < adam.records[0]["train_loss"]
+    assert adam.model.image_shape == (4, 4, 2)
+
+
+def test_init_params_needs_an_example_for_a_module_without_image_shape():
+    class Bare(nn.Module):
+        likelihood: str = "bernoulli"
+
+        @nn.compact
+        def encode(self, x, label=None):
+            return nn.Dense(2)(x), jnp.zeros((x.shape[0], 2))
+
+        def decode(self, z, label=None):
+            return vae_jax.DecoderOutput(jnp.repeat(z[..., :1], 3, axis=-1), None)
+
+    with pytest.raises(ValueError, match="Bare has no image_shape attribute: pass an example"):
+        vae_jax.init_params(Bare(), jax.random.key(0))
+    params = vae_jax.init_params(Bare(), jax.random.key(0), np.zeros((1, 3)))
+    assert params["Dense_0"]["kernel"].shape == (3, 2)
+
+
+def test_an_unknown_likelihood_is_an_error():
+    with pytest.raises(ValueError, match="likelihood must be one of .* got 'poisson'"):
+        vae_jax.make_elbo(MeanOnly(likelihood="poisson"))
+    with pytest.raises(ValueError, match="got 'nonsense'"):
+        vae_jax.make_iwae(vae_jax.VAE(likelihood="nonsense"), num_samples=5)
