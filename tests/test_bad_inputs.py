@@ -103,6 +103,14 @@ BAD_FLAGS = {
     ),
     "empty workdir": (("--workdir", ""), "argument --workdir: must be a non-empty path"),
     "negative checkpoint cadence": (("--checkpoint_every_steps", "-2"), "must be an integer >= 0"),
+    "unknown optimizer": (("--optimizer", "sgd"), "argument --optimizer: invalid choice: 'sgd'"),
+    "unknown schedule": (("--schedule", "linear"), "argument --schedule: invalid choice"),
+    "weight decay without adamw": (("--weight_decay", "0.1"), "needs optimizer adamw"),
+    "decay rate without its schedule": (("--decay_rate", "0.5"), "applies to the exponential"),
+    "image size of other data": (
+        ("--dataset", "x.npz", "--image_size", "32"),
+        "image_size applies to MNIST only",
+    ),
 }
 
 
@@ -120,6 +128,11 @@ BAD_AFTER_LOADING = {  # found once the data is known: still status 2, nothing t
     "batch larger than the data": (("--batch_size", "100"), "batch_size (100) is larger than"),
     "more devices than exist": (("--num_devices", "4"), "asked for 4 devices, only 1"),
     "step counter overflow": (("--epochs", "1000000000"), "exceed 2147483647 steps"),
+    "warm-up as long as the run": (("--warmup_steps", "4"), "warmup_steps (4) must be shorter"),
+    "IWAE schedule past its end": (
+        ("--schedule", "iwae_paper", "--epochs", "3281"),
+        "the iwae_paper schedule ends after 3280 epochs",
+    ),
 }
 
 
@@ -540,3 +553,63 @@ def test_learning_rate_overflowing_float32_in_config_json_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="learning_rate must be a finite float32 number"):
         fit(config, GOOD_IMAGES, GOOD_LABELS, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data sets named by --dataset: status 2, one line, nothing trained.
+
+
+def _npz(**arrays):
+    def write(path):
+        np.savez(path, **arrays)
+
+    return write
+
+
+RNG = np.random.default_rng(0)
+GREY = RNG.random((40, 4)).astype(np.float32)
+BAD_DATASETS = {
+    "npz without x_train": (_npz(x=GREY), "has no array x_train (it has ['x'])"),
+    "npz with an unknown array": (_npz(x_train=GREY, extra=GREY), "unexpected arrays ['extra']"),
+    "train and test of different event shapes": (
+        _npz(x_train=GREY, x_test=GREY[:, :3]),
+        "test: examples are (3,), expected (4,)",
+    ),
+    "object dtype": (
+        lambda path: np.savez(path, x_train=np.array([[1, "a"]] * 40, dtype=object)),
+        "Object arrays cannot be loaded when allow_pickle=False",
+    ),
+    "complex values": (_npz(x_train=GREY.astype(np.complex64)), "complex values have no"),
+    "NaN": (_npz(x_train=np.where(GREY > 0.5, np.nan, GREY)), "x contains NaN"),
+    "labels of the wrong length": (
+        _npz(x_train=GREY, y_train=np.zeros(3, np.int64)),
+        "(3,) labels for 40 examples",
+    ),
+    "real values for a Bernoulli likelihood": (
+        _npz(x_train=GREY * 10 - 5),
+        "a Bernoulli likelihood and binarization need values in [0, 1]",
+    ),
+    "conv strides that do not divide H and W": (
+        _npz(x_train=np.zeros((40, 30, 30, 1), np.uint8)),
+        "needs H and W divisible by 4, got (30, 30)",
+    ),
+    "not a NumPy file": (lambda path: path.write_bytes(b"garbage"), "cannot read"),
+    "missing file": (lambda path: None, "does not exist"),
+    "unknown TFDS name": (None, "no TFDS dataset 'no_such_dataset'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATASETS)
+def test_bad_dataset_is_a_one_line_error_with_status_2(tmp_path, capsys, case):
+    write, message = BAD_DATASETS[case]
+    spec = "no_such_dataset"
+    if write is not None:
+        spec = tmp_path / "data.npz"
+        write(spec)
+    flags = ["--dataset", spec, "--data_dir", tmp_path / "tfds", "--workdir", tmp_path / "run"]
+    if "conv" in case:
+        flags += ["--architecture", "conv", "--conv_channels", "4,8"]
+    status, err = _cli([*flags, *BASE], capsys)
+    assert status == 2, err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "config.json").exists()

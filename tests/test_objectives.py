@@ -1,5 +1,7 @@
 """Objectives against independent references: numpy, Monte Carlo, closed-form log p(x)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ from vae_jax import (
     make_elbo,
     make_iwae,
 )
+from vae_jax.config import ModelConfig
 from vae_jax.objectives import Objective
 
 X_DIM, Z_DIM, OBS_LOGVAR = 6, 3, float(np.log(0.3))
@@ -191,3 +194,43 @@ def test_objective_rejects_bad_options():
         Objective(model, "nope")
     assert make_iwae(model, num_samples=50).name == "IWAE (k=50)"
     assert make_elbo(model, beta=4.0).name == "beta-ELBO (beta=4)"
+
+
+# ----------------------------------------------------------------------------- bad batches
+
+
+def test_objectives_check_the_batch_at_the_boundary():
+    """One clear line instead of a confident wrong number or a deep traceback; by shape
+    always, by value only where the values are concrete (outside jit)."""
+    model = ModelConfig(hidden=(8,), z_dim=2).build((28, 28, 1))
+    params = init_params(model, jax.random.key(0))
+    elbo, key = make_elbo(model), jax.random.key(1)
+    images = np.full((4, 28, 28, 1), 0.5, np.float32)
+    cases = {
+        "the batch has shape (28, 28, 1); this model takes [batch, 28, 28, 1] (one example "
+        "without its batch axis?)": images[0],
+        "the batch has shape (4, 784)": images.reshape(4, 784),
+        "the batch has shape (4, 28, 28)": images[..., 0],
+        "the batch has values in [255, 255]; a Bernoulli likelihood needs values in [0, 1]": (
+            images * 510
+        ),
+        "the batch contains 1 NaN or inf values": np.where(
+            np.arange(images.size).reshape(images.shape) == 7, np.nan, images
+        ),
+    }
+    for message, batch in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            elbo(params, batch, key)
+    with pytest.raises(ValueError, match=re.escape("the batch has shape (28, 28, 1)")):
+        jax.jit(elbo)(params, images[0], key)  # shapes: also when tracing
+    assert np.isfinite(jax.jit(elbo)(params, images * 510, key))  # values: not under jit
+    np.testing.assert_allclose(  # round-off at the edge of [0, 1] is accepted
+        elbo(params, np.float64(1.0000000000000002) * np.ones_like(images), key),
+        elbo(params, np.ones_like(images), key),
+    )
+    conditional = ModelConfig(hidden=(8,), z_dim=2, conditional=True).build((28, 28, 1))
+    cparams = init_params(conditional, jax.random.key(0))
+    with pytest.raises(ValueError, match="this model is conditional: pass"):
+        make_elbo(conditional)(cparams, images, key)
+    with pytest.raises(ValueError, match=re.escape("labels of shape (3,) for 4 examples")):
+        make_elbo(conditional)(cparams, {"image": images, "label": np.zeros(3, np.int32)}, key)

@@ -31,6 +31,7 @@ from vae_jax.checkpoint import (
     CHECKPOINT_SUBDIR,
     CONFIG_FILE,
     CheckpointError,
+    check_config,
     describe_difference,
     read_config,
     write_config,
@@ -293,6 +294,7 @@ def _run(
     log: Callable[[str], None],
 ) -> FitResult:
     config, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
+    check_config(config)  # the model, for the data's event shape, before anything is written
     path = prepare_workdir(workdir, config, overwrite=overwrite, resume=resume)
     model = config.model.build(config.data.image_shape)
     shown = test if test is not None else train
