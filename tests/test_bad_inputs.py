@@ -593,7 +593,10 @@ BAD_DATASETS = {
         _npz(x_train=np.zeros((40, 30, 30, 1), np.uint8)),
         "needs H and W divisible by 4, got (30, 30)",
     ),
-    "not a NumPy file": (lambda path: path.write_bytes(b"garbage"), "cannot read"),
+    "not a NumPy file": (
+        lambda path: path.write_bytes(b"garbage"),
+        "data.npz is not a .npy or .npz file (it starts with b'garbag')",
+    ),
     "missing file": (lambda path: None, "does not exist"),
     "unknown TFDS name": (None, "no TFDS dataset 'no_such_dataset'"),
 }

@@ -85,6 +85,10 @@ def load_file(path: str | os.PathLike) -> Dataset:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"data file {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((b"\x93NUMPY", b"PK")):  # .npy header, zip (.npz) header
+        raise ValueError(f"{path} is not a .npy or .npz file (it starts with {magic!r})")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
