@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
             progress=not args.no_progress,
             skip_nonfinite=args.skip_nonfinite,
             checkpoint_every_steps=args.checkpoint_every_steps,
+            placement=args.data_placement,
         )
     except (WorkdirError, ValueError) as error:
         fail(parser.prog, _one_line(error), 2)

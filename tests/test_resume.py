@@ -68,7 +68,7 @@ def _argv(tiny_mnist, workdir, *flags):
     ]  # fmt: skip
 
 
-def _start(tiny_mnist, workdir, log_path):
+def _start(tiny_mnist, workdir, log_path, *flags):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -82,7 +82,7 @@ def _start(tiny_mnist, workdir, log_path):
     }
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "experiments.mnist", *_argv(tiny_mnist, workdir)],
+            [sys.executable, "-m", "experiments.mnist", *_argv(tiny_mnist, workdir, *flags)],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -217,6 +217,32 @@ def test_runs_killed_at_random_points_resume_to_bitwise_equal_parameters(
     _check_all_checkpoints_restore(workdir)
     assert sorted(os.listdir(workdir / CHECKPOINT_SUBDIR)) == ["20", "22", "24"], report
     print(f"bitwise equal after {len(kills)} kills; {report}")  # (pytest -rP shows it)
+
+
+def test_streamed_runs_killed_resume_to_bitwise_equal_parameters(tiny_mnist, tmp_path):
+    """The host-streamed data path (--data_placement host): killed during a checkpoint
+    write and during training, resumed, it ends bitwise equal to its uninterrupted run."""
+    host = ("--data_placement", "host")
+    reference = tmp_path / "reference"
+    assert mnist.main(_argv(tiny_mnist, reference, *host)) == 0
+    workdir = tmp_path / "killed"
+    kills = []
+    for trial, (target, mode) in enumerate([(6, "during write"), (14, "after")]):
+        proc = _start(tiny_mnist, workdir, tmp_path / f"trial{trial}.log", *host)
+        if mode == "during write":
+            killed = _kill_when(proc, _writing(workdir, target))
+        else:
+            killed = _kill_when(proc, lambda t=target: _steps(workdir)[-1:] >= [t], 0.05)
+        kills.append((target, mode, killed, _steps(workdir)))
+    final = _start(tiny_mnist, workdir, tmp_path / "final.log", *host)
+    assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
+    assert all(killed for *_, killed, _ in kills), kills
+    assert "stays in host memory" in (tmp_path / "final.log").read_text()
+    expected, got = load_checkpoint(reference), load_checkpoint(workdir)
+    assert got.step == expected.step == STEPS
+    leaves = zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True)
+    assert all(np.array_equal(a, b) for a, b in leaves), f"parameters differ; kills {kills}"
+    assert _records(workdir) == _records(reference)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -391,6 +391,16 @@ def build_parser(prog: str = "python -m experiments.train") -> argparse.Argument
         "at the end of a compiled call (default: 0, epochs only)",
     )
     run.add_argument(
+        "--data_placement",
+        choices=("auto", "device", "host"),
+        default="auto",
+        help="where the training set lives while training: device (each step gathers its "
+        "batch on the device: fastest), host (batches gathered in host memory and prefetched "
+        "to the device: for data larger than device memory), or auto (device when the data "
+        "take at most a quarter of a device's memory). The same batches and random streams "
+        "either way; numbers agree to float rounding, not bitwise (default: auto)",
+    )
+    run.add_argument(
         "--skip_nonfinite",
         action="store_true",
         default=False,

@@ -241,6 +241,7 @@ def run_experiment(
     progress: bool = True,
     skip_nonfinite: bool = False,
     checkpoint_every_steps: int = 0,
+    placement: str = "auto",
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Train `config` on its data set into `workdir`: checkpoints, metrics.jsonl and PNGs.
@@ -258,18 +259,51 @@ def run_experiment(
     """
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
     with workdir_lock(_writable_dir(workdir)):
-        return _run(
+        config, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
+        check_config(config)  # the model, for the data's event shape, before anything is written
+        path = prepare_workdir(workdir, config, overwrite=overwrite, resume=resume)
+        model = config.model.build(config.data.image_shape)
+        shown = test if test is not None else train
+        pictures = None
+        if is_image_shape(config.data.image_shape):
+            seed = config.train.seed
+            pictures = make_epoch_pictures(path, model, shown.image, shown.label, seed)
+        else:
+            log(
+                f"no per-epoch pictures: examples of shape {config.data.image_shape} are not images"
+            )
+
+        def on_epoch_end(epoch: int, state: TrainState, records: list[dict[str, Any]]) -> None:
+            if pictures is not None:
+                pictures(epoch, state)
+            write_metrics(path, records)
+
+        result = fit(
             config,
-            workdir,
-            data_dir=data_dir,
-            mnist_dir=mnist_dir,
-            overwrite=overwrite,
+            train.image,
+            train.label,
+            None if test is None else test.image,
+            None if test is None else test.label,
+            workdir=path,
             resume=resume,
+            on_epoch_end=on_epoch_end,
             progress=progress,
             skip_nonfinite=skip_nonfinite,
             checkpoint_every_steps=checkpoint_every_steps,
+            placement=placement,
             log=log,
         )
+        write_metrics(path, result.records)
+        if result.records:
+            visualize.save_training_curves(
+                path / "images" / "training_curves.png",
+                result.records,
+                title=f"{result.objective.name} training, {config.data.variant}",
+            )
+        log(
+            f"wrote {path}/metrics.jsonl, {path}/images/ and the checkpoints in {path}/checkpoints/"
+        )
+        return result
 
 
 def check_paths(*, data_dir: str | None, mnist_dir: str | None) -> None:
@@ -278,57 +312,3 @@ def check_paths(*, data_dir: str | None, mnist_dir: str | None) -> None:
         raise ValueError(f"data_dir {data_dir!r} is not a directory")
     if mnist_dir is not None and not Path(mnist_dir).expanduser().is_dir():
         raise ValueError(f"mnist_dir {mnist_dir!r} is not a directory")
-
-
-def _run(
-    config: ExperimentConfig,
-    workdir: str | os.PathLike,
-    *,
-    data_dir: str | None,
-    mnist_dir: str | None,
-    overwrite: bool,
-    resume: bool,
-    progress: bool,
-    skip_nonfinite: bool,
-    checkpoint_every_steps: int,
-    log: Callable[[str], None],
-) -> FitResult:
-    config, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
-    check_config(config)  # the model, for the data's event shape, before anything is written
-    path = prepare_workdir(workdir, config, overwrite=overwrite, resume=resume)
-    model = config.model.build(config.data.image_shape)
-    shown = test if test is not None else train
-    pictures = None
-    if is_image_shape(config.data.image_shape):
-        pictures = make_epoch_pictures(path, model, shown.image, shown.label, config.train.seed)
-    else:
-        log(f"no per-epoch pictures: examples of shape {config.data.image_shape} are not images")
-
-    def on_epoch_end(epoch: int, state: TrainState, records: list[dict[str, Any]]) -> None:
-        if pictures is not None:
-            pictures(epoch, state)
-        write_metrics(path, records)
-
-    result = fit(
-        config,
-        train.image,
-        train.label,
-        None if test is None else test.image,
-        None if test is None else test.label,
-        workdir=path,
-        resume=resume,
-        on_epoch_end=on_epoch_end,
-        progress=progress,
-        skip_nonfinite=skip_nonfinite,
-        checkpoint_every_steps=checkpoint_every_steps,
-        log=log,
-    )
-    write_metrics(path, result.records)
-    if result.records:
-        visualize.save_training_curves(
-            path / "images" / "training_curves.png",
-            result.records,
-            title=f"{result.objective.name} training, {config.data.variant}",
-        )
-    log(f"wrote {path}/metrics.jsonl, {path}/images/ and the checkpoint in {path}/checkpoints/")
-    return result

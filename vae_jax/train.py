@@ -169,11 +169,43 @@ def _batch_x(
     """
     n = data.image.shape[0]
     rows = jax.lax.with_sharding_constraint(data.image.reshape(n, -1)[index], sharding)
+    return _rows_to_x(rows, data.image.shape[1:], key, binarize=binarize)
+
+
+def _rows_to_x(
+    rows: jax.Array, event_shape: tuple[int, ...], key: jax.Array | None, *, binarize: bool
+) -> jax.Array:
+    """[batch, prod(event_shape)] stored rows -> float32 x [batch, *event_shape]."""
     x = to_float(rows)  # [batch, prod(event_shape)]
     if binarize:
         assert key is not None
         x = jax.random.bernoulli(key, x).astype(jnp.float32)
-    return x.reshape(index.shape[0], *data.image.shape[1:])
+    return x.reshape(rows.shape[0], *event_shape)
+
+
+class HostBatches(NamedTuple):
+    """Train batches gathered on the host, for data streamed from host memory.
+
+    Attributes:
+      rows: [steps, batch, prod(event_shape)] stored values (uint8 or float32).
+      label: [steps, batch] int32.
+      weight: [steps, batch] float32 example weights (0 for the last batch's padding).
+    """
+
+    rows: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray
+
+
+def gather_batches(image: np.ndarray, label: np.ndarray, index: np.ndarray, weight: np.ndarray):
+    """`HostBatches` of the examples ``image[index]`` ([steps, batch] indices), on the host.
+
+    `image` may be a memory-mapped array: only the rows asked for are read.
+    """
+    rows = np.asarray(image.reshape(image.shape[0], -1)[index.reshape(-1)])
+    rows = rows.reshape(*index.shape, -1)
+    rows = rows if rows.dtype == np.uint8 else rows.astype(np.float32)
+    return HostBatches(rows, np.asarray(label[index], np.int32), weight)
 
 
 def kl_weight(step: jax.Array, *, beta: float, warmup_steps: int) -> jax.Array:
@@ -233,8 +265,13 @@ def make_train_call(
     binarize: bool = False,
     kl_warmup_steps: int = 0,
     skip_nonfinite: bool = False,
+    event_shape: tuple[int, ...] | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Build ``call(state, data, index, weight, train_key) -> (state, metrics)``.
+
+    With `event_shape` (data streamed from the host), the call is instead
+    ``call(state, batches, train_key)`` with `HostBatches` gathered by `gather_batches`:
+    the same steps on the same examples, the batches sent with the call.
 
     The compiled call runs ``index.shape[0]`` train steps as one `lax.scan`, with `state`
     donated (a conv VAE on CPU: a host loop of compiled, donated steps; see `_host_loop`).
@@ -250,14 +287,20 @@ def make_train_call(
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     beta = objective.beta
 
-    def train_step(
-        state: TrainState, data: DeviceData, index: jax.Array, weight: jax.Array, train_key
+    def step_on_rows(
+        state: TrainState,
+        rows: jax.Array,
+        label: jax.Array,
+        weight: jax.Array,
+        train_key: jax.Array,
+        event_shape: tuple[int, ...],
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(train_key, state.step)
         data_key, sample_key = jax.random.split(key)
+        rows = jax.lax.with_sharding_constraint(rows, batch_sharding)
         batch = {
-            "image": _batch_x(data, index, batch_sharding, data_key, binarize=binarize),
-            "label": data.label[index],
+            "image": _rows_to_x(rows, event_shape, data_key, binarize=binarize),
+            "label": label,
         }
         weight = jax.lax.with_sharding_constraint(weight, batch_sharding)
         weight_kl = kl_weight(state.step, beta=beta, warmup_steps=kl_warmup_steps)
@@ -283,14 +326,47 @@ def make_train_call(
         }
         return new, metrics
 
+    def train_step(
+        state: TrainState, data: DeviceData, index: jax.Array, weight: jax.Array, train_key
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        rows = data.image.reshape(data.image.shape[0], -1)[index]
+        event_shape = data.image.shape[1:]
+        return step_on_rows(state, rows, data.label[index], weight, train_key, event_shape)
+
     options = _compiler_options(mesh)
-    if _host_loop(objective.model, mesh):
-        step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
+    host_loop = _host_loop(objective.model, mesh)
+    if event_shape is not None:  # streamed: batches gathered on the host
+        stream_step = functools.partial(step_on_rows, event_shape=tuple(event_shape))
+        if host_loop:
+            step_jit = jax.jit(stream_step, donate_argnums=0, compiler_options=options)
+
+            def host_stream_call(state: TrainState, batches: HostBatches, train_key):
+                metrics = []
+                for s in range(len(batches.rows)):
+                    state, m = step_jit(
+                        state, batches.rows[s], batches.label[s], batches.weight[s], train_key
+                    )
+                    metrics.append(m)
+                return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+
+            return host_stream_call
+
+        def stream_call(state: TrainState, batches: HostBatches, train_key):
+            def body(state: TrainState, xs: Any):
+                rows, label, weight = xs
+                return stream_step(state, rows, label, weight, train_key)
+
+            return jax.lax.scan(body, state, tuple(batches))
+
+        return jax.jit(stream_call, donate_argnums=0, compiler_options=options)
+
+    if host_loop:
+        one_step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
 
         def host_call(state: TrainState, data: DeviceData, index, weight, train_key):
             metrics = []
             for s in range(len(index)):  # dispatched asynchronously: no host sync per step
-                state, m = step(state, data, index[s], weight[s], train_key)
+                state, m = one_step(state, data, index[s], weight[s], train_key)
                 metrics.append(m)
             return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
