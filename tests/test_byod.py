@@ -203,3 +203,22 @@ def test_an_unknown_likelihood_is_an_error():
         vae_jax.make_elbo(MeanOnly(likelihood="poisson"))
     with pytest.raises(ValueError, match="got 'nonsense'"):
         vae_jax.make_iwae(vae_jax.VAE(likelihood="nonsense"), num_samples=5)
+
+
+def test_npy_streamed_from_host_memory_trains_from_the_cli(tmp_path, capsys):
+    """A .npy is memory-mapped; with --data_placement host its rows are read per call."""
+    x = np.random.default_rng(3).random((40, 5, 5, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    workdir = tmp_path / "run"
+    argv = ["--dataset", tmp_path / "x.npy", "--data_placement", "host", "--hidden", "8"]
+    status, err = _cli([*argv, "--workdir", workdir, *SMALL], capsys)
+    assert status == 0, err
+    (record,) = _records(workdir)
+    assert "test_loss" not in record  # no test split in a .npy
+    assert (workdir / "images" / "reconstructions_epoch001.png").exists()  # training images
+
+
+def test_auto_placement_keeps_data_that_fit_on_the_device():
+    mesh = vae_jax.make_mesh()
+    assert vae_jax.loop.default_placement(10**6, mesh) == "device"
+    assert vae_jax.loop.default_placement(2**62, mesh) == "host"

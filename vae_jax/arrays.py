@@ -101,27 +101,28 @@ def check_split(
             f"{name}: examples are {tuple(image.shape[1:])}, expected {tuple(event_shape)}"
         )
     kind = image.dtype.kind
-    if kind in "biuf" and image.dtype != np.uint8:
-        with np.errstate(over="ignore"):  # beyond float32: inf, refused below
-            image = image.astype(np.float32)
-        finite = np.isfinite(image)
-        if not finite.all():
-            what = "NaN" if np.isnan(image).any() else "infinite values (or beyond float32)"
-            raise ValueError(f"{name}: x contains {what} ({int((~finite).sum())} values)")
-    elif image.dtype != np.uint8:
+    if kind not in "biuf":
         raise ValueError(
             f"{name}: x must be numeric (uint8, or values as given), got dtype {image.dtype}"
             + ("; complex values have no likelihood here" if kind == "c" else "")
         )
-    if unit_interval and image.dtype == np.float32:
-        low, high = float(image.min()), float(image.max())
-        tol = UNIT_INTERVAL_TOLERANCE
-        if low < -tol or high > 1.0 + tol:
-            raise ValueError(
-                f"{name}: x has values in [{low:g}, {high:g}]; a Bernoulli likelihood and "
-                "binarization need values in [0, 1] (rescale, or use a Gaussian likelihood)"
-            )
-        image = np.clip(image, 0.0, 1.0)
+    if image.dtype != np.uint8:
+        if image.dtype != np.float32:  # (float32, e.g. a memory-mapped .npy, is not copied)
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+                image = image.astype(np.float32)
+        nonfinite, low, high = _scan(image)
+        if nonfinite:
+            what = "NaN" if _any_nan(image) else "infinite values (or beyond float32)"
+            raise ValueError(f"{name}: x contains {what} ({nonfinite} values)")
+        if unit_interval:
+            tol = UNIT_INTERVAL_TOLERANCE
+            if low < -tol or high > 1.0 + tol:
+                raise ValueError(
+                    f"{name}: x has values in [{low:g}, {high:g}]; a Bernoulli likelihood and "
+                    "binarization need values in [0, 1] (rescale, or use a Gaussian likelihood)"
+                )
+            if low < 0.0 or high > 1.0:  # round-off only
+                image = np.clip(image, 0.0, 1.0)
     n = image.shape[0]
     if label is None:
         if num_classes is not None:
@@ -137,6 +138,27 @@ def check_split(
             f"{name}: labels span {label.min()}..{label.max()}, outside 0..{num_classes - 1}"
         )
     return Split(image, label.astype(np.int32))
+
+
+_SCAN_ROWS = 1 << 16  # rows per block: checks of large (memory-mapped) arrays stay small
+
+
+def _scan(x: np.ndarray) -> tuple[int, float, float]:
+    """(count of non-finite values, min, max of the finite ones) of float32 `x`, read in
+    blocks of rows so that a memory-mapped array is never copied whole."""
+    nonfinite, low, high = 0, np.inf, -np.inf
+    for start in range(0, x.shape[0], _SCAN_ROWS):
+        block = np.asarray(x[start : start + _SCAN_ROWS])
+        finite = np.isfinite(block)
+        nonfinite += int(block.size - np.count_nonzero(finite))
+        if finite.any():
+            values = block[finite] if nonfinite else block
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return nonfinite, low, high
+
+
+def _any_nan(x: np.ndarray) -> bool:
+    return any(np.isnan(x[i : i + _SCAN_ROWS]).any() for i in range(0, x.shape[0], _SCAN_ROWS))
 
 
 def binarize_once(x: np.ndarray, seed: int) -> np.ndarray:

@@ -6,7 +6,9 @@
 - ``"mnist"``: MNIST through its offline preparation chain (`vae_jax.data.load_mnist`);
 - a path ending in ``.npz``: arrays ``x_train`` (required), ``x_test``, ``y_train``,
   ``y_test`` (optional); read without pickle;
-- a path ending in ``.npy``: one array ``[N, *event_shape]``, the training set;
+- a path ending in ``.npy``: one array ``[N, *event_shape]``, the training set, memory-mapped
+  (uint8 and float32 arrays are never copied whole: with ``--data_placement host`` they can
+  be larger than memory);
 - any other name: a TFDS dataset already prepared as ``array_record`` in the TFDS data
   directory, read with ``tfds.data_source`` (no TensorFlow). Its example feature is the
   ``tfds.features.Image`` (or else the numeric ``Tensor``) among its features, preferring one
@@ -89,8 +91,11 @@ def load_file(path: str | os.PathLike) -> Dataset:
         magic = f.read(6)
     if not magic.startswith((b"\x93NUMPY", b"PK")):  # .npy header, zip (.npz) header
         raise ValueError(f"{path} is not a .npy or .npz file (it starts with {magic!r})")
-    try:
-        loaded = np.load(path, allow_pickle=False)
+    try:  # a .npy is memory-mapped: rows are read when used (--data_placement host)
+        if path.suffix.lower() == ".npy":
+            loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"cannot read {path} as a NumPy file: {_one_line(error)}") from None
     if isinstance(loaded, np.ndarray):  # .npy: the training set, no labels
