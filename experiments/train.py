@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
 
     from vae_jax.checkpoint import CheckpointError
     from vae_jax.data import DataUnavailableError
-    from vae_jax.experiment import WorkdirError, run_experiment
+    from vae_jax.experiment import run_experiment
     from vae_jax.train import NonFiniteError
+    from vae_jax.workdir import WorkdirError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Orbax logs its failures (with tracebacks from its threads) before raising them; the

@@ -24,13 +24,14 @@ import numpy as np
 import pytest
 
 from experiments import mnist
+from tests.idx_files import write_idx_files
 from vae_jax import data, load_checkpoint, make_elbo
-from vae_jax.checkpoint import write_config
 from vae_jax.cli import build_parser, config_from_args
 from vae_jax.config import ModelConfig
 from vae_jax.loop import fit
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, init_params
 from vae_jax.objectives import gaussian_kl
+from vae_jax.workdir import write_config
 
 N_TRAIN, N_TEST = 64, 32
 BASE = (
@@ -48,7 +49,7 @@ def tiny(tmp_path_factory):
     """Good IDX files, prepared once; tests that break them write their own copies."""
     root = tmp_path_factory.mktemp("bad_inputs")
     rng = np.random.default_rng(0)
-    data.write_idx_files(
+    write_idx_files(
         root / "idx",
         _images(rng, N_TRAIN),
         rng.integers(0, 10, N_TRAIN),
@@ -207,7 +208,8 @@ BAD_WORKDIRS = {
     "--no_resume over checkpoints": (
         _workdir_with_checkpoints,
         ("--no_resume",),
-        "holds checkpoints of this configuration (the newest at step 4), which --no_resume",
+        "holds checkpoints of this configuration (the newest at step 4), which a fresh start "
+        "(--no_resume",
     ),
     "config.json not JSON": (_config_garbage, (), "config.json is not a valid vae_jax config"),
     "config.json value of wrong type": (
@@ -302,7 +304,7 @@ def _write_good(directory, **kwargs):
         "test_images": _images(rng, N_TEST),
         "test_labels": rng.integers(0, 10, N_TEST),
     }
-    data.write_idx_files(directory, **{**arrays, **kwargs}, gzip=False)
+    write_idx_files(directory, **{**arrays, **kwargs}, gzip=False)
 
 
 def _replace(directory, name, content):
@@ -419,55 +421,55 @@ GOOD_IMAGES = np.zeros((N_TRAIN, 28, 28, 1), np.uint8)
 GOOD_LABELS = np.zeros(N_TRAIN, np.int32)
 BAD_ARRAYS = {
     "float images beyond [0, 1] (Bernoulli)": (
-        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 255.0, np.float32)),
+        dict(x_train=np.full((N_TRAIN, 28, 28, 1), 255.0, np.float32)),
         "training data: x has values in [255, 255]; a Bernoulli likelihood and binarization "
         "need values in [0, 1]",
     ),
     "images with NaN": (
-        dict(train_images=np.full((N_TRAIN, 28, 28, 1), np.nan, np.float32)),
+        dict(x_train=np.full((N_TRAIN, 28, 28, 1), np.nan, np.float32)),
         "training data: x contains NaN",
     ),
     "images with inf": (
-        dict(train_images=np.full((N_TRAIN, 28, 28, 1), np.inf)),
+        dict(x_train=np.full((N_TRAIN, 28, 28, 1), np.inf)),
         "training data: x contains infinite values",
     ),
     "images beyond float32": (
-        dict(train_images=np.full((N_TRAIN, 28, 28, 1), 1e300)),
+        dict(x_train=np.full((N_TRAIN, 28, 28, 1), 1e300)),
         "training data: x contains infinite values (or beyond float32)",
     ),
     "complex images": (
-        dict(train_images=np.zeros((N_TRAIN, 28, 28, 1), np.complex64)),
+        dict(x_train=np.zeros((N_TRAIN, 28, 28, 1), np.complex64)),
         "got dtype complex64; complex values have no likelihood here",
     ),
     "object images": (
-        dict(train_images=np.zeros((N_TRAIN, 28, 28, 1), object)),
+        dict(x_train=np.zeros((N_TRAIN, 28, 28, 1), object)),
         "x must be numeric (uint8, or values as given), got dtype object",
     ),
     "images without a channel axis": (
-        dict(train_images=np.zeros((N_TRAIN, 28, 28), np.uint8)),
+        dict(x_train=np.zeros((N_TRAIN, 28, 28), np.uint8)),
         "training data: examples are (28, 28), expected (28, 28, 1)",
     ),
     "one image without its batch axis": (
-        dict(train_images=np.zeros((28,), np.uint8)),
+        dict(x_train=np.zeros((28,), np.uint8)),
         "x must be [N >= 1, *event_shape] (a batch axis first",
     ),
     "no images": (
-        dict(train_images=np.zeros((0, 28, 28, 1), np.uint8), train_labels=GOOD_LABELS[:0]),
+        dict(x_train=np.zeros((0, 28, 28, 1), np.uint8), y_train=GOOD_LABELS[:0]),
         "x must be [N >= 1, *event_shape] (a batch axis first, then one example's shape), "
         "got shape (0, 28, 28, 1)",
     ),
-    "float labels": (dict(train_labels=np.zeros(N_TRAIN)), "labels must be an integer"),
-    "too few labels": (dict(train_labels=GOOD_LABELS[:10]), "(10,) labels for 64 examples"),
+    "float labels": (dict(y_train=np.zeros(N_TRAIN)), "labels must be an integer"),
+    "too few labels": (dict(y_train=GOOD_LABELS[:10]), "(10,) labels for 64 examples"),
     "labels out of range (conditional)": (
-        dict(train_labels=np.full(N_TRAIN, 12), conditional=True),
+        dict(y_train=np.full(N_TRAIN, 12), conditional=True),
         "labels span 12..12, outside 0..9",
     ),
     "no labels (conditional)": (
-        dict(train_labels=None, conditional=True),
+        dict(y_train=None, conditional=True),
         "training data: this model is conditional: it needs labels",
     ),
     "test images of another shape": (
-        dict(test_images=np.zeros((N_TEST, 32, 32, 1), np.uint8)),
+        dict(x_test=np.zeros((N_TEST, 32, 32, 1), np.uint8)),
         "test data: examples are (32, 32, 1), expected (28, 28, 1)",
     ),
 }
@@ -482,10 +484,10 @@ def test_fit_checks_the_arrays_it_is_given(tmp_path, case):
         model = dataclasses.replace(config.model, conditional=True)
         config = dataclasses.replace(config, model=model)
     args = {
-        "train_images": GOOD_IMAGES,
-        "train_labels": GOOD_LABELS,
-        "test_images": GOOD_IMAGES[:N_TEST],
-        "test_labels": GOOD_LABELS[:N_TEST],
+        "x_train": GOOD_IMAGES,
+        "y_train": GOOD_LABELS,
+        "x_test": GOOD_IMAGES[:N_TEST],
+        "y_test": GOOD_LABELS[:N_TEST],
         **arrays,
     }
     with pytest.raises(ValueError) as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.idx_files import write_idx_files
 from vae_jax import data
 
 # The four canonical MNIST IDX files (see ../shared/data/mnist/README.md), read once at import
@@ -55,7 +56,7 @@ def tiny_arrays():
 
 
 def _write(directory, arrays, *, gzip=True):
-    data.write_idx_files(directory, *arrays["train"], *arrays["test"], gzip=gzip)
+    write_idx_files(directory, *arrays["train"], *arrays["test"], gzip=gzip)
 
 
 @pytest.fixture
@@ -235,9 +236,9 @@ def test_inconsistent_idx_files_raise(tmp_path, tiny_idx_dir, tiny_arrays):
 def test_write_idx_files_validates(tmp_path, tiny_arrays):
     images, labels = tiny_arrays["train"]
     with pytest.raises(ValueError, match="labels"):
-        data.write_idx_files(tmp_path, images, labels[:-1], *tiny_arrays["test"])
+        write_idx_files(tmp_path, images, labels[:-1], *tiny_arrays["test"])
     with pytest.raises(ValueError, match="uint8"):
-        data.write_idx_files(tmp_path, images.astype(np.float32), labels, *tiny_arrays["test"])
+        write_idx_files(tmp_path, images.astype(np.float32), labels, *tiny_arrays["test"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,59 +461,3 @@ def test_png_decoder_all_filter_types_match_pil():
             np.testing.assert_array_equal(out[..., 0], np.asarray(pil))
     np.testing.assert_array_equal(decoded[:40, ..., 0], images)
     assert data._png_scanlines(pngs[-1], 28, 28) is None
-
-
-# ----------------------------------------------------------------------------------------------
-# Batching.
-
-
-def _order(batches):
-    return np.concatenate([b["label"] for b in batches])
-
-
-def test_iterate_batches_in_memory():
-    n = 103
-    split = data.Split(
-        image=np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 28, 28, 1)),
-        label=np.arange(n, dtype=np.int32),
-    )
-    epoch0 = list(data.iterate_batches(split, 10, seed=0, epoch=0))
-    assert [len(b["label"]) for b in epoch0] == [10] * 10 + [3]
-    assert epoch0[0]["image"].shape == (10, 28, 28, 1) and epoch0[0]["image"].dtype == np.uint8
-    assert epoch0[0]["label"].dtype == np.int32
-    np.testing.assert_array_equal(epoch0[0]["image"][:, 0, 0, 0], epoch0[0]["label"])
-    order0 = _order(epoch0)
-    assert sorted(order0.tolist()) == list(range(n))  # Every example exactly once.
-    np.testing.assert_array_equal(order0, np.random.default_rng((0, 0)).permutation(n))
-    np.testing.assert_array_equal(order0, _order(data.iterate_batches(split, 10, seed=0, epoch=0)))
-    assert not np.array_equal(order0, _order(data.iterate_batches(split, 10, seed=0, epoch=1)))
-    assert not np.array_equal(order0, _order(data.iterate_batches(split, 10, seed=1, epoch=0)))
-
-    dropped = list(data.iterate_batches(split, 10, seed=0, epoch=0, drop_remainder=True))
-    assert [len(b["label"]) for b in dropped] == [10] * 10
-    np.testing.assert_array_equal(_order(dropped), order0[:100])
-
-    plain = _order(data.iterate_batches(split, 25, seed=0, epoch=0, shuffle=False))
-    np.testing.assert_array_equal(plain, np.arange(n))
-    assert list(data.iterate_batches(split, 200, seed=0, epoch=0, drop_remainder=True)) == []
-    with pytest.raises(ValueError):
-        next(data.iterate_batches(split, 0, seed=0, epoch=0))
-
-
-def test_iterate_batches_data_source_matches_memory(tiny_prepared):
-    import tensorflow_datasets as tfds
-
-    source = tfds.data_source("mnist", split="train", data_dir=tiny_prepared, download=False)
-    split = data.read_split("mnist", "train", tiny_prepared)
-    for epoch in (0, 1):
-        from_source = list(data.iterate_batches(source, 16, seed=3, epoch=epoch))
-        from_memory = list(data.iterate_batches(split, 16, seed=3, epoch=epoch))
-        assert len(from_source) == len(from_memory) == N_TRAIN // 16
-        for a, b in zip(from_source, from_memory, strict=True):
-            assert a["image"].dtype == np.uint8 and a["label"].dtype == np.int32
-            np.testing.assert_array_equal(a["image"], b["image"])
-            np.testing.assert_array_equal(a["label"], b["label"])
-    # A plain sequence of dicts works too.
-    examples = [{"image": split.image[i], "label": split.label[i]} for i in range(10)]
-    batches = list(data.iterate_batches(examples, 4, seed=0, epoch=0, drop_remainder=True))
-    assert [len(b["label"]) for b in batches] == [4, 4]

@@ -182,7 +182,7 @@ def test_bits_per_dim():
 def tiny_run(tmp_path_factory):
     """A z_dim-2 model trained for one epoch on 200 tiny synthetic 'digits' (seconds)."""
     from experiments import mnist
-    from vae_jax.data import write_idx_files
+    from tests.idx_files import write_idx_files
 
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)

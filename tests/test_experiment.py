@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from experiments import mnist
+from tests.idx_files import write_idx_files
 from vae_jax import load_checkpoint, make_elbo
-from vae_jax.data import write_idx_files
 
 N_TRAIN, N_TEST = 96, 48
 

@@ -30,10 +30,12 @@ import optax
 import pytest
 
 from experiments import mnist
+from tests.idx_files import write_idx_files
 from vae_jax import data, load_checkpoint
-from vae_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, CheckpointError, read_config
+from vae_jax.checkpoint import Checkpointer, CheckpointError
 from vae_jax.loop import fit
 from vae_jax.train import init_train_state, make_keys
+from vae_jax.workdir import CHECKPOINT_SUBDIR, WorkdirError, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, BATCH, EPOCHS = 256, 64, 32, 3
@@ -54,7 +56,7 @@ def tiny_mnist(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = (rng.random((N_TRAIN + N_TEST, 28, 28)) ** 3 * 255).astype(np.uint8)
     labels = rng.integers(0, 10, N_TRAIN + N_TEST).astype(np.uint8)
-    data.write_idx_files(
+    write_idx_files(
         root / "idx", images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
     )
     data.prepare_mnist(root / "tfds", mnist_dir=root / "idx", allow_download=False, allow_pip=False)
@@ -447,6 +449,6 @@ def test_fit_refuses_a_fresh_start_over_checkpoints(reference, tmp_path):
     config = read_config(workdir)
     images = np.zeros((N_TRAIN, 28, 28, 1), np.uint8)
     labels = np.zeros(N_TRAIN, np.int32)
-    with pytest.raises(CheckpointError, match="already holds checkpoints .* step 16"):
+    with pytest.raises(WorkdirError, match="holds checkpoints of this configuration .* step 16"):
         fit(config, images, labels, workdir=workdir, resume=False, progress=False)
     assert _steps(workdir) == [12, 14, 16]

@@ -24,12 +24,10 @@ Nothing is pickled: arrays are tensorstore/zarr chunks, everything else is JSON.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import warnings
@@ -45,11 +43,16 @@ from vae_jax.config import ExperimentConfig
 from vae_jax.models import VAE
 from vae_jax.optim import make_optimizer
 from vae_jax.train import TrainState, init_train_state, make_keys
+from vae_jax.workdir import (
+    CHECKPOINT_SUBDIR,
+    CONFIG_FILE,
+    WorkdirError,
+    atomic_write_text,
+    read_config,
+)
 
 log = logging.getLogger("vae_jax.checkpoint")
 
-CHECKPOINT_SUBDIR = "checkpoints"
-CONFIG_FILE = "config.json"
 TRASH_SUBDIR = ".trash"  # pruned checkpoints are renamed here, then deleted
 UNREADABLE_SUBDIR = ".unreadable"  # unreadable checkpoints are moved here, kept for inspection
 FILES_MANIFEST = "vae_jax_files.json"  # in each checkpoint: {path: [size, sha256]}
@@ -221,9 +224,7 @@ def _write_manifest(directory: Path) -> None:
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != FILES_MANIFEST
     }
-    tmp = directory / f"{FILES_MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
-    os.replace(tmp, directory / FILES_MANIFEST)
+    atomic_write_text(directory / FILES_MANIFEST, json.dumps({"files": files}, indent=1))
 
 
 def _check_manifest(directory: Path) -> None:
@@ -334,106 +335,6 @@ def _check_like(state: Any, target: Any) -> None:
             raise ValueError(f"checkpoint array {a.shape} {a.dtype} != model's {b.shape} {b.dtype}")
 
 
-def write_config(workdir: str | os.PathLike, config: ExperimentConfig) -> None:
-    """Record the configuration that owns `workdir` (written atomically)."""
-    path = Path(workdir) / CONFIG_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
-    """The configuration recorded in `workdir`, or None if it has none.
-
-    Every value is checked: its type (against the field's default), its range (through the
-    configuration's own checks and by building the model and objective).
-
-    Raises:
-      CheckpointError: the file exists but is not a valid configuration.
-    """
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        return None
-    try:
-        values = json.loads(path.read_text())
-        check_config_types(values)
-        config = ExperimentConfig.from_dict(values)
-        check_config(config)
-    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as error:
-        raise CheckpointError(
-            f"{path} is not a valid vae_jax configuration: {_one_line(error)[:300]}"
-        ) from error
-    return config
-
-
-def check_config_types(values: Any) -> None:
-    """Raise ValueError unless `values` (a `to_dict()` read back from JSON) has, in every
-    field, a value of the type of the field's default (ints not bools, finite floats)."""
-    defaults = ExperimentConfig().to_dict()
-    if not isinstance(values, dict):
-        raise ValueError(f"expected a JSON object, got {type(values).__name__}")
-    for section, fields in values.items():
-        if section not in defaults:
-            raise ValueError(f"unknown section {section!r}")
-        if not isinstance(fields, dict):
-            raise ValueError(f"{section} must be a JSON object, got {type(fields).__name__}")
-        for name, value in fields.items():
-            if name in defaults[section] and not _same_kind(value, defaults[section][name]):
-                kind = type(defaults[section][name]).__name__
-                raise ValueError(f"{section}.{name} must be of type {kind}, got {value!r}")
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, int):
-        return isinstance(value, int)
-    if isinstance(default, float):
-        return isinstance(value, int | float) and math.isfinite(value)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    if isinstance(default, tuple):
-        return isinstance(value, list | tuple) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        )
-    return False
-
-
-def describe_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
-    """'section.field: A there, B here; ...' for the fields where two config dicts differ."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            inner = describe_difference(va, vb, f"{prefix}{key}.")
-            if inner:
-                out.append(inner)
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va} there, {vb} here")
-    return "; ".join(out)
-
-
-MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
-
-
-def check_config(config: ExperimentConfig) -> None:
-    """Raise ValueError (one line) unless `config` can be trained as it is.
-
-    The dataclasses check their own fields; this adds what needs several of them: the seed
-    range, finite float32 values, and building the model for the data's event shape, when
-    the configuration knows it (for arrays it is taken from the data, by `fit`).
-    """
-    if not 0 <= config.train.seed <= MAX_SEED:
-        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {config.train.seed}")
-    for section in ("model", "objective", "data", "train"):
-        for name, value in dataclasses.asdict(getattr(config, section)).items():
-            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
-                raise ValueError(f"{name} must be a finite float32 number, got {value}")
-    if config.data.image_shape:
-        config.model.build(config.data.image_shape)
-
-
 class LoadedModel(NamedTuple):
     """What `load_checkpoint` returns: the module, its parameters and their provenance."""
 
@@ -459,7 +360,10 @@ def load_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> Load
     Raises:
       CheckpointError: no configuration, no checkpoint, or none readable.
     """
-    config = read_config(workdir)
+    try:
+        config = read_config(workdir)
+    except WorkdirError as error:
+        raise CheckpointError(str(error)) from None
     if config is None:
         raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a vae_jax work directory")
     model = config.model.build(config.data.image_shape)

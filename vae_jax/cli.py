@@ -15,8 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vae_jax.checkpoint import FLOAT32_MAX, MAX_SEED, check_config
-from vae_jax.config import OPTIMIZERS, SCHEDULES, ExperimentConfig
+from vae_jax.config import (
+    FLOAT32_MAX,
+    MAX_SEED,
+    OPTIMIZERS,
+    SCHEDULES,
+    ExperimentConfig,
+    check_config,
+)
 from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from vae_jax.recipes import RECIPES
 from vae_jax.sources import is_file_spec

@@ -11,6 +11,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from vae_jax.models import VAE, check_model
 from vae_jax.objectives import Objective
@@ -233,3 +234,24 @@ class ExperimentConfig:
         if self.train.schedule != "cosine":
             d["train"].pop("epochs")
         return d
+
+
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Raise ValueError (one line) unless `config` can be trained as it is.
+
+    The dataclasses check their own fields; this adds what needs several of them: the seed
+    range, finite float32 values, and building the model for the data's event shape, when
+    the configuration knows it (for arrays it is taken from the data, by `fit`).
+    """
+    if not 0 <= config.train.seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {config.train.seed}")
+    for section in ("model", "objective", "data", "train"):
+        for name, value in dataclasses.asdict(getattr(config, section)).items():
+            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+                raise ValueError(f"{name} must be a finite float32 number, got {value}")
+    if config.data.image_shape:
+        config.model.build(config.data.image_shape)

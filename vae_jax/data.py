@@ -24,8 +24,8 @@ would need TensorFlow).
    and of the rebuilt IDX content) before and after being read with a restricted unpickler.
 
 MNIST is small (about 55 MB decoded), so :func:`load_mnist` reads each split once into numpy
-arrays; :func:`iterate_batches` iterates over in-memory arrays or, for data too large for
-memory, directly over a TFDS data source.
+arrays (`vae_jax.sources` reads other data sets; `vae_jax.train.gather_batches` batches
+data streamed from the host).
 """
 
 from __future__ import annotations
@@ -59,11 +59,9 @@ __all__ = [
     "DataUnavailableError",
     "Split",
     "check_split",
-    "iterate_batches",
     "load_mnist",
     "prepare_mnist",
     "read_split",
-    "write_idx_files",
 ]
 
 logger = logging.getLogger("vae_jax.data")
@@ -123,55 +121,6 @@ class _Unavailable(Exception):
 
 # --------------------------------------------------------------------------------------------
 # IDX files.
-
-
-def write_idx_files(
-    directory: str | os.PathLike,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    *,
-    gzip: bool = True,
-) -> None:
-    """Writes the four MNIST IDX files (the layout of the original distribution).
-
-    Args:
-        directory: Output directory (created if needed). Files are named
-            ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``
-            and ``t10k-labels-idx1-ubyte``, with a ``.gz`` suffix when ``gzip``.
-        train_images: ``uint8`` array ``[N, 28, 28]`` or ``[N, 28, 28, 1]``.
-        train_labels: Integer array ``[N]`` with values in 0-9.
-        test_images: ``uint8`` array ``[M, 28, 28]`` or ``[M, 28, 28, 1]``.
-        test_labels: Integer array ``[M]`` with values in 0-9.
-        gzip: Whether to gzip the files.
-
-    Raises:
-        ValueError: If shapes, dtypes or label values are invalid.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = {"train": (train_images, train_labels), "test": (test_images, test_labels)}
-    for split, (images, labels) in arrays.items():
-        images = np.asarray(images)
-        labels = np.asarray(labels)
-        if images.ndim == 4 and images.shape[-1] == 1:
-            images = images[..., 0]
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise ValueError(
-                f"{split} images must be uint8 [N, 28, 28(, 1)], got {images.dtype} {images.shape}"
-            )
-        if labels.ndim != 1 or len(labels) != len(images):
-            raise ValueError(f"{split} labels must have shape [{len(images)}], got {labels.shape}")
-        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise ValueError(f"{split} labels must be in 0..{NUM_CLASSES - 1}")
-        image_name, label_name = _IDX_FILES[split]
-        for name, array in ((image_name, images), (label_name, labels.astype(np.uint8))):
-            content = _idx_bytes(array)
-            if gzip:
-                (directory / f"{name}.gz").write_bytes(gzip_lib.compress(content, mtime=0))
-            else:
-                (directory / name).write_bytes(content)
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -947,58 +896,3 @@ def load_mnist(
             "MNIST in %s has %s examples, not the standard %s", resolved, counts, NUM_EXAMPLES
         )
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Batching.
-
-
-def iterate_batches(
-    data: Split | Sequence[Mapping[str, Any]],
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    shuffle: bool = True,
-    drop_remainder: bool = False,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Iterates over one epoch of ``data`` in batches, on the host.
-
-    The order is ``np.random.default_rng((seed, epoch)).permutation(len(data))`` (no global
-    random state): the same for a given ``(seed, epoch)``, different across epochs, every
-    example exactly once per epoch.
-
-    Args:
-        data: A :class:`Split` held in memory, or anything indexable with a length whose items
-            are ``{"image", "label"}`` dicts, e.g. a ``tfds.data_source`` (read with
-            ``__getitems__`` when available), for data too large for memory.
-        batch_size: Examples per batch.
-        seed: Non-negative seed.
-        epoch: Non-negative epoch number.
-        shuffle: Whether to permute; otherwise the stored order.
-        drop_remainder: Whether to drop the last batch if it has fewer than ``batch_size``
-            examples.
-
-    Yields:
-        ``{"image": uint8 [B, H, W, C], "label": int32 [B]}``.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n = len(data.label) if isinstance(data, Split) else len(data)
-    if shuffle:
-        order = np.random.default_rng((seed, epoch)).permutation(n)
-    else:
-        order = np.arange(n)
-    stop = n - n % batch_size if drop_remainder else n
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
-        if isinstance(data, Split):
-            yield {"image": data.image[idx], "label": data.label[idx].astype(np.int32)}
-            continue
-        keys = [int(i) for i in idx]
-        getitems = getattr(data, "__getitems__", None)
-        examples = getitems(keys) if getitems is not None else [data[i] for i in keys]
-        yield {
-            "image": np.stack([np.asarray(e["image"], np.uint8) for e in examples]),
-            "label": np.asarray([e["label"] for e in examples], np.int32),
-        }

@@ -48,6 +48,8 @@ from vae_jax.objectives import (
     log_likelihood,
     standard_normal_log_prob,
 )
+from vae_jax.train import padded_batches
+from vae_jax.workdir import write_json
 
 Params = Any
 
@@ -390,16 +392,16 @@ def evaluate_dataset(
     with tqdm(
         total=n, desc=f"IS k={num_samples}", unit="ex", disable=not progress, dynamic_ncols=True
     ) as bar:
-        for start in range(0, n, batch_size):
-            ids = np.minimum(np.arange(start, start + batch_size), n - 1)
+        index, weight = padded_batches(np.arange(n), batch_size)
+        for i, ids in enumerate(index):
             label = (
                 jnp.asarray(labels[ids], jnp.int32) if use_labels and labels is not None else None
             )
             out = fn(params, jnp.asarray(images[ids]), label, jnp.asarray(ids, jnp.int32), key)
             out = jax.device_get(out)
-            keep = min(batch_size, n - start)
+            keep = int(weight[i].sum())  # (the padding, which has weight 0, is dropped)
             outputs.append((jax.tree.map(lambda a, k=keep: a[:k], out[0]), out[1][:keep]))
-            if start == 0:
+            if i == 0:
                 compile_seconds = time.perf_counter() - t0
             bar.update(keep)
     seconds = time.perf_counter() - t0
@@ -551,9 +553,7 @@ def evaluate_checkpoint(
         report["pictures"] = [str(p) for p in pictures]
     path = Path(report_path) if report_path else Path(workdir) / f"evaluation_k{k}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(path, report)
     log(format_report(report))
     log(
         f"wrote {path}"

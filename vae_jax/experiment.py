@@ -13,11 +13,8 @@ A work directory holds:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,133 +24,12 @@ import numpy as np
 
 from vae_jax import visualize
 from vae_jax.arrays import to_float_np
-from vae_jax.checkpoint import (
-    CHECKPOINT_SUBDIR,
-    CONFIG_FILE,
-    CheckpointError,
-    check_config,
-    describe_difference,
-    read_config,
-    write_config,
-)
-from vae_jax.config import ExperimentConfig
+from vae_jax.config import ExperimentConfig, check_config
 from vae_jax.loop import FitResult, fit
 from vae_jax.models import VAE, decoder_mean, reconstruct
 from vae_jax.sources import prepare_data
 from vae_jax.train import TrainState
-
-
-class WorkdirError(ValueError):
-    """The work directory cannot be used (unwritable, or owned by another configuration)."""
-
-
-def prepare_workdir(
-    workdir: str | os.PathLike, config: ExperimentConfig, *, overwrite: bool, resume: bool = True
-) -> Path:
-    """Create `workdir`, check it is writable and that it belongs to `config`.
-
-    Nothing is lost by mistake: a directory whose ``config.json`` holds a different
-    configuration (other than the epoch budget and the checkpoint cadence), is unreadable,
-    or is missing while checkpoints exist, is refused unless `overwrite`; so is a directory
-    with checkpoints of this configuration when `resume` is False. With `overwrite`, those
-    checkpoints, metrics and images are deleted and the run starts afresh; a directory of
-    the same configuration is resumed (unless `resume` is False), `overwrite` or not.
-
-    Raises:
-      WorkdirError: the directory cannot be used; the message says how to proceed.
-    """
-    path = _writable_dir(workdir)
-    steps = _checkpoint_steps(path)
-    try:
-        existing = read_config(path)
-    except CheckpointError as error:
-        problem = str(error)
-    else:
-        if existing is None:
-            problem = f"{path} has checkpoints but no {CONFIG_FILE}" if steps else ""
-        elif existing.identity() != config.identity():
-            diff = describe_difference(existing.identity(), config.identity())
-            problem = f"{path} holds a run of a different configuration ({diff})"
-        elif steps and not resume:
-            problem = (
-                f"{path} holds checkpoints of this configuration (the newest at step "
-                f"{steps[-1]}), which --no_resume would discard; drop --no_resume to resume"
-            )
-        else:
-            problem = ""
-    if problem and not overwrite:
-        raise WorkdirError(
-            f"{problem}; use another --workdir, or --overwrite to start afresh there"
-        )
-    if problem:
-        _discard_outputs(path)
-    write_config(path, config)
-    return path
-
-
-def _writable_dir(workdir: str | os.PathLike) -> Path:
-    if not os.fspath(workdir):
-        raise WorkdirError("the work directory is an empty path")
-    path = Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise WorkdirError(
-            f"work directory {path} is not writable: {error.strerror or error}"
-        ) from error
-    return path
-
-
-def _checkpoint_steps(path: Path) -> list[int]:
-    """The complete checkpoints in `path`, by their directory names (nothing is opened)."""
-    directory = path / CHECKPOINT_SUBDIR
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def _discard_outputs(path: Path) -> None:
-    """Delete a previous run's outputs: moved aside first (atomic renames), then deleted,
-    so a run killed meanwhile leaves either the old outputs or none, never half of them."""
-    trash = path / ".discarded"
-    shutil.rmtree(trash, ignore_errors=True)
-    trash.mkdir()
-    for name in (CHECKPOINT_SUBDIR, "metrics.jsonl", "images", CONFIG_FILE):
-        if (path / name).exists():
-            (path / name).rename(trash / name)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def workdir_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path/.lock`` (released when the process dies, even by
-    SIGKILL), so two runs never write the same work directory."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(path / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise WorkdirError(
-                f"{path} is in use by another run (pid {holder}); wait for it to finish, "
-                "or use another --workdir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+from vae_jax.workdir import claim, workdir_lock, writable_dir, write_metrics
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
@@ -221,15 +97,6 @@ def make_epoch_pictures(
     return hook
 
 
-def write_metrics(workdir: Path, records: list[dict[str, Any]]) -> Path:
-    """Rewrite metrics.jsonl (one record per line) atomically."""
-    path = workdir / "metrics.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    os.replace(tmp, path)
-    return path
-
-
 def run_experiment(
     config: ExperimentConfig,
     workdir: str | os.PathLike,
@@ -249,7 +116,7 @@ def run_experiment(
     The data set is ``config.data.dataset`` (`vae_jax.sources.load_dataset`: "mnist", a
     prepared TFDS name, or a .npz/.npy path).
 
-    See `prepare_workdir` for when `workdir` is resumed, refused or (with `overwrite`)
+    See `vae_jax.workdir.claim` for when `workdir` is resumed, refused or (with `overwrite`)
     cleared, and `fit` for the rest of the arguments.
 
     Raises:
@@ -258,10 +125,10 @@ def run_experiment(
       CheckpointError, NonFiniteError, DataUnavailableError, OSError: see `fit`.
     """
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
-    with workdir_lock(_writable_dir(workdir)):
+    with workdir_lock(writable_dir(workdir)):
         config, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
         check_config(config)  # the model, for the data's event shape, before anything is written
-        path = prepare_workdir(workdir, config, overwrite=overwrite, resume=resume)
+        path = claim(workdir, config, resume=resume, overwrite=overwrite)
         model = config.model.build(config.data.image_shape)
         shown = test if test is not None else train
         pictures = None

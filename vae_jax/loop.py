@@ -26,27 +26,20 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
 from vae_jax.arrays import Split, check_split, to_float_np
-from vae_jax.checkpoint import (
-    Checkpointer,
-    CheckpointError,
-    check_config,
-    describe_difference,
-    read_config,
-    write_config,
-)
-from vae_jax.config import ExperimentConfig
+from vae_jax.checkpoint import Checkpointer
+from vae_jax.config import ExperimentConfig, check_config
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.train import (
     HostBatches,
     NonFiniteError,
     TrainState,
+    all_finite,
     chunks,
     epoch_order,
     gather_batches,
@@ -59,6 +52,10 @@ from vae_jax.train import (
     steps_per_epoch,
     to_device,
 )
+from vae_jax.workdir import claim
+
+# Whether the parameters and optimizer state are finite (checked before each checkpoint).
+_state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)))
 
 EpochHook = Callable[[int, TrainState, list[dict[str, Any]]], None]
 
@@ -75,10 +72,10 @@ class FitResult(NamedTuple):
 
 def fit(
     config: ExperimentConfig,
-    train_images: np.ndarray,
-    train_labels: np.ndarray | None = None,
-    test_images: np.ndarray | None = None,
-    test_labels: np.ndarray | None = None,
+    x_train: np.ndarray,
+    y_train: np.ndarray | None = None,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
     *,
     model: nn.Module | None = None,
     tx: optax.GradientTransformation | None = None,
@@ -96,14 +93,14 @@ def fit(
     Args:
       config: the experiment configuration. For data other than MNIST
         (``config.data.dataset != "mnist"``), an empty ``config.data.event_shape`` is
-        taken from `train_images` (and recorded in the work directory).
-      train_images: ``[N, *event_shape]`` examples (`vae_jax.arrays`): uint8 levels
+        taken from `x_train` (and recorded in the work directory).
+      x_train: ``[N, *event_shape]`` examples (`vae_jax.arrays`): uint8 levels
         (scaled by 1/255 in the step) or real values used exactly as given (float32);
         values in [0, 1] for a Bernoulli likelihood or dynamic binarization (which
         happens inside the train step). Vectors ``[N, D]`` or images ``[N, H, W, C]``
         for the MLP, images for the conv VAE.
-      train_labels: int ``[N]`` labels, or None (needed by a conditional model).
-      test_images, test_labels: evaluated after every epoch (single-sample ELBO with a fixed
+      y_train: int ``[N]`` labels, or None (needed by a conditional model).
+      x_test, y_test: evaluated after every epoch (single-sample ELBO with a fixed
         key; also the IWAE bound when training with IWAE). Already binarized if binarized.
       model: your own Flax module (README, "Your own model") to train instead of the `VAE`
         that ``config.model`` describes; ``config.objective`` and ``config.train`` still
@@ -121,8 +118,8 @@ def fit(
         numbers agree to float rounding, not bitwise (XLA compiles the two programs
         differently: MNIST's first-epoch train loss 152.657 against 152.658). The test split
         is held on the device in both.
-      workdir: where ``config.json`` and the checkpoints go (none if None). A directory
-        whose ``config.json`` holds a different configuration is refused.
+      workdir: where ``config.json`` and the checkpoints go (none if None); claimed with
+        `vae_jax.workdir.claim`: a directory of a different configuration is refused.
       resume: continue from the newest readable checkpoint in `workdir`, if any. With
         False, a `workdir` that already holds checkpoints is refused (nothing is deleted).
       on_epoch_end: called as ``hook(epoch, state, records)`` after each epoch, with all
@@ -144,9 +141,10 @@ def fit(
 
     Raises:
       ValueError: invalid configuration or data (one-line message).
-      CheckpointError: `workdir` belongs to another configuration, holds checkpoints while
-        `resume` is False, has no readable checkpoint, or a checkpoint cannot be written
-        (the message names the checkpoint that is intact).
+      WorkdirError (a ValueError): `workdir` belongs to another configuration, or holds
+        checkpoints while `resume` is False.
+      CheckpointError: `workdir` has no readable checkpoint, or a checkpoint cannot be
+        written (the message names the checkpoint that is intact).
       NonFiniteError: a non-finite loss or gradient (the message names the step).
     """
     # ---------------------------------------------------------------- check what comes in
@@ -161,8 +159,8 @@ def fit(
         "unit_interval": likelihood == "bernoulli" or config.data.binarize == "dynamic",
     }
     train = check_split(
-        train_images,
-        train_labels,
+        x_train,
+        y_train,
         name="training data",
         event_shape=config.data.image_shape or None,
         **checks,
@@ -174,10 +172,8 @@ def fit(
         )
         check_config(config)  # the model, for this event shape
     test = None
-    if test_images is not None:
-        test = check_split(
-            test_images, test_labels, name="test data", event_shape=event_shape, **checks
-        )
+    if x_test is not None:
+        test = check_split(x_test, y_test, name="test data", event_shape=event_shape, **checks)
     if checkpoint_every_steps < 0:
         raise ValueError(f"checkpoint_every_steps must be >= 0, got {checkpoint_every_steps}")
     n_train = len(train.image)
@@ -220,15 +216,9 @@ def fit(
 
     checkpointer = None
     if workdir is not None:
-        _claim_workdir(Path(workdir), config)
+        claim(workdir, config, resume=resume)
         checkpointer = Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
     try:
-        if checkpointer is not None and not resume and checkpointer.steps():
-            raise CheckpointError(
-                f"{checkpointer.directory} already holds checkpoints (the newest at step "
-                f"{checkpointer.steps()[-1]}); resume from them, or start afresh in another "
-                "work directory"
-            )
         # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
         example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
         init = functools.partial(init_train_state, model, tx, example=example)
@@ -273,7 +263,7 @@ def fit(
         def save(epoch_done: int, step: int) -> None:
             nonlocal last_saved
             if checkpointer is not None and step != last_saved:
-                if not bool(_all_finite(state)):  # never replace a good checkpoint with inf/NaN
+                if not bool(_state_finite(state)):  # never replace a good checkpoint with inf/NaN
                     raise NonFiniteError(
                         f"the parameters or optimizer state are not finite at step {step} (an "
                         f"update overflowed); training stopped and {kept()}. Lower "
@@ -376,29 +366,6 @@ def fit(
     finally:
         if checkpointer is not None:
             checkpointer.close()
-
-
-def _claim_workdir(workdir: Path, config: ExperimentConfig) -> None:
-    """Record `config` in `workdir`, unless it already records a different configuration.
-
-    The epoch budget, the checkpoint cadence and the device count may change (a run can be
-    extended); anything else would make the checkpoints another experiment's.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    existing = read_config(workdir)
-    if existing is not None and existing.identity() != config.identity():
-        diff = describe_difference(existing.identity(), config.identity())
-        raise CheckpointError(f"{workdir} holds a run of a different configuration ({diff})")
-    if existing != config:
-        write_config(workdir, config)
-
-
-@jax.jit
-def _all_finite(state: TrainState) -> jax.Array:
-    """Whether every float array of the parameters and optimizer state is finite."""
-    leaves = jax.tree.leaves((state.params, state.opt_state))
-    checks = [jnp.isfinite(x).all() for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.stack(checks).all()
 
 
 def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:

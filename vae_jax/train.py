@@ -131,18 +131,25 @@ def to_device(image: np.ndarray, label: np.ndarray, mesh: Mesh) -> DeviceData:
     return DeviceData(*on_device)
 
 
-def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """The example indices and weights of one epoch, [steps, batch_size] each.
+def padded_batches(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`order` (example indices) cut into batches: (index, weight), [steps, batch_size] each.
 
-    The order is a permutation drawn from ``np.random.default_rng((seed, epoch))``; the
-    last batch is padded with repeated indices of weight 0.
+    The last batch is filled up by continuing `order` from its start, with weight 0, so
+    every example counts once and every batch has the same shape (one compiled program).
     """
-    perm = np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
+    n = len(order)
     steps = math.ceil(n / batch_size)
-    pad = steps * batch_size - n
-    index = np.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
-    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return index, weight.reshape(steps, batch_size)
+    index = np.resize(order, steps * batch_size).reshape(steps, batch_size)
+    weight = (np.arange(steps * batch_size) < n).astype(np.float32).reshape(steps, batch_size)
+    return index, weight
+
+
+def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The example indices and weights of one epoch (`padded_batches` of a permutation
+    drawn from ``np.random.default_rng((seed, epoch))``): every example once per epoch, the
+    same order for the same (seed, epoch)."""
+    perm = np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
+    return padded_batches(perm, batch_size)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -215,9 +222,11 @@ def kl_weight(step: jax.Array, *, beta: float, warmup_steps: int) -> jax.Array:
     return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves))
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point array of `tree` is finite (a boolean scalar)."""
+    leaves = jax.tree.leaves(tree)
+    checks = [jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks))
 
 
 # XLA:CPU compiles dots and some reductions to YNNPACK fusions by default; for this library's
@@ -312,7 +321,7 @@ def make_train_call(
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        finite = jnp.isfinite(loss) & all_finite(grads)
         new = TrainState(state.step + 1, params, opt_state, state.skipped)
         if skip_nonfinite:
             keep = TrainState(state.step + 1, state.params, state.opt_state, state.skipped + 1)
@@ -396,9 +405,8 @@ def make_evaluate(
 
     def batches(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Index and weight [steps, batch_size] of the padded batches, and the batch ids."""
-        steps = math.ceil(n / batch_size)
-        position = np.arange(steps * batch_size).reshape(steps, batch_size)
-        return position % n, (position < n).astype(np.float32), np.arange(steps)
+        index, weight = padded_batches(np.arange(n), batch_size)
+        return index, weight, np.arange(len(index))
 
     def batch_sums(params, data, key, totals, xs):
         index, weight, i = xs
