@@ -40,6 +40,7 @@ from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfi
 from vae_jax.evaluate import evaluate_dataset
 from vae_jax.loop import fit as fit_loop
 from vae_jax.models import decoder_mean, init_params
+from vae_jax.workdir import write_json
 
 _FORMAT = "vae_jax.VAEEstimator"
 _FORMAT_VERSION = 1
@@ -301,7 +302,7 @@ class VAEEstimator:
             "feature_shape": list(self.feature_shape_),
             "history": self.history_,
         }
-        (path / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_json(path / _META_FILE, meta)
         return path
 
     @classmethod
