@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import optax
 
     from vae_jax.config import ExperimentConfig
-    from vae_jax.data import load_mnist
+    from vae_jax.mnist import load_mnist
     from vae_jax.train import (
         chunks,
         epoch_order,

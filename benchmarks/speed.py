@@ -49,7 +49,7 @@ import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from vae_jax.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
-from vae_jax.data import load_mnist  # noqa: E402
+from vae_jax.mnist import load_mnist  # noqa: E402
 from vae_jax.train import (  # noqa: E402
     _CPU_COMPILER_OPTIONS,
     _batch_x,

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from vae_jax.checkpoint import CheckpointError
-    from vae_jax.data import DataUnavailableError
     from vae_jax.evaluate import EvaluationError, evaluate_checkpoint
+    from vae_jax.mnist import DataUnavailableError
 
     if not Path(args.workdir).is_dir():
         fail(parser.prog, f"--workdir {args.workdir} is not a directory", 2)

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
     import jax
 
     from vae_jax.checkpoint import CheckpointError
-    from vae_jax.data import DataUnavailableError
     from vae_jax.experiment import run_experiment
+    from vae_jax.mnist import DataUnavailableError
     from vae_jax.train import NonFiniteError
     from vae_jax.workdir import WorkdirError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_jax.data import _IDX_FILES, NUM_CLASSES, _idx_bytes
+from vae_jax.mnist import _IDX_FILES, NUM_CLASSES, _idx_bytes
 
 
 def write_idx_files(

@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 
 from experiments import mnist
+from tests.cli_runner import run_cli
 from tests.idx_files import write_idx_files
-from vae_jax import data, load_checkpoint, make_elbo
+from vae_jax import load_checkpoint, make_elbo
+from vae_jax import mnist as data
 from vae_jax.cli import build_parser, config_from_args
 from vae_jax.config import ModelConfig
 from vae_jax.loop import fit
@@ -61,12 +63,7 @@ def tiny(tmp_path_factory):
 
 
 def _cli(argv, capsys):
-    """Run the CLI in this process; return (exit status, stderr)."""
-    try:
-        status = mnist.main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        status = exit_info.code
-    return status, capsys.readouterr().err
+    return run_cli(mnist.main, argv, capsys)
 
 
 def _base_argv(tiny, workdir, *flags):
@@ -548,13 +545,10 @@ def test_logvar_clip_keeps_kl_and_elbo_finite_where_exp_would_overflow():
         assert jnp.exp(jnp.asarray(LOGVAR_MIN, dtype)) > 0
 
 
-def test_learning_rate_overflowing_float32_in_config_json_is_refused(tmp_path):
-    config = _small_config()
-    config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, learning_rate=1e39)
-    )
+def test_learning_rate_overflowing_float32_is_refused_where_the_config_is_made():
+    train = _small_config().train
     with pytest.raises(ValueError, match="learning_rate must be a finite float32 number"):
-        fit(config, GOOD_IMAGES, GOOD_LABELS, progress=False)
+        dataclasses.replace(train, learning_rate=1e39)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,18 +17,14 @@ from PIL import Image
 
 import vae_jax
 from experiments import train as train_cli
+from tests.cli_runner import run_cli
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 
 SMALL = ("--epochs", "1", "--batch_size", "16", "--z_dim", "2", "--no_progress")
 
 
 def _cli(argv, capsys):
-    """Run `python -m experiments.train` in this process: (exit status, stderr)."""
-    try:
-        status = train_cli.main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        status = exit_info.code
-    return status, capsys.readouterr().err
+    return run_cli(train_cli.main, argv, capsys)
 
 
 def _records(workdir):

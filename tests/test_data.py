@@ -1,4 +1,4 @@
-"""Tests for vae_jax.data: MNIST through TFDS (array_record) without TensorFlow."""
+"""vae_jax.mnist and vae_jax.tfds_io: MNIST through TFDS (array_record), no TensorFlow."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.idx_files import write_idx_files
-from vae_jax import data
+from vae_jax import mnist as data
+from vae_jax import tfds_io
 
 # The four canonical MNIST IDX files (see ../shared/data/mnist/README.md), read once at import
 # so that the autouse fixture below can clear the environment variable for every test.
@@ -116,7 +117,7 @@ def test_env_vars_pick_idx_dir_and_data_dir(tmp_path, tiny_idx_dir, monkeypatch)
 
 
 def test_logs_source(tmp_path, tiny_idx_dir, caplog):
-    with caplog.at_level("INFO", logger="vae_jax.data"):
+    with caplog.at_level("INFO", logger="vae_jax.mnist"):
         data.prepare_mnist(tmp_path / "tfds", **_offline(mnist_dir=tiny_idx_dir))
     assert any("source: idx_dir" in r.getMessage() for r in caplog.records)
 
@@ -151,7 +152,7 @@ def test_read_split_fast_path_matches_tfds_decoding(tiny_prepared):
     import tensorflow_datasets as tfds
 
     source = tfds.data_source("mnist", split="test", data_dir=tiny_prepared, download=False)
-    decoded = data._read_split_decoded(source, "image", "label")  # The general path.
+    decoded = tfds_io._read_split_decoded(source, "image", "label")  # The general path.
     fast = data.read_split("mnist", "test", tiny_prepared)
     np.testing.assert_array_equal(fast.image, decoded.image)
     np.testing.assert_array_equal(fast.label, decoded.label)
@@ -164,7 +165,7 @@ def test_unreadable_prepared_copy_is_left_alone(tmp_path, tiny_prepared, tiny_id
     info = json.loads(info_path.read_text())
     info["fileFormat"] = "tfrecord"
     info_path.write_text(json.dumps(info))
-    with caplog.at_level("WARNING", logger="vae_jax.data"):
+    with caplog.at_level("WARNING", logger="vae_jax.mnist"):
         resolved, source = data.prepare_mnist(tiny_prepared, **_offline(mnist_dir=tiny_idx_dir))
     assert "tfrecord" in caplog.text
     assert source == "idx_dir"
@@ -455,9 +456,9 @@ def test_png_decoder_all_filter_types_match_pil():
     pngs = [_png(im, rng.integers(0, 5, 28).tolist()) for im in images]
     pngs.append(_png(images[0], [3] * 28, extra_chunk=b"Comment\x00unsupported: goes to PIL"))
     feature = tfds.features.Image(shape=(28, 28, 1))
-    decoded = data._decode_images(pngs, feature, (28, 28, 1))
+    decoded = tfds_io._decode_images(pngs, feature, (28, 28, 1))
     for png, out in zip(pngs, decoded, strict=True):
         with Image.open(io.BytesIO(png)) as pil:
             np.testing.assert_array_equal(out[..., 0], np.asarray(pil))
     np.testing.assert_array_equal(decoded[:40, ..., 0], images)
-    assert data._png_scanlines(pngs[-1], 28, 28) is None
+    assert tfds_io._png_scanlines(pngs[-1], 28, 28) is None

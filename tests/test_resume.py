@@ -31,7 +31,8 @@ import pytest
 
 from experiments import mnist
 from tests.idx_files import write_idx_files
-from vae_jax import data, load_checkpoint
+from vae_jax import load_checkpoint
+from vae_jax import mnist as data
 from vae_jax.checkpoint import Checkpointer, CheckpointError
 from vae_jax.loop import fit
 from vae_jax.train import init_train_state, make_keys

@@ -2,8 +2,8 @@
 
 Every flag overrides one field of the chosen recipe (`--recipe`, default "pytorch"); a flag
 not given keeps the recipe's value. `--help` lists each flag with the default recipe's value.
-Each value is checked when parsed (type, range, choices, non-empty paths) and again as a
-whole configuration (`check_config`); flags must be spelled in full (no abbreviations).
+Each value is checked when parsed (type, range, choices, non-empty paths) and again by the
+configuration dataclass it lands in; flags must be spelled in full (no abbreviations).
 """
 
 from __future__ import annotations
@@ -441,7 +441,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         config = dataclasses.replace(
             config, **{section: dataclasses.replace(getattr(config, section), **changes)}
         )
-    check_config(config)  # seed range, model and objective options
+    check_config(config)  # the model against MNIST's image size (other data: once read)
     return config
 
 

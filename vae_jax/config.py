@@ -16,6 +16,17 @@ import numpy as np
 from vae_jax.models import VAE, check_model
 from vae_jax.objectives import Objective
 
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
+
+
+def _check_floats(section: Any) -> None:
+    """Every float field of a configuration dataclass is finite in float32."""
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+            raise ValueError(f"{field.name} must be a finite float32 number, got {value}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -31,6 +42,13 @@ class ModelConfig:
     conditional: bool = False  # condition encoder and decoder on the one-hot label
     num_classes: int = 10  # label values 0..num_classes-1 (conditional models only)
     dtype: str = "float32"  # compute dtype; "bfloat16" = mixed precision (params stay f32)
+
+    def __post_init__(self) -> None:
+        _check_floats(self)
+        # The options that do not depend on the data's shape: built once on a stand-in shape
+        # that any conv depth divides (the shape is checked again when data arrive).
+        side = 2 ** len(self.conv_channels)
+        self.build((side, side, 1))
 
     def build(self, image_shape: tuple[int, ...]) -> VAE:
         """The `VAE` for examples of `image_shape` (any shape for the MLP, (H, W, C) for the
@@ -66,6 +84,7 @@ class ObjectiveConfig:
     kl_warmup_steps: int = 0  # KL weight rises linearly from 0 to beta over this many steps
 
     def __post_init__(self) -> None:
+        _check_floats(self)
         if self.bound not in ("elbo", "iwae"):
             raise ValueError(f"bound must be 'elbo' or 'iwae', got {self.bound!r}")
         if self.kl_warmup_steps < 0:
@@ -163,6 +182,9 @@ class TrainConfig:
     num_devices: int = 0  # data-parallel devices (0 = all local devices)
 
     def __post_init__(self) -> None:
+        _check_floats(self)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
         for name in ("batch_size", "eval_batch_size", "steps_per_call", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -236,22 +258,12 @@ class ExperimentConfig:
         return d
 
 
-MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
-
-
 def check_config(config: ExperimentConfig) -> None:
-    """Raise ValueError (one line) unless `config` can be trained as it is.
+    """Raise ValueError (one line) unless the model fits the data's event shape.
 
-    The dataclasses check their own fields; this adds what needs several of them: the seed
-    range, finite float32 values, and building the model for the data's event shape, when
-    the configuration knows it (for arrays it is taken from the data, by `fit`).
+    Each dataclass checks its own fields when it is made; what needs the data (a conv VAE's
+    strides against H and W) is checked here, once the event shape is known: from the
+    configuration for MNIST, from the data for anything else (`fit`, `prepare_data`).
     """
-    if not 0 <= config.train.seed <= MAX_SEED:
-        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {config.train.seed}")
-    for section in ("model", "objective", "data", "train"):
-        for name, value in dataclasses.asdict(getattr(config, section)).items():
-            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
-                raise ValueError(f"{name} must be a finite float32 number, got {value}")
     if config.data.image_shape:
         config.model.build(config.data.image_shape)

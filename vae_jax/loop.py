@@ -148,7 +148,6 @@ def fit(
       NonFiniteError: a non-finite loss or gradient (the message names the step).
     """
     # ---------------------------------------------------------------- check what comes in
-    check_config(config)
     mc, tc = config.model, config.train
     if model is None:
         likelihood, num_classes = mc.likelihood, mc.num_classes if mc.conditional else 0
@@ -170,7 +169,7 @@ def fit(
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, event_shape=event_shape)
         )
-        check_config(config)  # the model, for this event shape
+    check_config(config)  # the model, for the data's event shape
     test = None
     if x_test is not None:
         test = check_split(x_test, y_test, name="test data", event_shape=event_shape, **checks)

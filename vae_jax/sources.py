@@ -3,7 +3,7 @@
 `load_dataset(spec)` reads a data set named by one string into memory, as a `Dataset` of
 `vae_jax.arrays.Split`s:
 
-- ``"mnist"``: MNIST through its offline preparation chain (`vae_jax.data.load_mnist`);
+- ``"mnist"``: MNIST through its offline preparation chain (`vae_jax.mnist.load_mnist`);
 - a path ending in ``.npz``: arrays ``x_train`` (required), ``x_test``, ``y_train``,
   ``y_test`` (optional); read without pickle;
 - a path ending in ``.npy``: one array ``[N, *event_shape]``, the training set, memory-mapped
@@ -71,7 +71,7 @@ def load_dataset(
       DataUnavailableError: MNIST could not be prepared from any source.
     """
     if spec == "mnist":
-        from vae_jax.data import load_mnist, prepare_mnist
+        from vae_jax.mnist import load_mnist, prepare_mnist
 
         _, source = prepare_mnist(data_dir, mnist_dir=mnist_dir)
         splits = load_mnist(data_dir, mnist_dir=mnist_dir)
@@ -125,7 +125,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import file_adapters
 
-    from vae_jax.data import read_split, resolve_data_dir
+    from vae_jax.tfds_io import read_split, resolve_data_dir
 
     root = resolve_data_dir(data_dir)
     how = (
