@@ -1,6 +1,10 @@
-"""Strict JAX settings for the whole suite: CPU backend, no silent promotion."""
+"""Strict JAX settings for the whole suite: CPU backend, no silent promotion, and one
+compilation cache shared by every test and worker of a run."""
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 # The README's test command runs on the JAX CPU backend, whatever accelerators exist.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,6 +15,26 @@ import pytest  # noqa: E402
 # Catch silent broadcasting bugs (as equinox's tests do). Strict dtype promotion is not set:
 # optax's Adam mixes its int32 step count with Python floats, which strict mode rejects.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The suite is compile-bound and many tests compile the same programs (the same tiny model
+# through fit, the CLI or a resumed run). JAX's persistent compilation cache, in a directory
+# private to this pytest run (shared by its xdist workers, removed at the end), compiles
+# each of them once: the same executables, so the same numbers.
+# (The first process to import this, the pytest controller, makes the directory; its xdist
+# workers inherit the variable.)
+_CACHE_ENV = "VAE_JAX_TEST_JIT_CACHE"
+_OWNER = _CACHE_ENV not in os.environ
+if _OWNER:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="vae_jax_test_jit_cache_")
+CACHE_DIR = Path(os.environ[_CACHE_ENV])
+jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _OWNER:  # the controller, once every worker is done
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture

