@@ -51,11 +51,12 @@ def test_real_valued_vectors_from_npz_train_from_the_cli(tmp_path, capsys):
     assert loaded.model.image_shape == (6,) and loaded.step == 4
 
 
-def test_uint8_rgb_images_from_npz_train_conv_and_mlp_with_colour_grids(tmp_path, capsys):
+def test_uint8_rgb_images_from_npz_train_an_mlp_with_colour_grids(tmp_path, capsys):
+    """(The conv VAE on the same kind of file: test_experiment.py's model zoo, RGB case.)"""
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "rgb.npz", x_train=images[:32], x_test=images[32:])
-    for flags in (("--hidden", "16"), ("--architecture", "conv", "--conv_channels", "4")):
+    for flags in (("--hidden", "16"),):
         workdir = tmp_path / "-".join(flags)
         argv = ["--dataset", tmp_path / "rgb.npz", "--workdir", workdir, *SMALL, *flags]
         status, err = _cli(argv, capsys)

@@ -25,7 +25,13 @@ def tiny_mnist(tmp_path_factory):
     write_idx_files(
         root / "idx", images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
     )
-    return {"mnist_dir": str(root / "idx"), "data_dir": str(root / "tfds")}
+    colour = rng.integers(0, 256, (N_TRAIN + N_TEST, 32, 32, 3), dtype=np.uint8)
+    np.savez(root / "rgb.npz", x_train=colour[:N_TRAIN], x_test=colour[N_TRAIN:])
+    return {
+        "mnist_dir": str(root / "idx"),
+        "data_dir": str(root / "tfds"),
+        "rgb_npz": str(root / "rgb.npz"),  # uint8 RGB 32x32 images
+    }
 
 
 def run(tiny_mnist, workdir, *flags):
@@ -97,10 +103,11 @@ def test_rerunning_the_command_resumes_instead_of_restarting(tiny_mnist, tmp_pat
     [
         # architecture x likelihood
         ("--likelihood", "gaussian", "--obs_std", "0.2"),
-        ("--likelihood", "gaussian_global"),
-        # (each conv run costs ~25 s of XLA:CPU compilation, so the conv options share runs)
+        ("--likelihood", "gaussian_global", "--image_size", "32"),
+        # (each conv run costs ~20 s of XLA:CPU compilation, so the conv options share runs;
+        # RGB: uint8 colour 32x32 images from a .npz)
         tuple(
-            "--architecture conv --image_size 32 --conv_channels 8,16,16 --likelihood "
+            "--dataset RGB --architecture conv --conv_channels 8,16,16 --likelihood "
             "gaussian_pixel".split()
         ),
         # objectives
@@ -125,12 +132,18 @@ def test_model_zoo_trains_one_epoch_from_the_cli(tiny_mnist, tmp_path, flags):
     base = ("--epochs", "1", "--z_dim", "4", "--conv_channels", "8,16")
     if "--hidden" not in flags:
         base += ("--hidden", "32")
+    flags = tuple(tiny_mnist["rgb_npz"] if flag == "RGB" else flag for flag in flags)
     assert run(tiny_mnist, workdir, *base, *flags) == 0
     (record,) = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
     assert (workdir / "images" / "samples_epoch001.png").exists()
     if "--conditional" in flags:
         assert (workdir / "images" / "class_samples_epoch001.png").exists()
+    if tiny_mnist["rgb_npz"] in flags:  # colour grids
+        for name in ("samples_epoch001.png", "reconstructions_epoch001.png"):
+            with Image.open(workdir / "images" / name) as picture:
+                pixels = np.asarray(picture.convert("RGB"))
+            assert picture.mode == "RGB" and (pixels[..., 0] != pixels[..., 1]).any()
     if "--bound" in flags or "iwae_paper_iwae" in flags:
         assert record["train_bound"].startswith("IWAE")
         assert math.isfinite(record["test_iwae_loss"])
