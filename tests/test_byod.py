@@ -18,6 +18,7 @@ from PIL import Image
 import vae_jax
 from experiments import train as train_cli
 from tests.cli_runner import run_cli
+from tests.kill_helpers import _kill_when, _writing, start_cli
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 
 SMALL = ("--epochs", "1", "--batch_size", "16", "--z_dim", "2", "--no_progress")
@@ -216,3 +217,33 @@ def test_auto_placement_keeps_data_that_fit_on_the_device():
     mesh = vae_jax.make_mesh()
     assert vae_jax.loop.default_placement(10**6, mesh) == "device"
     assert vae_jax.loop.default_placement(2**62, mesh) == "host"
+
+
+def test_streamed_run_killed_during_a_checkpoint_resumes_bitwise_equal(tmp_path):
+    """A .npy streamed from host memory (--data_placement host), SIGKILLed while a
+    checkpoint is being written, then resumed: bitwise the parameters and records of its
+    uninterrupted run (test_resume.py kills the device-resident path at random points)."""
+    x = (np.random.default_rng(4).random((256, 28, 28, 1)) ** 3 * 255).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    flags = (
+        "--dataset", tmp_path / "x.npy", "--data_placement", "host", "--epochs", "3",
+        "--batch_size", "32", "--hidden", "32", "--z_dim", "4", "--steps_per_call", "2",
+        "--checkpoint_every_steps", "2", "--no_progress",
+    )  # fmt: skip
+    reference = tmp_path / "reference"
+    assert train_cli.main([str(f) for f in (*flags, "--workdir", reference)]) == 0
+    workdir = tmp_path / "killed"
+    argv = ["experiments.train", *flags, "--workdir", workdir]
+    proc = start_cli(argv, tmp_path / "killed.log", tmp_path / "jax_cache")
+    assert _kill_when(proc, _writing(workdir, 10)), (tmp_path / "killed.log").read_text()
+    final = start_cli(argv, tmp_path / "final.log", tmp_path / "jax_cache")
+    assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
+    log = (tmp_path / "final.log").read_text()
+    assert "stays in host memory" in log and "resumed from the checkpoint at step" in log
+    expected, got = vae_jax.load_checkpoint(reference), vae_jax.load_checkpoint(workdir)
+    assert got.step == expected.step == 24
+    leaves = zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True)
+    assert all(np.array_equal(a, b) for a, b in leaves)
+    timing = ("seconds", "eval_seconds")
+    strip = lambda records: [{k: v for k, v in r.items() if k not in timing} for r in records]  # noqa: E731
+    assert strip(_records(workdir)) == strip(_records(reference))

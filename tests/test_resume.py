@@ -17,10 +17,6 @@ import errno
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -31,6 +27,7 @@ import pytest
 
 from experiments import mnist
 from tests.idx_files import write_idx_files
+from tests.kill_helpers import TMP_SUFFIX, _entries, _kill_when, _steps, _writing, start_cli
 from vae_jax import load_checkpoint
 from vae_jax import mnist as data
 from vae_jax.checkpoint import Checkpointer, CheckpointError
@@ -47,7 +44,6 @@ FLAGS = (
     "--keep_checkpoints", "3", "--no_progress",
 )  # fmt: skip
 TIMING_KEYS = ("seconds", "eval_seconds")
-TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 @pytest.fixture(scope="module")
@@ -72,73 +68,9 @@ def _argv(tiny_mnist, workdir, *flags):
 
 
 def _start(tiny_mnist, workdir, log_path, *flags):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",  # a killed run's log keeps its last lines
-        # The runs share compiled executables (the same ones, so the same numbers): each
-        # process after the first starts in about half the time.
-        "JAX_COMPILATION_CACHE_DIR": str(Path(tiny_mnist["data_dir"]).parent / "jax_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "experiments.mnist", *_argv(tiny_mnist, workdir, *flags)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _entries(workdir):
-    try:
-        return os.listdir(workdir / CHECKPOINT_SUBDIR)
-    except FileNotFoundError:
-        return []
-
-
-def _steps(workdir):
-    return sorted(int(name) for name in _entries(workdir) if name.isdigit())
-
-
-def _writing(workdir, target):
-    """A predicate: the checkpoint at `target` or later is being written (or, if the poll
-    missed that, the one after it is complete). A temporary directory left by an earlier
-    killed run counts only once it has been cleaned up and made again."""
-    stale = {n for n in _entries(workdir) if n.endswith(TMP_SUFFIX)}
-
-    def predicate():
-        entries = _entries(workdir)
-        stale.intersection_update(entries)
-        return any(
-            (n.isdigit() and int(n) >= target + 2)
-            or (n.endswith(TMP_SUFFIX) and n not in stale and int(n.split(".")[0]) >= target)
-            for n in entries
-        )
-
-    return predicate
-
-
-def _kill_when(proc, predicate, delay=0.0, timeout=240.0):
-    """SIGKILL `proc` `delay` s after `predicate()` holds; False if it exited first."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if predicate():
-            time.sleep(delay)
-            if proc.poll() is not None:
-                return False
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"no kill point reached in {timeout} s")
-        time.sleep(0.001)
-    return False
+    cache = Path(tiny_mnist["data_dir"]).parent / "jax_cache"
+    argv = ["experiments.mnist", *_argv(tiny_mnist, workdir, *flags)]
+    return start_cli(argv, log_path, cache)
 
 
 def _target(config):
@@ -220,33 +152,6 @@ def test_runs_killed_at_random_points_resume_to_bitwise_equal_parameters(
     _check_all_checkpoints_restore(workdir)
     assert sorted(os.listdir(workdir / CHECKPOINT_SUBDIR)) == ["20", "22", "24"], report
     print(f"bitwise equal after {len(kills)} kills; {report}")  # (pytest -rP shows it)
-
-
-def test_streamed_runs_killed_resume_to_bitwise_equal_parameters(tiny_mnist, tmp_path):
-    """The host-streamed data path (--data_placement host): killed during a checkpoint
-    write, resumed, it ends bitwise equal to its uninterrupted run (the random kill test
-    above covers the other kill points on the shared resume code)."""
-    host = ("--data_placement", "host")
-    reference = tmp_path / "reference"
-    assert mnist.main(_argv(tiny_mnist, reference, *host)) == 0
-    workdir = tmp_path / "killed"
-    kills = []
-    for trial, (target, mode) in enumerate([(10, "during write")]):
-        proc = _start(tiny_mnist, workdir, tmp_path / f"trial{trial}.log", *host)
-        if mode == "during write":
-            killed = _kill_when(proc, _writing(workdir, target))
-        else:
-            killed = _kill_when(proc, lambda t=target: _steps(workdir)[-1:] >= [t], 0.05)
-        kills.append((target, mode, killed, _steps(workdir)))
-    final = _start(tiny_mnist, workdir, tmp_path / "final.log", *host)
-    assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
-    assert all(killed for *_, killed, _ in kills), kills
-    assert "stays in host memory" in (tmp_path / "final.log").read_text()
-    expected, got = load_checkpoint(reference), load_checkpoint(workdir)
-    assert got.step == expected.step == STEPS
-    leaves = zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True)
-    assert all(np.array_equal(a, b) for a, b in leaves), f"parameters differ; kills {kills}"
-    assert _records(workdir) == _records(reference)
 
 
 # ----------------------------------------------------------------------------------------------
