@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import vae_jax
+from experiments import evaluate as evaluate_cli
 from experiments import train as train_cli
 from tests.cli_runner import run_cli
 from tests.kill_helpers import _kill_when, _writing, start_cli
@@ -50,6 +51,13 @@ def test_real_valued_vectors_from_npz_train_from_the_cli(tmp_path, capsys):
     assert config["data"]["dataset"] == str(tmp_path / "vectors.npz")
     loaded = vae_jax.load_checkpoint(workdir)
     assert loaded.model.image_shape == (6,) and loaded.step == 4
+    # evaluated as the README says: IS log-density of the vectors, pictures for vectors only
+    argv = ["--workdir", workdir, "--num_samples", "20", "--no_progress"]
+    status, err = run_cli(evaluate_cli.main, argv, capsys)
+    assert status == 0, err
+    report = json.loads((workdir / "evaluation_k20.json").read_text())
+    assert math.isfinite(report["nll_is_k20"]) and report["nll_is_k20"] <= report["neg_elbo"]
+    assert sorted(p.name for p in (workdir / "images").glob("latent_*")) == ["latent_scatter.png"]
 
 
 def test_uint8_rgb_images_from_npz_train_an_mlp_with_colour_grids(tmp_path, capsys):

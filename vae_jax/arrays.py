@@ -44,6 +44,11 @@ class Split(NamedTuple):
     label: np.ndarray
 
 
+def is_image_shape(shape: tuple[int, ...]) -> bool:
+    """Whether examples of this shape can be drawn: (H, W) or (H, W, C) with C 1 or 3."""
+    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3))
+
+
 def to_float(x: ArrayLike) -> jax.Array:
     """uint8 -> float32 ``x * (1/255)`` in [0, 1]; any other dtype -> float32 as given."""
     x = jnp.asarray(x)

@@ -39,7 +39,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
-from vae_jax.arrays import to_float, to_float_np
+from vae_jax.arrays import is_image_shape, to_float, to_float_np
 from vae_jax.models import VAE, DecoderOutput
 from vae_jax.objectives import (
     Objective,
@@ -697,9 +697,9 @@ def write_evaluation_pictures(
 
     - ``latent_scatter.png``: test-set posterior means coloured by label (z_dim 2 directly,
       larger z_dim projected on the first two principal components; the plot says which).
-    - ``latent_manifold.png`` (z_dim 2, unconditional models): the 20x20 grid of decoded
+    - ``latent_manifold.png`` (z_dim 2, unconditional models of images): the 20x20 grid of decoded
       means at ``z = Phi^-1(u)`` for u evenly spaced on the unit square (Kingma & Welling).
-    - ``interpolations.png``: rows of decoded means along the straight line between the
+    - ``interpolations.png`` (images): rows of decoded means along the straight line between the
       posterior means of two test images, the two images themselves at the ends.
     - ``training_curves.png``: the per-epoch losses of ``workdir/metrics.jsonl`` (if any).
 
@@ -732,7 +732,8 @@ def write_evaluation_pictures(
             title=f"test-set posterior means by label ({where})",
         )
     )
-    if model.z_dim == 2 and not conditional:
+    drawable = is_image_shape(tuple(model.image_shape))  # (vectors get no image pictures)
+    if model.z_dim == 2 and not conditional and drawable:
         written.append(
             visualize.save_latent_manifold(
                 out / "latent_manifold.png",
@@ -743,7 +744,7 @@ def write_evaluation_pictures(
             )
         )
     pairs = min(num_interpolations, len(images) // 2)
-    if pairs >= 1:
+    if pairs >= 1 and drawable:
         rows = []
         x = to_float_np(images)
         for r in range(pairs):

@@ -23,18 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import visualize
-from vae_jax.arrays import to_float_np
+from vae_jax.arrays import is_image_shape, to_float_np
 from vae_jax.config import ExperimentConfig, check_config
 from vae_jax.loop import FitResult, fit
 from vae_jax.models import VAE, decoder_mean, reconstruct
 from vae_jax.sources import prepare_data
 from vae_jax.train import TrainState
 from vae_jax.workdir import claim, workdir_lock, writable_dir, write_metrics
-
-
-def is_image_shape(shape: tuple[int, ...]) -> bool:
-    """Whether examples of this shape can be drawn: (H, W) or (H, W, C) with C 1 or 3."""
-    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3))
 
 
 def make_epoch_pictures(
