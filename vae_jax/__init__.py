@@ -3,13 +3,14 @@
 The public API; see the README for a tour.
 """
 
+from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_checkpoint
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from vae_jax.estimator import VAEEstimator
 from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
 from vae_jax.experiment import run_experiment
 from vae_jax.loop import FitResult, fit
-from vae_jax.mnist import DataUnavailableError, Split, load_mnist, prepare_mnist
+from vae_jax.mnist import DataUnavailableError, load_mnist, prepare_mnist
 from vae_jax.models import (
     LIKELIHOODS,
     VAE,

@@ -152,7 +152,8 @@ def fit(
     if model is None:
         likelihood, num_classes = mc.likelihood, mc.num_classes if mc.conditional else 0
     else:
-        likelihood, num_classes = model.likelihood, getattr(model, "num_classes", None) or 0
+        likelihood = getattr(model, "likelihood", None)  # (checked by the objective below)
+        num_classes = getattr(model, "num_classes", None) or 0
     checks: dict[str, Any] = {
         "num_classes": num_classes or None,
         "unit_interval": likelihood == "bernoulli" or config.data.binarize == "dynamic",
