@@ -149,6 +149,7 @@ def fit(
     """
     # ---------------------------------------------------------------- check what comes in
     mc, tc = config.model, config.train
+    likelihood: str | None
     if model is None:
         likelihood, num_classes = mc.likelihood, mc.num_classes if mc.conditional else 0
     else:
