@@ -255,3 +255,19 @@ def test_streamed_run_killed_during_a_checkpoint_resumes_bitwise_equal(tmp_path)
     timing = ("seconds", "eval_seconds")
     strip = lambda records: [{k: v for k, v in r.items() if k not in timing} for r in records]  # noqa: E731
     assert strip(_records(workdir)) == strip(_records(reference))
+
+
+def test_host_evaluation_matches_the_device_evaluation():
+    """The streamed path's test-set evaluation: the same batches and keys as the device
+    path's, the same numbers to float rounding."""
+    model = vae_jax.VAE(image_shape=(6, 6, 1), hidden=(8,), z_dim=2)
+    params = vae_jax.init_params(model, jax.random.key(0))
+    x = np.random.default_rng(5).integers(0, 256, (70, 6, 6, 1), dtype=np.uint8)
+    labels = np.zeros(70, np.int32)
+    mesh, elbo, key = vae_jax.make_mesh(), vae_jax.make_elbo(model), jax.random.key(3)
+    on_device = vae_jax.make_evaluate(elbo, mesh, batch_size=32)
+    on_host = vae_jax.train.make_host_evaluate(elbo, mesh, batch_size=32)
+    a = on_device(params, vae_jax.train.to_device(x, labels, mesh), key)
+    b = on_host(params, vae_jax.Split(x, labels), key)
+    for name in ("elbo", "log_likelihood", "kl"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5)

@@ -400,7 +400,7 @@ def build_parser(prog: str = "python -m experiments.train") -> argparse.Argument
         "--data_placement",
         choices=("auto", "device", "host"),
         default="auto",
-        help="where the training set lives while training: device (each step gathers its "
+        help="where the training and test sets live while training: device (each step gathers its "
         "batch on the device: fastest), host (batches gathered in host memory and prefetched "
         "to the device: for data larger than device memory), or auto (device when the data "
         "take at most a quarter of a device's memory). The same batches and random streams "

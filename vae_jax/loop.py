@@ -45,6 +45,7 @@ from vae_jax.train import (
     gather_batches,
     init_train_state,
     make_evaluate,
+    make_host_evaluate,
     make_keys,
     make_mesh,
     make_train_call,
@@ -117,7 +118,7 @@ def fit(
         The same batches and random streams either way, and exact resume in both; the
         numbers agree to float rounding, not bitwise (XLA compiles the two programs
         differently: MNIST's first-epoch train loss 152.657 against 152.658). The test split
-        is held on the device in both.
+        is placed like the training set.
       workdir: where ``config.json`` and the checkpoints go (none if None); claimed with
         `vae_jax.workdir.claim`: a directory of a different configuration is refused.
       resume: continue from the newest readable checkpoint in `workdir`, if any. With
@@ -248,17 +249,17 @@ def fit(
         )
         evaluators: dict[str, Callable[..., Any]] = {}
         if test is not None:
-            evaluators["elbo"] = make_evaluate(
-                make_elbo(model), mesh, batch_size=tc.eval_batch_size
-            )
+            # (streamed data: the test split stays in host memory too)
+            make = make_host_evaluate if streamed else make_evaluate
+            bound = make_elbo(model)
+            evaluators["elbo"] = make(bound, mesh, batch_size=tc.eval_batch_size)
             if objective.kind == "iwae":
-                evaluators["iwae"] = make_evaluate(
-                    make_iwae(model, num_samples=objective.num_samples),
-                    mesh,
-                    batch_size=tc.eval_batch_size,
-                )
+                bound = make_iwae(model, num_samples=objective.num_samples)
+                evaluators["iwae"] = make(bound, mesh, batch_size=tc.eval_batch_size)
         train_data = None if streamed else to_device(train.image, train.label, mesh)
-        test_data = None if test is None else to_device(test.image, test.label, mesh)
+        test_data: Any = test
+        if test is not None and not streamed:
+            test_data = to_device(test.image, test.label, mesh)
         last_saved = int(state.step)
 
         def save(epoch_done: int, step: int) -> None:
