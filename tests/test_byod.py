@@ -225,6 +225,9 @@ def test_auto_placement_keeps_data_that_fit_on_the_device():
     mesh = vae_jax.make_mesh()
     assert vae_jax.loop.default_placement(10**6, mesh) == "device"
     assert vae_jax.loop.default_placement(2**62, mesh) == "host"
+    config = ExperimentConfig(data=DataConfig(dataset="array"), train=TrainConfig(batch_size=8))
+    with pytest.raises(ValueError, match="placement must be 'auto', 'device' or 'host', got 'gpu'"):
+        vae_jax.fit(config, np.zeros((16, 3), np.float32), placement="gpu", progress=False)
 
 
 def test_streamed_run_killed_during_a_checkpoint_resumes_bitwise_equal(tmp_path):
