@@ -48,6 +48,7 @@ from vae_jax.workdir import (
     CONFIG_FILE,
     WorkdirError,
     atomic_write_text,
+    one_line,
     read_config,
 )
 
@@ -130,7 +131,7 @@ class Checkpointer:
             )
             raise CheckpointError(
                 f"could not write the checkpoint at step {step} in {self.directory} "
-                f"({type(error).__name__}: {_one_line(error)}); {kept}"
+                f"({type(error).__name__}: {one_line(error)}); {kept}"
             ) from error
         try:
             _write_manifest(self.directory / str(step))
@@ -179,7 +180,7 @@ class Checkpointer:
                 moved = "" if self.read_only else self._set_aside(candidate)
                 message = (
                     f"checkpoint at step {candidate} in {self.directory} is unreadable "
-                    f"({type(error).__name__}: {_one_line(error)[:200]}){moved}; "
+                    f"({type(error).__name__}: {one_line(error)[:200]}){moved}; "
                     "trying the previous one"
                 )
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
@@ -252,10 +253,6 @@ def _check_manifest(directory: Path) -> None:
             raise ValueError(f"its file {name} has {actual} bytes, {size} were written")
         if _file_sha256(file) != sha:
             raise ValueError(f"its file {name} has changed since it was written (SHA-256)")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _host_array(x: Any) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 
 from vae_jax.arrays import Split, binarize_once, check_split, pad_images
 from vae_jax.config import ExperimentConfig
+from vae_jax.workdir import one_line
 
 FILE_SUFFIXES = (".npz", ".npy")
 
@@ -97,7 +98,7 @@ def load_file(path: str | os.PathLike) -> Dataset:
         else:
             loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"cannot read {path} as a NumPy file: {_one_line(error)}") from None
+        raise ValueError(f"cannot read {path} as a NumPy file: {one_line(error)}") from None
     if isinstance(loaded, np.ndarray):  # .npy: the training set, no labels
         return Dataset(loaded, None, None, None, None, f"{path}")
     with loaded:
@@ -115,7 +116,7 @@ def load_file(path: str | os.PathLike) -> Dataset:
         try:
             arrays = {name: loaded[name] for name in names}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"cannot read the arrays of {path}: {_one_line(error)}") from None
+            raise ValueError(f"cannot read the arrays of {path}: {one_line(error)}") from None
     get = arrays.get
     return Dataset(arrays["x_train"], get("y_train"), get("x_test"), get("y_test"), None, f"{path}")
 
@@ -140,7 +141,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
         why = (
             f"no {root}/{name}/<version>/dataset_info.json, and TFDS knows no such dataset"
             if type(error).__name__ == "DatasetNotFoundError"
-            else f"{type(error).__name__}: {_one_line(error)[:200]}"
+            else f"{type(error).__name__}: {one_line(error)[:200]}"
         )
         raise ValueError(f"no TFDS dataset {name!r} in {root} ({why}); {how}") from None
     if not prepared:
@@ -195,10 +196,6 @@ def _find_features(name: str, features: Any) -> tuple[str, str | None, int | Non
     label_key = "label" if "label" in labels else (labels[0] if labels else None)
     num_classes = items[label_key].num_classes if label_key else None
     return image_key, label_key, num_classes
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def prepare_data(

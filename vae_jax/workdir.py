@@ -186,7 +186,7 @@ def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
         check_config(config)
     except (OSError, ValueError, TypeError, AttributeError, RecursionError) as error:
         raise WorkdirError(
-            f"{path} is not a valid vae_jax configuration: {_one_line(error)[:300]}"
+            f"{path} is not a valid vae_jax configuration: {one_line(error)[:300]}"
         ) from error
     return config
 
@@ -224,7 +224,8 @@ def _same_kind(value: Any, default: Any) -> bool:
     return False
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (the CLI prints one line per failure)."""
     return " ".join(str(error).split())
 
 
