@@ -25,12 +25,12 @@ import pytest
 
 from experiments import mnist
 from tests.cli_runner import run_cli
+from tests.fit_config import fit_config
 from tests.idx_files import write_idx_files
 from vae_jax import load_checkpoint, make_elbo
 from vae_jax import mnist as data
 from vae_jax.cli import build_parser, config_from_args
 from vae_jax.config import ModelConfig
-from vae_jax.loop import fit
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, init_params
 from vae_jax.objectives import gaussian_kl
 from vae_jax.workdir import write_config
@@ -488,7 +488,7 @@ def test_fit_checks_the_arrays_it_is_given(tmp_path, case):
         **arrays,
     }
     with pytest.raises(ValueError) as error:
-        fit(config, **args, workdir=tmp_path / "run", progress=False)
+        fit_config(config, **args, workdir=tmp_path / "run", progress=False)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()  # refused before touching the work directory
 

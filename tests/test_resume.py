@@ -26,12 +26,12 @@ import optax
 import pytest
 
 from experiments import mnist
+from tests.fit_config import fit_config
 from tests.idx_files import write_idx_files
 from tests.kill_helpers import TMP_SUFFIX, _entries, _kill_when, _steps, _writing, start_cli
 from vae_jax import load_checkpoint
 from vae_jax import mnist as data
 from vae_jax.checkpoint import Checkpointer, CheckpointError
-from vae_jax.loop import fit
 from vae_jax.train import init_train_state, make_keys
 from vae_jax.workdir import CHECKPOINT_SUBDIR, WorkdirError, read_config
 
@@ -357,5 +357,5 @@ def test_fit_refuses_a_fresh_start_over_checkpoints(reference, tmp_path):
     images = np.zeros((N_TRAIN, 28, 28, 1), np.uint8)
     labels = np.zeros(N_TRAIN, np.int32)
     with pytest.raises(WorkdirError, match="holds checkpoints of this configuration .* step 16"):
-        fit(config, images, labels, workdir=workdir, resume=False, progress=False)
+        fit_config(config, images, labels, workdir=workdir, resume=False, progress=False)
     assert _steps(workdir) == [12, 14, 16]

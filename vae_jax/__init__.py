@@ -32,6 +32,7 @@ from vae_jax.objectives import (
     sample_latent,
 )
 from vae_jax.optim import make_optimizer, make_schedule
+from vae_jax.options import FitOptions
 from vae_jax.recipes import RECIPES
 from vae_jax.sources import Dataset, load_dataset
 from vae_jax.train import NonFiniteError, TrainState, make_evaluate, make_mesh, make_train_call
@@ -48,6 +49,7 @@ __all__ = [
     "Dataset",
     "ElboTerms",
     "ExperimentConfig",
+    "FitOptions",
     "FitResult",
     "LatentSample",
     "LoadedModel",

@@ -17,13 +17,13 @@ from typing import Any, NoReturn
 
 from vae_jax.config import (
     FLOAT32_MAX,
-    MAX_SEED,
     OPTIMIZERS,
     SCHEDULES,
     ExperimentConfig,
     check_config,
 )
 from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
+from vae_jax.options import MAX_SEED
 from vae_jax.recipes import RECIPES
 from vae_jax.sources import is_file_spec
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from vae_jax.models import VAE, check_model
 from vae_jax.objectives import Objective
+from vae_jax.options import FitOptions
 
-MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
 
 
@@ -87,8 +87,7 @@ class ObjectiveConfig:
         _check_floats(self)
         if self.bound not in ("elbo", "iwae"):
             raise ValueError(f"bound must be 'elbo' or 'iwae', got {self.bound!r}")
-        if self.kl_warmup_steps < 0:
-            raise ValueError(f"kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
+        FitOptions(kl_warmup_steps=self.kl_warmup_steps)  # (checked where fit's options are)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.beta < 0 or self.free_bits < 0:
@@ -107,8 +106,9 @@ class DataConfig:
     """Which data, and how it is presented to the model.
 
     `dataset` names the data ("mnist" for the experiments' MNIST; "array" or any other name
-    for arrays handed to `fit`). MNIST's examples are ``(image_size, image_size, 1)``; for
-    other data `event_shape` is one example's shape, taken from the data by `fit` when left
+    for arrays of your own). MNIST's examples are ``(image_size, image_size, 1)``; for
+    other data `event_shape` is one example's shape, taken from the data by
+    `vae_jax.sources.prepare_data` (`run_experiment`) when left
     empty, and recorded so that a work directory is only resumed with data of that shape.
     """
 
@@ -151,6 +151,17 @@ class DataConfig:
 
 
 OPTIMIZERS = ("adam", "adamw")
+# TrainConfig's fields that are `fit`'s options as they are (the rest make the optimizer).
+LOOP_FIELDS = (
+    "epochs",
+    "batch_size",
+    "seed",
+    "eval_batch_size",
+    "steps_per_call",
+    "num_devices",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
 SCHEDULES = ("constant", "cosine", "exponential", "iwae_paper")
 
 
@@ -183,19 +194,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_floats(self)
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
-        for name in ("batch_size", "eval_batch_size", "steps_per_call", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        FitOptions(**{name: getattr(self, name) for name in LOOP_FIELDS})  # checks them
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        if self.num_devices < 0:
-            raise ValueError(f"num_devices must be >= 0, got {self.num_devices}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -226,6 +227,17 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def fit_options(self, **run: Any) -> FitOptions:
+        """`fit`'s options for this configuration; `run` adds the run-only ones
+        (placement, skip_nonfinite, checkpoint_every_steps) or replaces others."""
+        values = {name: getattr(self.train, name) for name in LOOP_FIELDS}
+        values.update(
+            binarize=self.data.binarize == "dynamic",
+            kl_warmup_steps=self.objective.kl_warmup_steps,
+            data_variant=self.data.variant,
+        )
+        return FitOptions(**{**values, **run})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
@@ -263,7 +275,7 @@ def check_config(config: ExperimentConfig) -> None:
 
     Each dataclass checks its own fields when it is made; what needs the data (a conv VAE's
     strides against H and W) is checked here, once the event shape is known: from the
-    configuration for MNIST, from the data for anything else (`fit`, `prepare_data`).
+    configuration for MNIST, from the data for anything else (`prepare_data`).
     """
     if config.data.image_shape:
         config.model.build(config.data.image_shape)

@@ -40,6 +40,8 @@ from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfi
 from vae_jax.evaluate import evaluate_dataset
 from vae_jax.loop import fit as fit_loop
 from vae_jax.models import decoder_mean, init_params
+from vae_jax.optim import make_optimizer
+from vae_jax.train import steps_per_epoch
 from vae_jax.workdir import write_json
 
 _FORMAT = "vae_jax.VAEEstimator"
@@ -145,10 +147,16 @@ class VAEEstimator:
         x = _check_array(X, likelihood=self.likelihood)
         config = self._config(len(x))
         feature_shape = tuple(x.shape[1:])
+        image_shape = _image_shape(feature_shape)
+        model = config.model.build(image_shape)
+        variant = "binarized" if self.binarize else "values as given"
         result = fit_loop(
-            config,
-            x.reshape(len(x), *_image_shape(feature_shape)).astype(np.float32),
-            workdir=None,
+            config.objective.build(model),
+            make_optimizer(config.train, steps_per_epoch(len(x), config.train.batch_size)),
+            x.reshape(len(x), *image_shape).astype(np.float32),
+            options=config.fit_options(
+                data_variant=f"array of {len(x)} x {list(feature_shape)}, {variant}"
+            ),
             progress=self.verbose,
             log=print if self.verbose else _quiet,
         )
@@ -156,11 +164,7 @@ class VAEEstimator:
         self.params_ = jax.device_get(result.state.params)
         self.feature_shape_ = feature_shape
         self.n_features_in_ = math.prod(feature_shape)
-        variant = "binarized" if self.binarize else "values as given"
-        self.history_ = [
-            {**r, "data": f"array of {len(x)} x {list(feature_shape)}, {variant}"}
-            for r in result.records
-        ]
+        self.history_ = result.records
         return self
 
     def fit_transform(self, X: ArrayLike, y: ArrayLike | None = None) -> np.ndarray:

@@ -27,8 +27,9 @@ from vae_jax.arrays import is_image_shape, to_float_np
 from vae_jax.config import ExperimentConfig, check_config
 from vae_jax.loop import FitResult, fit
 from vae_jax.models import VAE, decoder_mean, reconstruct
+from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.sources import prepare_data
-from vae_jax.train import TrainState
+from vae_jax.train import TrainState, steps_per_epoch
 from vae_jax.workdir import claim, workdir_lock, writable_dir, write_metrics
 
 
@@ -101,18 +102,17 @@ def run_experiment(
     overwrite: bool = False,
     resume: bool = True,
     progress: bool = True,
-    skip_nonfinite: bool = False,
-    checkpoint_every_steps: int = 0,
-    placement: str = "auto",
     log: Callable[[str], None] = print,
+    **run: Any,
 ) -> FitResult:
     """Train `config` on its data set into `workdir`: checkpoints, metrics.jsonl and PNGs.
 
     The data set is ``config.data.dataset`` (`vae_jax.sources.load_dataset`: "mnist", a
-    prepared TFDS name, or a .npz/.npy path).
+    prepared TFDS name, or a .npz/.npy path). `run` holds the `FitOptions` that are not
+    part of the configuration: placement, skip_nonfinite, checkpoint_every_steps.
 
     See `vae_jax.workdir.claim` for when `workdir` is resumed, refused or (with `overwrite`)
-    cleared, and `fit` for the rest of the arguments.
+    cleared, and `vae_jax.loop.fit` for the rest.
 
     Raises:
       ValueError: a bad configuration, path or data file (`WorkdirError` for the work
@@ -122,7 +122,10 @@ def run_experiment(
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
     with workdir_lock(writable_dir(workdir)):
         config, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
+        options = config.fit_options(**run)  # (with the event shape that the data gave)
         check_config(config)  # the model, for the data's event shape, before anything is written
+        n_steps_epoch = steps_per_epoch(len(train.image), config.train.batch_size)
+        check_schedule(config.train, n_steps_epoch)
         path = claim(workdir, config, resume=resume, overwrite=overwrite)
         model = config.model.build(config.data.image_shape)
         shown = test if test is not None else train
@@ -141,18 +144,18 @@ def run_experiment(
             write_metrics(path, records)
 
         result = fit(
-            config,
+            config.objective.build(model),
+            make_optimizer(config.train, n_steps_epoch),
             train.image,
             train.label,
             None if test is None else test.image,
             None if test is None else test.label,
+            options=options,
             workdir=path,
+            record=config,
             resume=resume,
             on_epoch_end=on_epoch_end,
             progress=progress,
-            skip_nonfinite=skip_nonfinite,
-            checkpoint_every_steps=checkpoint_every_steps,
-            placement=placement,
             log=log,
         )
         write_metrics(path, result.records)

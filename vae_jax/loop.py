@@ -1,8 +1,9 @@
 """The epoch loop: resume, train in compiled chunks, evaluate, checkpoint, report.
 
-`fit` is what the experiments and the estimator call. It owns no model code and writes
-nothing but ``config.json`` and checkpoints; images and metrics files are the caller's
-`on_epoch_end` hook.
+`fit` is what the experiments and the estimator call, with the pieces: an objective (which
+holds the model), an optax optimizer, arrays and `FitOptions`. It owns no model code and
+writes nothing but ``config.json`` and checkpoints; images and metrics files are the
+caller's `on_epoch_end` hook.
 
 Resuming is exact: a checkpoint holds the step, the parameters, the optimizer state, the
 skip counter and the epoch's partial sums (JSON floats round-trip exactly). Everything
@@ -32,9 +33,9 @@ from tqdm.auto import tqdm
 
 from vae_jax.arrays import Split, check_split, to_float_np
 from vae_jax.checkpoint import Checkpointer
-from vae_jax.config import ExperimentConfig, check_config
+from vae_jax.config import ExperimentConfig
 from vae_jax.objectives import Objective, make_elbo, make_iwae
-from vae_jax.optim import check_schedule, make_optimizer
+from vae_jax.options import FitOptions
 from vae_jax.train import (
     HostBatches,
     NonFiniteError,
@@ -72,66 +73,64 @@ class FitResult(NamedTuple):
 
 
 def fit(
-    config: ExperimentConfig,
+    objective: Objective,
+    tx: optax.GradientTransformation,
     x_train: np.ndarray,
     y_train: np.ndarray | None = None,
     x_test: np.ndarray | None = None,
     y_test: np.ndarray | None = None,
     *,
-    model: nn.Module | None = None,
-    tx: optax.GradientTransformation | None = None,
-    placement: str = "auto",
+    options: FitOptions | None = None,
     workdir: str | Path | None = None,
+    record: ExperimentConfig | None = None,
     resume: bool = True,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
-    skip_nonfinite: bool = False,
-    checkpoint_every_steps: int = 0,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train `config`'s model on in-memory arrays; return the final state and the records.
+    """Train ``objective.model`` by maximising `objective` with `tx`; return the final state.
+
+    Example (README, "Python API")::
+
+        model = VAE(image_shape=(28, 28, 1))
+        result = fit(make_elbo(model), optax.adam(1e-3), x_train, x_test=x_test,
+                     options=FitOptions(epochs=10, batch_size=128))
+        params = result.state.params
 
     Args:
-      config: the experiment configuration. For data other than MNIST
-        (``config.data.dataset != "mnist"``), an empty ``config.data.event_shape`` is
-        taken from `x_train` (and recorded in the work directory).
+      objective: what to maximise: `make_elbo(model, ...)` or `make_iwae(model, ...)`, for a
+        `VAE` or any module that follows the model protocol (README, "Your own model").
+      tx: any `optax.GradientTransformation` (`vae_jax.optim.make_optimizer` builds the
+        CLI's); its schedule counts update steps.
       x_train: ``[N, *event_shape]`` examples (`vae_jax.arrays`): uint8 levels
         (scaled by 1/255 in the step) or real values used exactly as given (float32);
         values in [0, 1] for a Bernoulli likelihood or dynamic binarization (which
         happens inside the train step). Vectors ``[N, D]`` or images ``[N, H, W, C]``
-        for the MLP, images for the conv VAE.
+        for the MLP, images for the conv VAE; the event shape must be the model's
+        ``image_shape`` when it has one.
       y_train: int ``[N]`` labels, or None (needed by a conditional model).
       x_test, y_test: evaluated after every epoch (single-sample ELBO with a fixed
         key; also the IWAE bound when training with IWAE). Already binarized if binarized.
-      model: your own Flax module (README, "Your own model") to train instead of the `VAE`
-        that ``config.model`` describes; ``config.objective`` and ``config.train`` still
-        apply.
-      tx: any `optax.GradientTransformation` to use instead of the one `config.train`
-        describes (`vae_jax.optim.make_optimizer`).
-      (A work directory records the configuration only, not a `model` or `tx` passed here:
-      resuming with other ones is refused only when the parameter shapes differ.)
-      placement: where the training set lives while training. "device": on the device(s),
-        each step gathering its batch there (the fast path); "host": in host memory (a
-        memory-mapped .npy works), each call's batches gathered on the host and sent to
-        the device ahead of use, for data larger than device memory; "auto": "device"
-        when the data take at most a quarter of one device's memory (`default_placement`).
-        The same batches and random streams either way, and exact resume in both; the
-        numbers agree to float rounding, not bitwise (XLA compiles the two programs
-        differently: MNIST's first-epoch train loss 152.657 against 152.658). The test split
-        is placed like the training set.
+      options: batches, epochs, seed, devices, data placement, checkpoints (`FitOptions`;
+        None = its defaults).
+        With ``placement="host"`` the training set stays in host memory (a memory-mapped
+        .npy works) and each call's batches are gathered there and sent to the device ahead
+        of use: the same batches and random streams as on the device, exact resume too, and
+        numbers equal to float rounding, not bitwise (XLA compiles the two programs
+        differently: MNIST's first-epoch train loss 152.657 against 152.658). The test
+        split is placed like the training set.
       workdir: where ``config.json`` and the checkpoints go (none if None); claimed with
-        `vae_jax.workdir.claim`: a directory of a different configuration is refused.
+        `vae_jax.workdir.claim`: a directory of another run is refused.
+      record: the `ExperimentConfig` this run was made from, recorded in the work
+        directory (what the experiments and `load_checkpoint` use). None records the
+        objective, the model's class and fields, and `options` instead; `tx` cannot be recorded, so
+        resuming with another optimizer is refused only when its state's shapes differ.
       resume: continue from the newest readable checkpoint in `workdir`, if any. With
         False, a `workdir` that already holds checkpoints is refused (nothing is deleted).
       on_epoch_end: called as ``hook(epoch, state, records)`` after each epoch, with all
         the records so far (those restored from a checkpoint included), before that
         epoch's checkpoint is written (so a run killed in between redoes the epoch).
-      skip_nonfinite: skip (and count, in ``skipped_updates``) updates with a non-finite
-        loss or gradient instead of stopping with `NonFiniteError`; training still stops if
-        every update of an epoch is skipped.
-      checkpoint_every_steps: also checkpoint once at least this many steps have passed
-        since the last checkpoint (at the end of a compiled call); 0 = only every
-        `config.train.checkpoint_every` epochs.
+      progress: show a progress bar per epoch.
       log: where the one-line epoch summaries go.
 
     Returns:
@@ -141,85 +140,72 @@ def fit(
       bound and the data variant.
 
     Raises:
-      ValueError: invalid configuration or data (one-line message).
-      WorkdirError (a ValueError): `workdir` belongs to another configuration, or holds
+      ValueError: invalid options or data (one-line message).
+      WorkdirError (a ValueError): `workdir` belongs to another run, or holds
         checkpoints while `resume` is False.
       CheckpointError: `workdir` has no readable checkpoint, or a checkpoint cannot be
         written (the message names the checkpoint that is intact).
       NonFiniteError: a non-finite loss or gradient (the message names the step).
     """
     # ---------------------------------------------------------------- check what comes in
-    mc, tc = config.model, config.train
-    likelihood: str | None
-    if model is None:
-        likelihood, num_classes = mc.likelihood, mc.num_classes if mc.conditional else 0
-    else:
-        likelihood = getattr(model, "likelihood", None)  # (checked by the objective below)
-        num_classes = getattr(model, "num_classes", None) or 0
+    if not isinstance(objective, Objective):
+        raise TypeError(
+            f"objective must be an Objective (make_elbo(model) or make_iwae(model)), got "
+            f"{type(objective).__name__}"
+        )
+    if not all(callable(getattr(tx, name, None)) for name in ("init", "update")):
+        raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
+    model, opts = objective.model, options or FitOptions()
+    num_classes = getattr(model, "num_classes", 0) or 0
     checks: dict[str, Any] = {
         "num_classes": num_classes or None,
-        "unit_interval": likelihood == "bernoulli" or config.data.binarize == "dynamic",
+        "unit_interval": model.likelihood == "bernoulli" or opts.binarize,
     }
-    train = check_split(
-        x_train,
-        y_train,
-        name="training data",
-        event_shape=config.data.image_shape or None,
-        **checks,
-    )
+    model_shape = tuple(getattr(model, "image_shape", ()) or ()) or None
+    train = check_split(x_train, y_train, name="training data", event_shape=model_shape, **checks)
     event_shape = tuple(train.image.shape[1:])
-    if not config.data.image_shape:
-        config = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, event_shape=event_shape)
-        )
-    check_config(config)  # the model, for the data's event shape
     test = None
     if x_test is not None:
         test = check_split(x_test, y_test, name="test data", event_shape=event_shape, **checks)
-    if checkpoint_every_steps < 0:
-        raise ValueError(f"checkpoint_every_steps must be >= 0, got {checkpoint_every_steps}")
     n_train = len(train.image)
-    if tc.batch_size > n_train:
+    if opts.batch_size > n_train:
         raise ValueError(
-            f"batch_size ({tc.batch_size}) is larger than the training set ({n_train} examples)"
+            f"batch_size ({opts.batch_size}) is larger than the training set ({n_train} examples)"
         )
-    n_steps_epoch = steps_per_epoch(n_train, tc.batch_size)
-    total_steps = tc.epochs * n_steps_epoch
+    n_steps_epoch = steps_per_epoch(n_train, opts.batch_size)
+    total_steps = opts.epochs * n_steps_epoch
     if total_steps > MAX_STEPS:
         raise ValueError(
-            f"{tc.epochs} epochs of {n_steps_epoch} steps exceed {MAX_STEPS} steps "
+            f"{opts.epochs} epochs of {n_steps_epoch} steps exceed {MAX_STEPS} steps "
             "(the int32 step counter)"
         )
-    if tx is None:
-        check_schedule(tc, n_steps_epoch)
-        tx = make_optimizer(tc, n_steps_epoch)
-    mesh = make_mesh(tc.num_devices)
+    mesh = make_mesh(opts.num_devices)
     for name in ("batch_size", "eval_batch_size"):
-        if getattr(tc, name) % mesh.size:
+        if getattr(opts, name) % mesh.size:
             raise ValueError(
-                f"{name} ({getattr(tc, name)}) must divide evenly over {mesh.size} devices"
+                f"{name} ({getattr(opts, name)}) must divide evenly over {mesh.size} devices"
             )
+    placement = opts.placement
     if placement == "auto":
         placement = default_placement(train.image.nbytes, mesh)
-    if placement not in ("device", "host"):
-        raise ValueError(f"placement must be 'auto', 'device' or 'host', got {placement!r}")
     streamed = placement == "host"
     if streamed:
         log(
             f"data: the training set ({train.image.nbytes / 2**20:.0f} MiB) stays in host "
             "memory; batches are gathered there and prefetched to the device"
         )
-    if model is None:
-        model = config.model.build(event_shape)
-    objective = config.objective.build(model)
-    keys = make_keys(tc.seed)
+    variant = opts.data_variant or _variant(event_shape, opts.binarize)
+    keys = make_keys(opts.seed)
     records: list[dict[str, Any]] = []
     partial = dict.fromkeys(PARTIAL_KEYS, 0.0)
+    run_record: dict[str, Any] = (
+        record.to_dict() if record is not None else _run_record(objective, opts, event_shape)
+    )
 
     checkpointer = None
     if workdir is not None:
-        claim(workdir, config, resume=resume)
-        checkpointer = Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
+        claim(workdir, record if record is not None else run_record, resume=resume)
+        checkpointer = Checkpointer(workdir, max_to_keep=opts.keep_checkpoints)
     try:
         # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
         example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
@@ -236,15 +222,15 @@ def fit(
                     f"resumed from the checkpoint at step {step} (epoch {step / n_steps_epoch:.2f})"
                 )
                 if step >= total_steps:
-                    log(f"it already covers the {tc.epochs} epochs asked for; nothing to train")
+                    log(f"it already covers the {opts.epochs} epochs asked for; nothing to train")
         # ------------------------------------------------------------ compile and place
         call = make_train_call(
             objective,
             tx,
             mesh,
-            binarize=config.data.binarize == "dynamic",
-            kl_warmup_steps=config.objective.kl_warmup_steps,
-            skip_nonfinite=skip_nonfinite,
+            binarize=opts.binarize,
+            kl_warmup_steps=opts.kl_warmup_steps,
+            skip_nonfinite=opts.skip_nonfinite,
             event_shape=event_shape if streamed else None,
         )
         evaluators: dict[str, Callable[..., Any]] = {}
@@ -252,10 +238,10 @@ def fit(
             # (streamed data: the test split stays in host memory too)
             make = make_host_evaluate if streamed else make_evaluate
             bound = make_elbo(model)
-            evaluators["elbo"] = make(bound, mesh, batch_size=tc.eval_batch_size)
+            evaluators["elbo"] = make(bound, mesh, batch_size=opts.eval_batch_size)
             if objective.kind == "iwae":
                 bound = make_iwae(model, num_samples=objective.num_samples)
-                evaluators["iwae"] = make(bound, mesh, batch_size=tc.eval_batch_size)
+                evaluators["iwae"] = make(bound, mesh, batch_size=opts.eval_batch_size)
         train_data = None if streamed else to_device(train.image, train.label, mesh)
         test_data: Any = test
         if test is not None and not streamed:
@@ -275,7 +261,7 @@ def fit(
                     "epoch": epoch_done,
                     "records": records,
                     "partial": partial,
-                    "config": config.to_dict(),
+                    "config": run_record,
                 }
                 checkpointer.save(step, state, meta)
                 last_saved = step
@@ -290,19 +276,19 @@ def fit(
         step = int(state.step)
         while step < total_steps:
             epoch, offset = divmod(step, n_steps_epoch)
-            index, weight = epoch_order(n_train, tc.batch_size, seed=tc.seed, epoch=epoch)
+            index, weight = epoch_order(n_train, opts.batch_size, seed=opts.seed, epoch=epoch)
             skipped_before = int(state.skipped)
             bar = tqdm(
                 total=n_steps_epoch,
                 initial=offset,
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                desc=f"epoch {epoch + 1}/{opts.epochs}",
                 unit="step",
                 disable=not progress,
                 leave=False,
                 dynamic_ncols=True,
             )
             # (a chunk starts later than its boundary only after a checkpoint made mid-chunk)
-            spans = [(max(a, offset), b) for a, b in chunks(n_steps_epoch, tc.steps_per_call)]
+            spans = [(max(a, offset), b) for a, b in chunks(n_steps_epoch, opts.steps_per_call)]
             spans = [(a, b) for a, b in spans if a < b]
             if streamed:  # batches gathered and sent to the device ahead of use, by Grain
                 streamed_batches = iter(_host_batches(train, index, weight, spans))
@@ -316,7 +302,7 @@ def fit(
                     )
                 metrics = jax.device_get(metrics)
                 partial["seconds"] += time.perf_counter() - t0
-                if not metrics["finite"].all() and not skip_nonfinite:
+                if not metrics["finite"].all() and not opts.skip_nonfinite:
                     bad = step + int(np.argmin(metrics["finite"]))
                     bar.close()
                     raise NonFiniteError(
@@ -334,35 +320,36 @@ def fit(
                 bar.update(stop - start)
                 bar.set_postfix(loss=f"{partial['loss'] / max(partial['weight'], 1):.2f}")
                 if (
-                    checkpoint_every_steps
+                    opts.checkpoint_every_steps
                     and step % n_steps_epoch
-                    and step - last_saved >= checkpoint_every_steps
+                    and step - last_saved >= opts.checkpoint_every_steps
                 ):
                     save(epoch, step)
             bar.close()
-            if skip_nonfinite and int(state.skipped) - skipped_before == n_steps_epoch - offset:
+            all_skipped = int(state.skipped) - skipped_before == n_steps_epoch - offset
+            if opts.skip_nonfinite and all_skipped:
                 raise NonFiniteError(
                     f"every update of epoch {epoch + 1} (steps {epoch * n_steps_epoch + offset} "
                     f"to {step - 1}) had a non-finite loss or gradient and was skipped; training "
                     f"stopped and {kept()}. Lower --learning_rate (in a new --workdir)"
                 )
-            record = _epoch_record(config, objective, epoch + 1, step, partial, state)
+            summary = _epoch_record(variant, objective, epoch + 1, step, partial, state)
             t0 = time.perf_counter()
             if test_data is not None:
                 for name, evaluate in evaluators.items():
                     values = jax.device_get(evaluate(state.params, test_data, keys.eval))
                     prefix = "test" if name == "elbo" else f"test_{name}"
-                    record[f"{prefix}_loss"] = -float(values["elbo"])
+                    summary[f"{prefix}_loss"] = -float(values["elbo"])
                     if name == "elbo":
-                        record["test_log_likelihood"] = float(values["log_likelihood"])
-                        record["test_kl"] = float(values["kl"])
-            record["eval_seconds"] = time.perf_counter() - t0
-            records.append(record)
+                        summary["test_log_likelihood"] = float(values["log_likelihood"])
+                        summary["test_kl"] = float(values["kl"])
+            summary["eval_seconds"] = time.perf_counter() - t0
+            records.append(summary)
             partial = dict.fromkeys(partial, 0.0)
-            log(_format_record(record))
+            log(_format_record(summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, state, records)
-            if (epoch + 1) % tc.checkpoint_every == 0 or step == total_steps:
+            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps:
                 save(epoch + 1, step)
         return FitResult(model, objective, state, records)
     finally:
@@ -413,7 +400,7 @@ def _host_batches(
 
 
 def _epoch_record(
-    config: ExperimentConfig,
+    variant: str,
     objective: Objective,
     epoch: int,
     step: int,
@@ -429,9 +416,54 @@ def _epoch_record(
         "train_kl": partial["kl"] / weight,
         "train_bound": objective.name,
         "test_bound": "ELBO (1 sample, fixed key)",
-        "data": config.data.variant,
+        "data": variant,
         "skipped_updates": int(state.skipped),
         "seconds": partial["seconds"],
+    }
+
+
+def _variant(event_shape: tuple[int, ...], binarize: bool) -> str:
+    values = "dynamically binarized" if binarize else "values as given"
+    return f"event shape {'x'.join(map(str, event_shape))}, {values}"
+
+
+def _describe(module: nn.Module) -> str:
+    """``Name(field=value, ...)`` of a Linen module's fields, on one line."""
+    fields = [f for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
+    text = ", ".join(f"{f.name}={getattr(module, f.name)!r}" for f in fields)
+    return " ".join(f"{type(module).__name__}({text})".split())
+
+
+def _run_record(
+    objective: Objective, options: FitOptions, event_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """What a work directory records of a run made from pieces (no `ExperimentConfig`):
+    the objective, the model's class and fields (`_describe`) and the
+    options, with what may change on resume (the epoch budget, the checkpoint cadence,
+    the device count, the placement) under "run"."""
+    fit_options = dataclasses.asdict(options)
+    run = {
+        name: fit_options.pop(name)
+        for name in (
+            "epochs",
+            "checkpoint_every",
+            "checkpoint_every_steps",
+            "keep_checkpoints",
+            "num_devices",
+            "placement",
+        )
+    }
+    return {
+        "objective": {
+            "kind": objective.kind,
+            "beta": objective.beta,
+            "num_samples": objective.num_samples,
+            "free_bits": objective.free_bits,
+        },
+        "model": _describe(objective.model),
+        "event_shape": list(event_shape),
+        "options": fit_options,
+        "run": run,
     }
 
 

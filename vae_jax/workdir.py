@@ -50,12 +50,15 @@ class WorkdirError(ValueError):
 
 def claim(
     workdir: str | os.PathLike,
-    config: ExperimentConfig,
+    config: ExperimentConfig | dict[str, Any],
     *,
     resume: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Create `workdir`, check it is writable and that it belongs to `config`; record it.
+
+    `config` is an `ExperimentConfig`, or the JSON record of a run made from pieces
+    (`vae_jax.loop.fit` without one: its "run" section may change between runs).
 
     Nothing is lost by mistake: a directory whose ``config.json`` holds a different
     configuration (other than the epoch budget and the checkpoint cadence), is unreadable,
@@ -70,14 +73,14 @@ def claim(
     path = writable_dir(workdir)
     steps = _checkpoint_steps(path)
     try:
-        existing = read_config(path)
+        existing = read_config(path) if isinstance(config, ExperimentConfig) else read_record(path)
     except WorkdirError as error:
         problem = str(error)
     else:
         if existing is None:
             problem = f"{path} has checkpoints but no {CONFIG_FILE}" if steps else ""
-        elif existing.identity() != config.identity():
-            diff = describe_difference(existing.identity(), config.identity())
+        elif _identity(existing) != _identity(config):
+            diff = describe_difference(_identity(existing), _identity(config))
             problem = f"{path} holds a run of a different configuration ({diff})"
         elif steps and not resume:
             problem = (
@@ -93,8 +96,35 @@ def claim(
         )
     if problem:
         _discard_outputs(path)
-    write_config(path, config)
+    if isinstance(config, ExperimentConfig):
+        write_config(path, config)
+    else:
+        write_json(path / CONFIG_FILE, config)
     return path
+
+
+def _identity(config: ExperimentConfig | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(config, ExperimentConfig):
+        return config.identity()
+    return {key: value for key, value in config.items() if key != "run"}
+
+
+def read_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in ``workdir/config.json`` as it is, or None if there is none.
+
+    Raises:
+      WorkdirError: the file is not a JSON object.
+    """
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:
+        raise WorkdirError(f"{path} is not readable JSON: {one_line(error)[:300]}") from error
+    if not isinstance(values, dict):
+        raise WorkdirError(f"{path} is not a JSON object")
+    return values
 
 
 def writable_dir(workdir: str | os.PathLike) -> Path:
