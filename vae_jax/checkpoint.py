@@ -35,14 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 from vae_jax.config import ExperimentConfig
-from vae_jax.models import VAE
 from vae_jax.optim import make_optimizer
-from vae_jax.train import TrainState, init_train_state, make_keys
+from vae_jax.train import TrainState, init_train_state
 from vae_jax.workdir import (
     CHECKPOINT_SUBDIR,
     CONFIG_FILE,
@@ -50,6 +51,7 @@ from vae_jax.workdir import (
     atomic_write_text,
     one_line,
     read_config,
+    read_record,
 )
 
 log = logging.getLogger("vae_jax.checkpoint")
@@ -333,17 +335,24 @@ def _check_like(state: Any, target: Any) -> None:
 
 
 class LoadedModel(NamedTuple):
-    """What `load_checkpoint` returns: the module, its parameters and their provenance."""
+    """What `load_checkpoint` returns: the module, its parameters and their provenance
+    (`config` is None for a run that `fit` made from pieces)."""
 
-    model: VAE
+    model: nn.Module
     params: Any
-    config: ExperimentConfig
+    config: ExperimentConfig | None
     step: int
     meta: dict[str, Any]
 
 
-def load_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> LoadedModel:
-    """Load a trained model from an experiment's work directory (read-only).
+def load_checkpoint(
+    workdir: str | os.PathLike,
+    step: int | None = None,
+    *,
+    model: nn.Module | None = None,
+    tx: optax.GradientTransformation | None = None,
+) -> LoadedModel:
+    """Load a trained model from a work directory (read-only).
 
     Example:
       >>> loaded = load_checkpoint("runs/mnist")
@@ -351,22 +360,37 @@ def load_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> Load
       ...     {"params": loaded.params}, images, method="encode")
 
     Args:
-      workdir: the directory given to the experiment (`--workdir`).
+      workdir: the directory given to the experiment (`--workdir`) or to `fit`.
       step: a specific checkpoint; default the newest readable one.
+      model, tx: for a run that `fit` made from your own pieces (no `ExperimentConfig`
+        recorded): the module and the optimizer it was trained with (the optimizer gives
+        the shapes of its state). By default both come from the recorded configuration.
 
     Raises:
       CheckpointError: no configuration, no checkpoint, or none readable.
     """
-    try:
-        config = read_config(workdir)
-    except WorkdirError as error:
-        raise CheckpointError(str(error)) from None
-    if config is None:
-        raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a vae_jax work directory")
-    model = config.model.build(config.data.image_shape)
-    tx = make_optimizer(config.train, steps_per_epoch=1)  # (for the state's shapes only)
-    key = make_keys(config.train.seed).init
-    target = jax.eval_shape(lambda: init_train_state(model, tx, key))  # shapes only
+    config = None
+    if (model is None) != (tx is None):
+        raise ValueError("pass both model and tx (the ones the run was trained with), or neither")
+    if model is None:
+        try:
+            config = read_config(workdir)
+        except WorkdirError as error:
+            raise CheckpointError(
+                f"{one_line(error)} (a run that fit made from your own model and optimizer "
+                "loads with load_checkpoint(workdir, model=..., tx=...))"
+            ) from None
+        if config is None:
+            raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a vae_jax work directory")
+        model = config.model.build(config.data.image_shape)
+        tx = make_optimizer(config.train, steps_per_epoch=1)  # (for the state's shapes only)
+    assert tx is not None
+    example = None
+    if not getattr(model, "image_shape", None):
+        record = read_record(workdir) or {}
+        example = np.zeros((1, *record.get("event_shape", ())), np.float32)
+    key = jax.random.key(0)  # (shapes only)
+    target = jax.eval_shape(lambda: init_train_state(model, tx, key, example=example))
     checkpointer = Checkpointer(workdir, read_only=True)
     try:
         restored = checkpointer.restore(target, step)

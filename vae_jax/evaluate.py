@@ -30,7 +30,7 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -495,6 +495,7 @@ def evaluate_checkpoint(
 
     loaded = load_checkpoint(workdir, step)
     config = loaded.config
+    assert config is not None  # (loaded without a model: from its recorded configuration)
     _, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
     if test is None:
         log(f"note: {config.data.dataset} has no test split: evaluating the training set")
@@ -528,7 +529,7 @@ def evaluate_checkpoint(
     report = make_report(
         result,
         config=config,
-        model=loaded.model,
+        model=cast(VAE, loaded.model),
         params=loaded.params,
         num_samples=k,
         normalised=normalised,
@@ -714,7 +715,8 @@ def write_evaluation_pictures(
     from vae_jax.models import decoder_mean
 
     loaded = load_checkpoint(workdir, step)
-    model, params, config = loaded.model, loaded.params, loaded.config
+    model, params, config = cast(VAE, loaded.model), loaded.params, loaded.config
+    assert config is not None  # (loaded without a model: from its recorded configuration)
     out = Path(out_dir)
     conditional = model.num_classes > 0
     written = []
