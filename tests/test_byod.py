@@ -20,7 +20,6 @@ from experiments import evaluate as evaluate_cli
 from experiments import train as train_cli
 from tests.cli_runner import run_cli
 from tests.kill_helpers import _kill_when, _writing, start_cli
-from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 
 SMALL = ("--epochs", "1", "--batch_size", "16", "--z_dim", "2", "--no_progress")
 
@@ -160,11 +159,14 @@ def test_values_below_one_grey_level_are_used_as_given_not_quantized():
     means = np.array([0.0005, 0.0015, 0.0025, 0.0035], np.float32)
     x = means + 1e-5 * np.random.default_rng(0).normal(size=(128, 4)).astype(np.float32)
     assert x.max() - x.min() < 1 / 255
-    config = ExperimentConfig(
-        data=DataConfig(dataset="tiny"),
-        train=TrainConfig(epochs=100, batch_size=32, schedule="cosine"),
+    result = vae_jax.fit(
+        vae_jax.make_elbo(MeanOnly()),
+        optax.adam(optax.cosine_decay_schedule(1e-3, decay_steps=100 * 4)),
+        x,
+        options=vae_jax.FitOptions(epochs=100, batch_size=32),
+        progress=False,
+        log=lambda _: None,
     )
-    result = vae_jax.fit(config, x, model=MeanOnly(), progress=False, log=lambda _: None)
     reconstruction = vae_jax.reconstruct(result.model, result.state.params, jnp.asarray(x))
     np.testing.assert_allclose(reconstruction[0], x.mean(axis=0), atol=1e-6)
 
@@ -172,16 +174,67 @@ def test_values_below_one_grey_level_are_used_as_given_not_quantized():
 def test_fit_takes_any_optax_transformation_and_float_images():
     rng = np.random.default_rng(2)
     x = rng.random((64, 4, 4, 2)).astype(np.float64)  # float64 in [0, 1]: float32, as given
-    config = ExperimentConfig(
-        model=ModelConfig(hidden=(8,), z_dim=2),
-        data=DataConfig(dataset="array"),
-        train=TrainConfig(epochs=2, batch_size=16),
+    model = vae_jax.VAE(image_shape=(4, 4, 2), hidden=(8,), z_dim=2)
+    options = vae_jax.FitOptions(epochs=2, batch_size=16)
+    sgd = vae_jax.fit(
+        vae_jax.make_elbo(model), optax.sgd(0.0), x, options=options, progress=False, log=print
     )
-    sgd = vae_jax.fit(config, x, tx=optax.sgd(0.0), progress=False, log=lambda _: None)
     init = vae_jax.init_params(sgd.model, vae_jax.train.make_keys(0).init)
     for a, b in zip(jax.tree.leaves(sgd.state.params), jax.tree.leaves(init), strict=True):
         np.testing.assert_array_equal(a, b)  # a zero step: nothing moved, Adam was not used
     assert sgd.model.image_shape == (4, 4, 2) and int(sgd.state.step) == 8
+
+
+def test_fit_from_pieces_records_them_resumes_and_loads(tmp_path):
+    """A run of your own module and optimizer into a work directory: the record names the
+    objective, the module and the options; a longer run resumes it (the epoch budget may
+    grow), another module is refused, and load_checkpoint(model=, tx=) loads it."""
+    x = np.random.default_rng(4).normal(size=(64, 4)).astype(np.float32)
+    workdir = tmp_path / "run"
+
+    def run(model, epochs):
+        return vae_jax.fit(
+            vae_jax.make_elbo(model),
+            optax.adam(1e-2),
+            x,
+            options=vae_jax.FitOptions(epochs=epochs, batch_size=16),
+            workdir=workdir,
+            progress=False,
+            log=lambda _: None,
+        )
+
+    first = run(MeanOnly(), epochs=1)
+    record = json.loads((workdir / "config.json").read_text())
+    assert record["model"] == "MeanOnly(z_dim=1, image_shape=(4,), likelihood='gaussian_pixel')"
+    assert record["event_shape"] == [4]
+    assert record["objective"]["kind"] == "elbo" and record["options"]["batch_size"] == 16
+    assert record["run"]["epochs"] == 1
+    longer = run(MeanOnly(), epochs=2)
+    assert [r["epoch"] for r in longer.records] == [1, 2]
+    assert longer.records[0] == first.records[0]  # restored, not retrained
+    other = r"model: MeanOnly\(z_dim=1, .* there, MeanOnly\(z_dim=2, .* here"
+    with pytest.raises(vae_jax.workdir.WorkdirError, match=other):
+        run(MeanOnly(z_dim=2), epochs=2)
+    loaded = vae_jax.load_checkpoint(workdir, model=MeanOnly(), tx=optax.adam(1e-2))
+    assert loaded.step == 8 and loaded.config is None
+    final = jax.tree.leaves(longer.state.params)
+    for a, b in zip(jax.tree.leaves(loaded.params), final, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(vae_jax.CheckpointError, match="load_checkpoint.workdir, model=..., tx="):
+        vae_jax.load_checkpoint(workdir)
+
+
+def test_fit_refuses_what_is_not_an_objective_an_optimizer_or_an_option():
+    x = np.zeros((16, 4), np.float32)
+    with pytest.raises(TypeError, match="objective must be an Objective .make_elbo"):
+        vae_jax.fit(MeanOnly(), optax.adam(1e-3), x)
+    with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation, got float"):
+        vae_jax.fit(vae_jax.make_elbo(MeanOnly()), 1e-3, x)
+    with pytest.raises(ValueError, match="epochs must be an integer, got 2.5"):
+        vae_jax.FitOptions(epochs=2.5)
+    with pytest.raises(ValueError, match="binarize must be True or False, got 'yes'"):
+        vae_jax.FitOptions(binarize="yes")
+    assert vae_jax.FitOptions(batch_size=np.int64(8)).batch_size.__class__ is int  # JSON-able
 
 
 def test_init_params_needs_an_example_for_a_module_without_image_shape():
@@ -225,9 +278,8 @@ def test_auto_placement_keeps_data_that_fit_on_the_device():
     mesh = vae_jax.make_mesh()
     assert vae_jax.loop.default_placement(10**6, mesh) == "device"
     assert vae_jax.loop.default_placement(2**62, mesh) == "host"
-    config = ExperimentConfig(data=DataConfig(dataset="array"), train=TrainConfig(batch_size=8))
     with pytest.raises(ValueError, match="placement must be 'auto', 'device' or 'host', got 'gpu'"):
-        vae_jax.fit(config, np.zeros((16, 3), np.float32), placement="gpu", progress=False)
+        vae_jax.FitOptions(placement="gpu")
 
 
 def test_streamed_run_killed_during_a_checkpoint_resumes_bitwise_equal(tmp_path):
