@@ -142,3 +142,59 @@ def test_eight_devices_match_one(tmp_path):
         np.testing.assert_allclose(params8[name], params1[name], rtol=1e-4, atol=1e-5)
     # ... and they did train: the parameters moved by far more than the tolerance.
     assert info1["moved"] > 1e-3 and info8["moved"] > 1e-3
+
+
+# A run on 4 devices into a work directory; its final parameters saved beside it.
+TRAIN_ON_DEVICES = """
+import sys
+import numpy as np
+import jax
+import vae_jax
+from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+
+workdir, out = sys.argv[1], sys.argv[2]
+x = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+config = ExperimentConfig(
+    model=ModelConfig(hidden=(16,), z_dim=2),
+    data=DataConfig(dataset="toy", event_shape=(8, 8, 1)),
+    train=TrainConfig(epochs=1, batch_size=16),
+)
+model = config.model.build((8, 8, 1))
+result = vae_jax.fit(
+    config.objective.build(model), vae_jax.make_optimizer(config.train, 4), x,
+    options=config.fit_options(), record=config, workdir=workdir, progress=False,
+)
+leaves = jax.tree.leaves(result.state.params)
+assert len(leaves[0].sharding.device_set) == jax.device_count() == 4
+np.savez(out, *[np.asarray(p) for p in leaves])
+"""
+
+
+def test_a_checkpoint_written_on_four_devices_loads_on_one(tmp_path):
+    """Restoring targets the loading process's devices, not the writer's (before: 'no
+    readable checkpoint' for load_checkpoint of a multi-device run)."""
+    import jax
+
+    import vae_jax
+
+    workdir, out = tmp_path / "run", tmp_path / "params.npz"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAIN_ON_DEVICES, str(workdir), str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert jax.device_count() == 1
+    loaded = vae_jax.load_checkpoint(workdir)
+    assert loaded.step == 4
+    expected = np.load(out)
+    leaves = jax.tree.leaves(loaded.params)
+    assert len(leaves) == len(expected.files)
+    for i, leaf in enumerate(leaves):
+        np.testing.assert_array_equal(leaf, expected[f"arr_{i}"])

@@ -161,7 +161,7 @@ class Checkpointer:
             steps = [s for s in steps if s == step]
             if not steps:
                 raise CheckpointError(f"no checkpoint at step {step} in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        abstract = jax.tree.map(_abstract_here, target)
         for candidate in reversed(steps):
             args = ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
@@ -210,6 +210,18 @@ class Checkpointer:
 
     def _empty_trash(self) -> None:
         shutil.rmtree(self.directory / TRASH_SUBDIR, ignore_errors=True)
+
+
+def _abstract_here(x: Any) -> jax.ShapeDtypeStruct:
+    """`x`'s shape and dtype, placed where `x` is, or on this process's first device when
+    `x` has no placement (a `jax.eval_shape` target): a checkpoint is then read onto the
+    devices of the process that loads it, whatever devices wrote it."""
+    abstract = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(abstract, "sharding", None) is None:
+        device = jax.local_devices()[0]
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        abstract = jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding)
+    return abstract
 
 
 def _file_sha256(path: Path) -> str:
