@@ -7,14 +7,17 @@ command with its default data set.
 Exit status: 0 done; 2 a bad flag, configuration, path, data file or work directory (one
 line on stderr); 1 a failure while running: a non-finite loss, a checkpoint that cannot be
 written or read, a full disk (one line that says what is intact), or no data (the sources
-tried and how to fix it); 130 interrupted. Re-running the same command resumes from the
-last checkpoint.
+tried and how to fix it); 75 preempted (SIGTERM or SIGUSR1: the current compiled call
+finished and a checkpoint was written; resumable, so a scheduler may requeue the job);
+130 interrupted. Re-running the same command resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+PREEMPTED_STATUS = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, to be retried
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.train") -> int:
@@ -31,6 +34,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
 
     from vae_jax.checkpoint import CheckpointError
     from vae_jax.experiment import run_experiment
+    from vae_jax.loop import Preempted
     from vae_jax.mnist import DataUnavailableError
     from vae_jax.train import NonFiniteError
     from vae_jax.workdir import WorkdirError
@@ -69,6 +73,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
         fail(parser.prog, str(error), 1)
     except OSError as error:  # e.g. disk full while writing metrics or images
         fail(parser.prog, f"{error}; the checkpoints are intact, once fixed, {resume_hint}", 1)
+    except Preempted as error:  # resumable: schedulers may requeue on this status
+        print(f"{parser.prog}: preempted: {_one_line(error)}", file=sys.stderr)
+        return PREEMPTED_STATUS
     except KeyboardInterrupt:
         fail(parser.prog, f"interrupted; {resume_hint}", 130)
     return 0

@@ -16,7 +16,10 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
+import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -29,9 +32,10 @@ from experiments import mnist
 from tests.fit_config import fit_config
 from tests.idx_files import write_idx_files
 from tests.kill_helpers import TMP_SUFFIX, _entries, _kill_when, _steps, _writing, start_cli
-from vae_jax import load_checkpoint
+from vae_jax import VAE, FitOptions, fit, load_checkpoint, make_elbo
 from vae_jax import mnist as data
 from vae_jax.checkpoint import Checkpointer, CheckpointError
+from vae_jax.loop import Preempted
 from vae_jax.train import init_train_state, make_keys
 from vae_jax.workdir import CHECKPOINT_SUBDIR, WorkdirError, read_config
 
@@ -152,6 +156,92 @@ def test_runs_killed_at_random_points_resume_to_bitwise_equal_parameters(
     _check_all_checkpoints_restore(workdir)
     assert sorted(os.listdir(workdir / CHECKPOINT_SUBDIR)) == ["20", "22", "24"], report
     print(f"bitwise equal after {len(kills)} kills; {report}")  # (pytest -rP shows it)
+
+
+def test_sigterm_at_a_random_point_checkpoints_exits_75_and_resumes_bitwise(
+    tiny_mnist, reference, tmp_path
+):
+    """SIGTERM (what schedulers and `timeout` send) at a random moment: the run finishes
+    its compiled call, writes a checkpoint there (checkpoints are otherwise only written
+    at epoch ends here), says so in one line and exits 75; the same command then ends
+    bitwise equal to the uninterrupted reference."""
+    seed = int(os.environ.get("VAE_JAX_KILL_SEED", "20240611"))
+    rng = np.random.default_rng(seed + 1)
+    only_epoch_ends = ("--checkpoint_every_steps", "0")
+    for attempt in range(4):  # (the signal may come after a fast run has finished)
+        workdir = tmp_path / f"preempted{attempt}"
+        log = tmp_path / f"preempted{attempt}.log"
+        proc = _start(tiny_mnist, workdir, log, *only_epoch_ends)
+        delay = float(rng.uniform(0.0, 0.5))
+        epoch_1_done = lambda log=log: "epoch   1 " in log.read_text()  # noqa: E731
+        assert _signal_when(proc, epoch_1_done, delay, signal.SIGTERM), log.read_text()
+        status = proc.wait(timeout=120)
+        if status == 75:
+            break
+        assert status == 0, log.read_text()[-3000:]
+    else:
+        pytest.fail("every run finished before the signal")
+    text = log.read_text()
+    (line,) = [x for x in text.splitlines() if "preempted" in x]
+    match = re.search(r"stopped by SIGTERM .*; the checkpoint at step (\d+) is written", line)
+    assert match, text[-3000:]
+    step = int(match.group(1))
+    assert _steps(workdir)[-1] == step < STEPS, (line, _steps(workdir))
+    final = _start(tiny_mnist, workdir, tmp_path / "final.log", *only_epoch_ends)
+    assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
+    assert f"resumed from the checkpoint at step {step} " in (tmp_path / "final.log").read_text()
+    _assert_same_result(workdir, reference)
+
+
+def _signal_when(proc, predicate, delay, signum, timeout=120.0):
+    """Send `signum` to `proc` `delay` s after `predicate()` holds; False if it exited."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if predicate():
+            time.sleep(delay)
+            if proc.poll() is not None:
+                return True  # (finished first: the caller sees status 0)
+            proc.send_signal(signum)
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_preemption_signal_after_an_epoch_stops_fit_and_resumes_bitwise(tmp_path):
+    """SIGUSR1 (SLURM's early warning) arriving during an epoch's hook: fit writes that
+    epoch's checkpoint and raises Preempted; the same call again ends where an
+    uninterrupted run ends, bitwise."""
+    x = np.random.default_rng(7).integers(0, 256, (64, 6, 6, 1), dtype=np.uint8)
+    model = VAE(image_shape=(6, 6, 1), hidden=(8,), z_dim=2)
+
+    def run(workdir, hook=None):
+        return fit(
+            make_elbo(model),
+            optax.adam(1e-3),
+            x,
+            x_test=x[:16],
+            options=FitOptions(epochs=3, batch_size=16, eval_batch_size=16),
+            workdir=workdir,
+            on_epoch_end=hook,
+            progress=False,
+            log=lambda _: None,
+        )
+
+    def signal_after_epoch_1(epoch, state, records):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(Preempted, match="stopped by SIGUSR1 after epoch 1 .step 4.; the chec"):
+        run(tmp_path / "preempted", signal_after_epoch_1)
+    assert signal.getsignal(signal.SIGUSR1) == previous  # the handler is put back
+    assert _steps(tmp_path / "preempted") == [4]
+    resumed, expected = run(tmp_path / "preempted"), run(tmp_path / "reference")
+    assert int(resumed.state.step) == int(expected.state.step) == 12
+    final = jax.tree.leaves(expected.state.params)
+    leaves = zip(jax.tree.leaves(resumed.state.params), final, strict=True)
+    assert all(np.array_equal(a, b) for a, b in leaves)
+    assert [r["test_loss"] for r in resumed.records] == [r["test_loss"] for r in expected.records]
 
 
 # ----------------------------------------------------------------------------------------------

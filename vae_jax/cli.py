@@ -319,7 +319,9 @@ def build_parser(prog: str = "python -m experiments.train") -> argparse.Argument
         "metrics.jsonl (nats per example) and Orbax checkpoints in --workdir. Re-running "
         "the same command resumes from the last checkpoint, exactly. A --workdir of another "
         "configuration is refused, and so is --no_resume on one with checkpoints, unless "
-        "--overwrite.",
+        "--overwrite. SIGTERM or SIGUSR1 (preemption) finishes the current compiled call, "
+        "writes a checkpoint and exits with status 75 (resumable); exit status 0 done, 1 a "
+        "failure while running, 2 a bad input, 130 interrupted.",
         argument_default=argparse.SUPPRESS,
         allow_abbrev=False,
     )

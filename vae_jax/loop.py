@@ -20,8 +20,10 @@ import contextlib
 import dataclasses
 import functools
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,6 +64,17 @@ _state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)
 EpochHook = Callable[[int, TrainState, list[dict[str, Any]]], None]
 
 MAX_STEPS = 2**31 - 1  # TrainState.step is int32
+# What schedulers send before they kill a job: SIGTERM (Kubernetes, `timeout`, SLURM at the
+# time limit), SIGUSR1 (SLURM's `--signal=USR1@SECONDS`, sent ahead of the time limit).
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """`fit` stopped on a preemption signal after writing a checkpoint (with a work
+    directory): the same call again resumes it, to the same parameters as an uninterrupted
+    run."""
+
+
 PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")
 
 
@@ -146,6 +159,9 @@ def fit(
       CheckpointError: `workdir` has no readable checkpoint, or a checkpoint cannot be
         written (the message names the checkpoint that is intact).
       NonFiniteError: a non-finite loss or gradient (the message names the step).
+      Preempted: SIGTERM or SIGUSR1 arrived (in the main thread): the current compiled call
+        finished, a checkpoint was written (with `workdir`), and training stopped; calling
+        `fit` again the same way resumes it. A second signal ends the process at once.
     """
     # ---------------------------------------------------------------- check what comes in
     if not isinstance(objective, Objective):
@@ -203,10 +219,13 @@ def fit(
     )
 
     checkpointer = None
+    signals: list[int] = []  # the preemption signals received (`_catch_preemption`)
+    stack = contextlib.ExitStack()
     if workdir is not None:
         claim(workdir, record if record is not None else run_record, resume=resume)
         checkpointer = Checkpointer(workdir, max_to_keep=opts.keep_checkpoints)
     try:
+        stack.enter_context(_catch_preemption(signals))
         # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
         example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
         init = functools.partial(init_train_state, model, tx, example=example)
@@ -273,6 +292,14 @@ def fit(
                 return f"the last good checkpoint, at step {last_saved}, is kept"
             return "no checkpoint had been written yet"
 
+        def preempted(where: str) -> Preempted:
+            name = signal.Signals(signals[0]).name
+            if checkpointer is None:
+                saved = "no work directory, so nothing was saved"
+            else:
+                saved = f"the checkpoint at step {last_saved} is written; run again to resume"
+            return Preempted(f"stopped by {name} {where}; {saved}")
+
         step = int(state.step)
         while step < total_steps:
             epoch, offset = divmod(step, n_steps_epoch)
@@ -325,6 +352,10 @@ def fit(
                     and step - last_saved >= opts.checkpoint_every_steps
                 ):
                     save(epoch, step)
+                if signals and step % n_steps_epoch:  # (at an epoch's end: after its record)
+                    save(epoch, step)
+                    bar.close()
+                    raise preempted(f"at step {step} (epoch {epoch + 1})")
             bar.close()
             all_skipped = int(state.skipped) - skipped_before == n_steps_epoch - offset
             if opts.skip_nonfinite and all_skipped:
@@ -349,12 +380,40 @@ def fit(
             log(_format_record(summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, state, records)
-            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps:
+            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps or signals:
                 save(epoch + 1, step)
+            if signals and step < total_steps:
+                raise preempted(f"after epoch {epoch + 1} (step {step})")
         return FitResult(model, objective, state, records)
     finally:
+        stack.close()
         if checkpointer is not None:
             checkpointer.close()
+
+
+@contextlib.contextmanager
+def _catch_preemption(received: list[int]) -> Iterator[None]:
+    """While training, a preemption signal is recorded in `received` (the loop then
+    checkpoints at the end of the compiled call and raises `Preempted`); a second one
+    ends the process at once, as without this handler. Only the main thread can
+    handle signals: elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        del frame
+        if received:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in PREEMPTION_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:
