@@ -30,8 +30,6 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
     except ValueError as error:
         fail(parser.prog, str(error), 2)
 
-    import jax
-
     from vae_jax.checkpoint import CheckpointError
     from vae_jax.experiment import run_experiment
     from vae_jax.loop import Preempted
@@ -48,7 +46,12 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
 
         tfds.disable_progress_bar()
     if args.distributed:
-        jax.distributed.initialize()
+        from vae_jax.distributed import initialize
+
+        try:
+            initialize()
+        except ValueError as error:  # (a variable, or nothing that says how many processes)
+            fail(parser.prog, f"--distributed: {_one_line(error)}", 2)
     resume_hint = f"run the same command again to resume from the last checkpoint in {args.workdir}"
     try:
         run_experiment(

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
-def start_cli(argv, log_path, cache_dir):
+def start_cli(argv, log_path, cache_dir, env=None):
     """`python -m ARGV...` from the repository root, output to `log_path`, sharing compiled
-    executables through `cache_dir` (the same ones, so the same numbers)."""
+    executables through `cache_dir` (the same ones, so the same numbers); `env` adds
+    environment variables."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -29,6 +30,7 @@ def start_cli(argv, log_path, cache_dir):
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        **(env or {}),
     }
     with open(log_path, "w") as log:
         return subprocess.Popen(

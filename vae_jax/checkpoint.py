@@ -42,6 +42,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from vae_jax.config import ExperimentConfig
+from vae_jax.distributed import is_primary
 from vae_jax.optim import make_optimizer
 from vae_jax.train import TrainState, init_train_state
 from vae_jax.workdir import (
@@ -98,7 +99,10 @@ class Checkpointer:
             raise CheckpointError(
                 f"cannot use {self.directory} for checkpoints ({type(error).__name__}: {error})"
             ) from error
-        if not read_only:
+        # Several processes write each checkpoint together (Orbax); process 0 alone keeps
+        # the files that are this class's own (file lists, the trash, set-aside copies).
+        self.owner = is_primary() and not read_only
+        if self.owner:
             self._empty_trash()
 
     def steps(self) -> list[int]:
@@ -135,11 +139,12 @@ class Checkpointer:
                 f"could not write the checkpoint at step {step} in {self.directory} "
                 f"({type(error).__name__}: {one_line(error)}); {kept}"
             ) from error
-        try:
-            _write_manifest(self.directory / str(step))
-        except OSError as error:  # the checkpoint itself is complete: it is just unlisted
-            log.warning("could not list the files of checkpoint %d: %s", step, error)
-        self._empty_trash()
+        if self.owner:
+            try:
+                _write_manifest(self.directory / str(step))
+            except OSError as error:  # the checkpoint itself is complete: it is just unlisted
+                log.warning("could not list the files of checkpoint %d: %s", step, error)
+            self._empty_trash()
 
     def restore(
         self,
@@ -179,7 +184,10 @@ class Checkpointer:
                 # A failed Orbax restore leaves coroutines behind; collect them now, so that
                 # what they report is not attributed to whatever runs next.
                 gc.collect()
-                moved = "" if self.read_only else self._set_aside(candidate)
+                # (moved aside only by a single writer: with several processes, another
+                # one may still be reading it)
+                alone = self.owner and jax.process_count() == 1
+                moved = self._set_aside(candidate) if alone else ""
                 message = (
                     f"checkpoint at step {candidate} in {self.directory} is unreadable "
                     f"({type(error).__name__}: {one_line(error)[:200]}){moved}; "

@@ -13,6 +13,7 @@ A work directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import visualize
-from vae_jax.arrays import is_image_shape, to_float_np
+from vae_jax.arrays import Split, is_image_shape, to_float_np
 from vae_jax.config import ExperimentConfig, check_config
+from vae_jax.distributed import is_primary, on_primary
 from vae_jax.loop import FitResult, fit
 from vae_jax.models import VAE, decoder_mean, reconstruct
 from vae_jax.optim import check_schedule, make_optimizer
@@ -67,7 +69,10 @@ def make_epoch_pictures(
         return samples, recon, by_class
 
     def hook(epoch: int, state: TrainState) -> None:
+        # (every process computes them: the parameters may span several processes' devices)
         samples, recon, by_class = jax.device_get(pictures(state.params))
+        if not is_primary():
+            return
         visualize.save_image_grid(
             images_dir / f"samples_epoch{epoch:03d}.png",
             samples,
@@ -120,13 +125,28 @@ def run_experiment(
       CheckpointError, NonFiniteError, DataUnavailableError, OSError: see `fit`.
     """
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
-    with workdir_lock(writable_dir(workdir)):
-        config, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
+    # With several processes (`vae_jax.distributed`), process 0 owns the work directory
+    # and prepares the data first (a first MNIST run writes its TFDS copy); the others then
+    # read the data, and all of them train.
+    primary = is_primary()
+    path = Path(workdir)
+    with workdir_lock(writable_dir(workdir)) if primary else contextlib.nullcontext():
+
+        def load() -> tuple[ExperimentConfig, Split, Split | None]:
+            return prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
+
+        loaded = on_primary(load, "prepare the data")
+        config, train, test = loaded if loaded is not None else load()
         options = config.fit_options(**run)  # (with the event shape that the data gave)
         check_config(config)  # the model, for the data's event shape, before anything is written
         n_steps_epoch = steps_per_epoch(len(train.image), config.train.batch_size)
         check_schedule(config.train, n_steps_epoch)
-        path = claim(workdir, config, resume=resume, overwrite=overwrite)
+        claimed = config
+
+        def claim_workdir() -> Path:
+            return claim(workdir, claimed, resume=resume, overwrite=overwrite)
+
+        on_primary(claim_workdir, "claim the work directory")
         model = config.model.build(config.data.image_shape)
         shown = test if test is not None else train
         pictures = None
@@ -141,7 +161,8 @@ def run_experiment(
         def on_epoch_end(epoch: int, state: TrainState, records: list[dict[str, Any]]) -> None:
             if pictures is not None:
                 pictures(epoch, state)
-            write_metrics(path, records)
+            if primary:
+                write_metrics(path, records)
 
         result = fit(
             config.objective.build(model),
@@ -158,6 +179,8 @@ def run_experiment(
             progress=progress,
             log=log,
         )
+        if not primary:
+            return result
         write_metrics(path, result.records)
         if result.records:
             visualize.save_training_curves(

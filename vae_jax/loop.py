@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from vae_jax.arrays import Split, check_split, to_float_np
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.config import ExperimentConfig
+from vae_jax.distributed import any_process, on_primary
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.options import FitOptions
 from vae_jax.train import (
@@ -222,7 +223,8 @@ def fit(
     signals: list[int] = []  # the preemption signals received (`_catch_preemption`)
     stack = contextlib.ExitStack()
     if workdir is not None:
-        claim(workdir, record if record is not None else run_record, resume=resume)
+        owner = record if record is not None else run_record
+        on_primary(lambda: claim(workdir, owner, resume=resume), "claim the work directory")
         checkpointer = Checkpointer(workdir, max_to_keep=opts.keep_checkpoints)
     try:
         stack.enter_context(_catch_preemption(signals))
@@ -293,7 +295,7 @@ def fit(
             return "no checkpoint had been written yet"
 
         def preempted(where: str) -> Preempted:
-            name = signal.Signals(signals[0]).name
+            name = signal.Signals(signals[0]).name if signals else "a signal to another process"
             if checkpointer is None:
                 saved = "no work directory, so nothing was saved"
             else:
@@ -352,7 +354,8 @@ def fit(
                     and step - last_saved >= opts.checkpoint_every_steps
                 ):
                     save(epoch, step)
-                if signals and step % n_steps_epoch:  # (at an epoch's end: after its record)
+                stop = any_process(bool(signals))  # (all processes stop at the same call)
+                if stop and step % n_steps_epoch:  # (at an epoch's end: after its record)
                     save(epoch, step)
                     bar.close()
                     raise preempted(f"at step {step} (epoch {epoch + 1})")
@@ -380,9 +383,10 @@ def fit(
             log(_format_record(summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, state, records)
-            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps or signals:
+            stop = any_process(bool(signals))
+            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps or stop:
                 save(epoch + 1, step)
-            if signals and step < total_steps:
+            if stop and step < total_steps:
                 raise preempted(f"after epoch {epoch + 1} (step {step})")
         return FitResult(model, objective, state, records)
     finally:

@@ -84,6 +84,11 @@ def make_keys(seed: int) -> Keys:
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D mesh with axis "data" over the first `num_devices` devices (0 = all)."""
     devices = jax.devices()
+    if num_devices and jax.process_count() > 1:
+        raise ValueError(
+            f"num_devices ({num_devices}) applies to one process; with "
+            f"{jax.process_count()} processes every device of every process is used (0)"
+        )
     if num_devices > len(devices):
         raise ValueError(f"asked for {num_devices} devices, only {len(devices)} are available")
     devices = devices[: num_devices or len(devices)]
