@@ -9,7 +9,7 @@ from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveC
 from vae_jax.estimator import VAEEstimator
 from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
 from vae_jax.experiment import run_experiment
-from vae_jax.loop import FitResult, fit
+from vae_jax.loop import FitResult, Preempted, fit
 from vae_jax.mnist import DataUnavailableError, load_mnist, prepare_mnist
 from vae_jax.models import (
     LIKELIHOODS,
@@ -57,6 +57,7 @@ __all__ = [
     "NonFiniteError",
     "Objective",
     "ObjectiveConfig",
+    "Preempted",
     "Split",
     "TrainConfig",
     "TrainState",
