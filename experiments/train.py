@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
     from vae_jax.experiment import run_experiment
     from vae_jax.loop import Preempted
     from vae_jax.mnist import DataUnavailableError
-    from vae_jax.train import NonFiniteError
+    from vae_jax.train import DivergenceError
     from vae_jax.workdir import WorkdirError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
         fail(parser.prog, _one_line(error), 2)
     except CheckpointError as error:
         fail(parser.prog, f"{_one_line(error)}; once fixed, {resume_hint}", 1)
-    except NonFiniteError as error:
+    except DivergenceError as error:  # (NonFiniteError is one)
         fail(parser.prog, _one_line(error), 1)
     except DataUnavailableError as error:  # several lines: each source tried, and the fixes
         fail(parser.prog, str(error), 1)

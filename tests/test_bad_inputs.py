@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -21,18 +22,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments import mnist
 from tests.cli_runner import run_cli
 from tests.fit_config import fit_config
 from tests.idx_files import write_idx_files
-from vae_jax import load_checkpoint, make_elbo
+from vae_jax import VAE, DivergenceError, FitOptions, fit, load_checkpoint, make_elbo
 from vae_jax import mnist as data
 from vae_jax.cli import build_parser, config_from_args
 from vae_jax.config import ModelConfig
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, init_params
 from vae_jax.objectives import gaussian_kl
+from vae_jax.train import epoch_order
 from vae_jax.workdir import write_config
 
 N_TRAIN, N_TEST = 64, 32
@@ -519,6 +522,45 @@ def test_skip_nonfinite_counts_skips_and_stops_when_an_epoch_is_all_skipped(tiny
     (record,) = [json.loads(line) for line in lines]
     assert record["epoch"] == 1 and record["skipped_updates"] == 3  # updates 2, 3 and 4
     assert load_checkpoint(workdir).step == 4
+
+
+def test_a_diverging_run_stops_naming_the_step(tiny, tmp_path, capsys):
+    """A learning rate of 1e3: finite but exploding losses (before: exit 0 with a train loss
+    of 3.9e16); stopped by the divergence bound with one line and status 1."""
+    flags = ("--learning_rate", "1e3", "--steps_per_call", "1")
+    status, err = _cli(_base_argv(tiny, tmp_path / "run", *flags), capsys)
+    assert status == 1 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"the loss exploded at step \d+ \(epoch 1, update \d+ of 4\): \S+ nats", err)
+    assert "above the divergence bound" in err and "no checkpoint had been written yet" in err
+
+
+def _outlier_run(tmp_path, skip_nonfinite):
+    """Gaussian vectors with one outlier (1e5 in every dimension) in epoch 1's third batch."""
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    index, _ = epoch_order(64, 16, seed=0, epoch=0)
+    x[index[2, 0]] = 1e5  # (epoch 2's order differs: it is met again there)
+    model = VAE(image_shape=(4,), hidden=(8,), z_dim=2, likelihood="gaussian")
+    options = FitOptions(epochs=2, batch_size=16, steps_per_call=1, skip_nonfinite=skip_nonfinite)
+    return fit(
+        make_elbo(model),
+        optax.adam(1e-3),
+        x,
+        options=options,
+        workdir=tmp_path / f"skip{skip_nonfinite}",
+        progress=False,
+        log=lambda _: None,
+    )
+
+
+def test_an_outlier_batch_stops_the_run_or_is_skipped(tmp_path):
+    """A batch whose loss is far above the divergence bound stops the run before its update
+    is kept as the last good state; with skip_nonfinite its update is skipped and counted."""
+    with pytest.raises(DivergenceError, match=r"the loss exploded at step 2 \(epoch 1, update 3"):
+        _outlier_run(tmp_path, skip_nonfinite=False)
+    result = _outlier_run(tmp_path, skip_nonfinite=True)
+    assert [r["skipped_updates"] for r in result.records] == [1, 2]
+    assert all(r["train_loss"] < 100 for r in result.records)  # the outlier left out
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(result.state.params))
 
 
 def test_logvar_clip_keeps_kl_and_elbo_finite_where_exp_would_overflow():

@@ -35,7 +35,14 @@ from vae_jax.optim import make_optimizer, make_schedule
 from vae_jax.options import FitOptions
 from vae_jax.recipes import RECIPES
 from vae_jax.sources import Dataset, load_dataset
-from vae_jax.train import NonFiniteError, TrainState, make_evaluate, make_mesh, make_train_call
+from vae_jax.train import (
+    DivergenceError,
+    NonFiniteError,
+    TrainState,
+    make_evaluate,
+    make_mesh,
+    make_train_call,
+)
 
 __all__ = [
     "LIKELIHOODS",
@@ -46,6 +53,7 @@ __all__ = [
     "DataConfig",
     "DataUnavailableError",
     "DecoderOutput",
+    "DivergenceError",
     "Dataset",
     "ElboTerms",
     "ExperimentConfig",

@@ -413,7 +413,8 @@ def build_parser(prog: str = "python -m experiments.train") -> argparse.Argument
         action="store_true",
         default=False,
         help="skip (and count, as skipped_updates in metrics.jsonl) updates whose loss or "
-        "gradient is NaN/inf instead of stopping; stops anyway if a whole epoch is skipped",
+        "gradient is NaN/inf, or whose loss explodes (above the first loss plus 1000 times its "
+        "size), instead of stopping; stops anyway if a whole epoch is skipped",
     )
     run.add_argument(
         "--no_progress",

@@ -40,6 +40,7 @@ from vae_jax.distributed import any_process, on_primary
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.options import FitOptions
 from vae_jax.train import (
+    DivergenceError,
     HostBatches,
     NonFiniteError,
     TrainState,
@@ -77,6 +78,15 @@ class Preempted(Exception):
 
 
 PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")
+DIVERGENCE_FACTOR = 1000.0  # `divergence_bound`
+
+
+def divergence_bound(initial_loss: float) -> float:
+    """The loss (nats per example) above which a step has diverged: the run's first loss
+    plus 1000 times its size (at least 1 nat). Healthy runs stay far below it (MNIST starts
+    near 543 and falls to about 100); an exploding one passes it by orders of magnitude
+    (a learning rate of 1e3 reaches 1e16 within an epoch)."""
+    return initial_loss + DIVERGENCE_FACTOR * max(abs(initial_loss), 1.0)
 
 
 class FitResult(NamedTuple):
@@ -215,6 +225,7 @@ def fit(
     keys = make_keys(opts.seed)
     records: list[dict[str, Any]] = []
     partial = dict.fromkeys(PARTIAL_KEYS, 0.0)
+    initial_loss: float | None = None  # the run's first finite loss (`divergence_bound`)
     run_record: dict[str, Any] = (
         record.to_dict() if record is not None else _run_record(objective, opts, event_shape)
     )
@@ -239,6 +250,7 @@ def fit(
                 state, meta, step = restored
                 state = replicate(state, mesh)
                 records, partial = meta["records"], meta["partial"]
+                initial_loss = meta.get("initial_loss")  # (absent in older checkpoints)
                 log(
                     f"resumed from the checkpoint at step {step} (epoch {step / n_steps_epoch:.2f})"
                 )
@@ -268,6 +280,7 @@ def fit(
         if test is not None and not streamed:
             test_data = to_device(test.image, test.label, mesh)
         last_saved = int(state.step)
+        no_bound = np.float32(np.inf)
 
         def save(epoch_done: int, step: int) -> None:
             nonlocal last_saved
@@ -283,6 +296,7 @@ def fit(
                     "records": records,
                     "partial": partial,
                     "config": run_record,
+                    "initial_loss": initial_loss,
                 }
                 checkpointer.save(step, state, meta)
                 last_saved = step
@@ -323,24 +337,47 @@ def fit(
                 streamed_batches = iter(_host_batches(train, index, weight, spans))
             for start, stop in spans:
                 t0 = time.perf_counter()
+                loss_bound = None if initial_loss is None else divergence_bound(initial_loss)
+                in_step = loss_bound is not None  # (else: this call is checked after it ran)
+                max_loss = no_bound if loss_bound is None else np.float32(loss_bound)
                 if streamed:
-                    state, metrics = call(state, next(streamed_batches), keys.train)
+                    state, metrics = call(state, next(streamed_batches), keys.train, max_loss)
                 else:
-                    state, metrics = call(
-                        state, train_data, index[start:stop], weight[start:stop], keys.train
-                    )
+                    batches = (index[start:stop], weight[start:stop])
+                    state, metrics = call(state, train_data, *batches, keys.train, max_loss)
                 metrics = jax.device_get(metrics)
                 partial["seconds"] += time.perf_counter() - t0
-                if not metrics["finite"].all() and not opts.skip_nonfinite:
-                    bad = step + int(np.argmin(metrics["finite"]))
-                    bar.close()
-                    raise NonFiniteError(
-                        f"non-finite loss or gradient at step {bad} (epoch {epoch + 1}, update "
-                        f"{bad - epoch * n_steps_epoch + 1} of {n_steps_epoch}); training stopped "
-                        f"and {kept()}. Lower --learning_rate (in a new --workdir), or rerun "
-                        "with --skip_nonfinite to skip and count such updates"
+                finite, bounded = metrics["finite"], metrics["bounded"]
+                if loss_bound is None and finite.any():  # the run's first loss
+                    initial_loss = float(metrics["loss"][np.argmax(finite)])
+                    loss_bound = divergence_bound(initial_loss)
+                    bounded = metrics["loss"] <= np.float32(loss_bound)
+                # Stop at the first bad update that was applied (none is, with skip_nonfinite,
+                # except an exploded one in the run's first call, which has no bound yet).
+                if not opts.skip_nonfinite:
+                    stops = ~finite | ~bounded
+                else:
+                    stops = finite & ~bounded & (not in_step)
+                if stops.any():
+                    bad = int(np.argmax(stops))
+                    where = (
+                        f"step {step + bad} (epoch {epoch + 1}, update "
+                        f"{step + bad - epoch * n_steps_epoch + 1} of {n_steps_epoch})"
                     )
-                finite = metrics["finite"]
+                    advice = (
+                        f"training stopped and {kept()}. Lower --learning_rate (in a new --workdir)"
+                    )
+                    if not opts.skip_nonfinite:
+                        advice += ", or rerun with --skip_nonfinite to skip and count such updates"
+                    bar.close()
+                    if not finite[bad]:
+                        raise NonFiniteError(f"non-finite loss or gradient at {where}; {advice}")
+                    raise DivergenceError(
+                        f"the loss exploded at {where}: {metrics['loss'][bad]:.4g} nats per "
+                        f"example, above the divergence bound {loss_bound:.4g} (the first loss, "
+                        f"{initial_loss:.4g}, plus 1000 times its size); {advice}"
+                    )
+                finite = finite & bounded  # (with skip_nonfinite: the updates applied)
                 w = metrics["weight"] * finite
                 for name in ("loss", "log_likelihood", "kl"):
                     partial[name] += float(np.sum(np.where(finite, metrics[name], 0.0) * w))

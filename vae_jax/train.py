@@ -39,8 +39,14 @@ from vae_jax.arrays import to_float
 from vae_jax.models import init_params
 from vae_jax.objectives import Objective
 
+NO_BOUND = np.float32(np.inf)  # a train call's default max_loss: no divergence bound
 
-class NonFiniteError(FloatingPointError):
+
+class DivergenceError(FloatingPointError):
+    """Training diverged: a loss far above the divergence bound, or not finite."""
+
+
+class NonFiniteError(DivergenceError):
     """The loss or a gradient became NaN or infinite."""
 
 
@@ -281,22 +287,23 @@ def make_train_call(
     skip_nonfinite: bool = False,
     event_shape: tuple[int, ...] | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """Build ``call(state, data, index, weight, train_key) -> (state, metrics)``.
+    """Build ``call(state, data, index, weight, train_key, max_loss) -> (state, metrics)``.
 
     With `event_shape` (data streamed from the host), the call is instead
-    ``call(state, batches, train_key)`` with `HostBatches` gathered by `gather_batches`:
-    the same steps on the same examples, the batches sent with the call.
+    ``call(state, batches, train_key, max_loss)`` with `HostBatches` gathered by
+    `gather_batches`: the same steps on the same examples, the batches sent with the call.
 
     The compiled call runs ``index.shape[0]`` train steps as one `lax.scan`, with `state`
     donated (a conv VAE on CPU: a host loop of compiled, donated steps; see `_host_loop`).
     Step s uses batch ``data[index[s]]`` with example weights ``weight[s]`` and key
     ``fold_in(train_key, state.step)``. The loss is minus the objective (batch-weighted mean,
     nats per example); its gradient updates the parameters through `tx`. A step whose loss
-    or gradient is not finite leaves the state unchanged when `skip_nonfinite`, else it is
-    applied and the caller must stop (metrics["finite"] says where).
+    or gradient is not finite, or whose loss is above `max_loss` (a float32 scalar, default
+    `NO_BOUND`: the divergence bound), leaves the state unchanged when `skip_nonfinite`,
+    else it is applied and the caller must stop (metrics["finite"] and ["bounded"] say where).
 
     Returns metrics of shape [steps]: loss, log_likelihood, kl, weight (the batch's total
-    example weight) and finite.
+    example weight), finite and bounded.
     """
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     beta = objective.beta
@@ -307,6 +314,7 @@ def make_train_call(
         label: jax.Array,
         weight: jax.Array,
         train_key: jax.Array,
+        max_loss: jax.Array,
         event_shape: tuple[int, ...],
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(train_key, state.step)
@@ -327,25 +335,33 @@ def make_train_call(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & all_finite(grads)
+        bounded = loss <= max_loss
         new = TrainState(state.step + 1, params, opt_state, state.skipped)
         if skip_nonfinite:
             keep = TrainState(state.step + 1, state.params, state.opt_state, state.skipped + 1)
-            new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, keep)
+            new = jax.tree.map(lambda a, b: jnp.where(finite & bounded, a, b), new, keep)
         metrics = {
             "loss": loss,
             "log_likelihood": terms.log_likelihood,
             "kl": terms.kl,
             "weight": jnp.sum(weight),
             "finite": finite,
+            "bounded": bounded,
         }
         return new, metrics
 
     def train_step(
-        state: TrainState, data: DeviceData, index: jax.Array, weight: jax.Array, train_key
+        state: TrainState,
+        data: DeviceData,
+        index: jax.Array,
+        weight: jax.Array,
+        train_key: jax.Array,
+        max_loss: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         rows = data.image.reshape(data.image.shape[0], -1)[index]
         event_shape = data.image.shape[1:]
-        return step_on_rows(state, rows, data.label[index], weight, train_key, event_shape)
+        label = data.label[index]
+        return step_on_rows(state, rows, label, weight, train_key, max_loss, event_shape)
 
     options = _compiler_options(mesh)
     host_loop = _host_loop(objective.model, mesh)
@@ -354,21 +370,22 @@ def make_train_call(
         if host_loop:
             step_jit = jax.jit(stream_step, donate_argnums=0, compiler_options=options)
 
-            def host_stream_call(state: TrainState, batches: HostBatches, train_key):
+            def host_stream_call(
+                state: TrainState, batches: HostBatches, train_key, max_loss=NO_BOUND
+            ):
                 metrics = []
                 for s in range(len(batches.rows)):
-                    state, m = step_jit(
-                        state, batches.rows[s], batches.label[s], batches.weight[s], train_key
-                    )
+                    row, label, weight = batches.rows[s], batches.label[s], batches.weight[s]
+                    state, m = step_jit(state, row, label, weight, train_key, max_loss)
                     metrics.append(m)
                 return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
             return host_stream_call
 
-        def stream_call(state: TrainState, batches: HostBatches, train_key):
+        def stream_call(state: TrainState, batches: HostBatches, train_key, max_loss=NO_BOUND):
             def body(state: TrainState, xs: Any):
                 rows, label, weight = xs
-                return stream_step(state, rows, label, weight, train_key)
+                return stream_step(state, rows, label, weight, train_key, max_loss)
 
             return jax.lax.scan(body, state, tuple(batches))
 
@@ -377,18 +394,20 @@ def make_train_call(
     if host_loop:
         one_step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
 
-        def host_call(state: TrainState, data: DeviceData, index, weight, train_key):
+        def host_call(
+            state: TrainState, data: DeviceData, index, weight, train_key, max_loss=NO_BOUND
+        ):
             metrics = []
             for s in range(len(index)):  # dispatched asynchronously: no host sync per step
-                state, m = one_step(state, data, index[s], weight[s], train_key)
+                state, m = one_step(state, data, index[s], weight[s], train_key, max_loss)
                 metrics.append(m)
             return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
         return host_call
 
-    def call(state: TrainState, data: DeviceData, index, weight, train_key):
+    def call(state: TrainState, data: DeviceData, index, weight, train_key, max_loss=NO_BOUND):
         def body(state: TrainState, xs: tuple[jax.Array, jax.Array]):
-            return train_step(state, data, *xs, train_key)
+            return train_step(state, data, *xs, train_key, max_loss)
 
         return jax.lax.scan(body, state, (index, weight))
 
