@@ -393,3 +393,18 @@ def test_no_pyplot_imported(tmp_path):
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_picture_interrupted_while_written_leaves_the_previous_one(tmp_path):
+    """Pictures are written to a temporary name and renamed (before: a run killed while
+    writing left a 0-byte PNG)."""
+    path = vis.save_image_grid(tmp_path / "grid.png", np.zeros((4, 3, 3, 1)), ncols=2)
+    before = path.read_bytes()
+
+    def dies_half_way(f):
+        f.write(before[:10])
+        raise KeyboardInterrupt  # (what a kill looks like from inside the writer)
+
+    with pytest.raises(KeyboardInterrupt):
+        vis._write_atomically(path, dies_half_way)
+    assert path.read_bytes() == before

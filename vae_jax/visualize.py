@@ -25,7 +25,7 @@ import os
 import pathlib
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from matplotlib import colormaps
@@ -230,10 +230,7 @@ def _write_grid_png(
                 anchor="rd",
             )
 
-    out = pathlib.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG")
-    return out
+    return _write_atomically(path, lambda f: canvas.save(f, format="PNG"))
 
 
 def _row_centres(nrows: int, tile_h: int, padding: int) -> list[float]:
@@ -744,7 +741,16 @@ def save_training_curves(
 
 
 def _save_figure(fig: Figure, path: PathLike) -> pathlib.Path:
+    return _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=_DPI))
+
+
+def _write_atomically(path: PathLike, write: Callable[[BinaryIO], object]) -> pathlib.Path:
+    """`write` the file into a temporary name beside `path`, then rename it: a run killed
+    meanwhile leaves the previous picture (or none), never a truncated one."""
     out = pathlib.Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=_DPI)
+    tmp = out.with_name(f"{out.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, out)
     return out
