@@ -534,6 +534,15 @@ def test_a_diverging_run_stops_naming_the_step(tiny, tmp_path, capsys):
     assert "above the divergence bound" in err and "no checkpoint had been written yet" in err
 
 
+def test_zero_epochs_says_that_nothing_was_trained(tiny, tmp_path, capsys):
+    """(Before: "wrote ... the checkpoints in .../checkpoints/" with none written.)"""
+    workdir = tmp_path / "run"
+    assert mnist.main([str(a) for a in _base_argv(tiny, workdir, "--epochs", "0")]) == 0
+    out = capsys.readouterr().out
+    assert f"nothing was trained (0 epochs): {workdir} holds no checkpoint" in out
+    assert "wrote" not in out and not list((workdir / "checkpoints").glob("[0-9]*"))
+
+
 def _outlier_run(tmp_path, skip_nonfinite):
     """Gaussian vectors with one outlier (1e5 in every dimension) in epoch 1's third batch."""
     x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)

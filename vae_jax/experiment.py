@@ -188,9 +188,14 @@ def run_experiment(
                 result.records,
                 title=f"{result.objective.name} training, {config.data.variant}",
             )
-        log(
-            f"wrote {path}/metrics.jsonl, {path}/images/ and the checkpoints in {path}/checkpoints/"
-        )
+        if int(result.state.step) == 0:
+            log(f"nothing was trained (0 epochs): {path} holds no checkpoint")
+        else:
+            pictures_written = "" if pictures is None else f", {path}/images/"
+            log(
+                f"wrote {path}/metrics.jsonl{pictures_written} and the checkpoints in "
+                f"{path}/checkpoints/"
+            )
         return result
 
 
