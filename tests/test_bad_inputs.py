@@ -534,6 +534,17 @@ def test_a_diverging_run_stops_naming_the_step(tiny, tmp_path, capsys):
     assert "above the divergence bound" in err and "no checkpoint had been written yet" in err
 
 
+def test_tfds_data_dir_that_is_a_file_is_a_bad_input(tmp_path, capsys, monkeypatch):
+    """(Before: exit 1, "Not a directory: .../downloads; the checkpoints are intact".)"""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "file"))
+    status, err = _cli(["--workdir", tmp_path / "run", *BASE], capsys)
+    assert status == 2 and err.strip().endswith(
+        f"TFDS_DATA_DIR='{tmp_path}/file' is not a directory"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_zero_epochs_says_that_nothing_was_trained(tiny, tmp_path, capsys):
     """(Before: "wrote ... the checkpoints in .../checkpoints/" with none written.)"""
     workdir = tmp_path / "run"

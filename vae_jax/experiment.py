@@ -31,6 +31,7 @@ from vae_jax.loop import FitResult, fit
 from vae_jax.models import VAE, decoder_mean, reconstruct
 from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.sources import prepare_data
+from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
 from vae_jax.train import TrainState, steps_per_epoch
 from vae_jax.workdir import claim, workdir_lock, writable_dir, write_metrics
 
@@ -200,8 +201,11 @@ def run_experiment(
 
 
 def check_paths(*, data_dir: str | None, mnist_dir: str | None) -> None:
-    """Raise ValueError unless the data paths given can be used."""
+    """Raise ValueError unless the data paths given (or set in the environment) can be used."""
     if data_dir is not None and (not data_dir or Path(data_dir).expanduser().is_file()):
         raise ValueError(f"data_dir {data_dir!r} is not a directory")
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        if resolve_data_dir(None).is_file():
+            raise ValueError(f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]!r} is not a directory")
     if mnist_dir is not None and not Path(mnist_dir).expanduser().is_dir():
         raise ValueError(f"mnist_dir {mnist_dir!r} is not a directory")
