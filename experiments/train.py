@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
     except ValueError as error:
         fail(parser.prog, str(error), 2)
 
-    from vae_jax.checkpoint import CheckpointError
+    from vae_jax.checkpoint import CheckpointError, NoReadableCheckpointError
     from vae_jax.experiment import run_experiment
     from vae_jax.loop import Preempted
     from vae_jax.mnist import DataUnavailableError
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
         )
     except (WorkdirError, ValueError) as error:
         fail(parser.prog, _one_line(error), 2)
+    except NoReadableCheckpointError as error:  # (resuming cannot help: the message says)
+        fail(parser.prog, _one_line(error), 1)
     except CheckpointError as error:
         fail(parser.prog, f"{_one_line(error)}; once fixed, {resume_hint}", 1)
     except DivergenceError as error:  # (NonFiniteError is one)

@@ -375,6 +375,17 @@ def test_no_readable_checkpoint_is_a_one_line_error(tiny_mnist, reference, tmp_p
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "no readable checkpoint" in err and "Traceback" not in err
+    assert "rerun with --overwrite" in err and "resume" not in err
+    # The same command again is refused (before: it restarted from step 0 silently,
+    # overwriting the metrics and pictures); --overwrite starts afresh.
+    with pytest.raises(SystemExit) as exit_info:
+        mnist.main(_argv(tiny_mnist, workdir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds no readable checkpoint (those of steps [12, 14, 16] could not be read" in err
+    assert _records(workdir) == _records(reference)  # untouched
+    assert mnist.main([*_argv(tiny_mnist, workdir), "--overwrite", "--epochs", "1"]) == 0
+    assert _steps(workdir) == [4, 6, 8]  # a fresh run of 1 epoch
 
 
 def _fail_commit_at(monkeypatch, step, error):

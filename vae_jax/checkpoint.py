@@ -48,6 +48,7 @@ from vae_jax.train import TrainState, init_train_state
 from vae_jax.workdir import (
     CHECKPOINT_SUBDIR,
     CONFIG_FILE,
+    UNREADABLE_SUBDIR,
     WorkdirError,
     atomic_write_text,
     one_line,
@@ -58,12 +59,15 @@ from vae_jax.workdir import (
 log = logging.getLogger("vae_jax.checkpoint")
 
 TRASH_SUBDIR = ".trash"  # pruned checkpoints are renamed here, then deleted
-UNREADABLE_SUBDIR = ".unreadable"  # unreadable checkpoints are moved here, kept for inspection
 FILES_MANIFEST = "vae_jax_files.json"  # in each checkpoint: {path: [size, sha256]}
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says what is intact."""
+
+
+class NoReadableCheckpointError(CheckpointError):
+    """A work directory has checkpoints and none of them can be read."""
 
 
 class Checkpointer:
@@ -197,7 +201,10 @@ class Checkpointer:
                 continue
             return state, meta, candidate
         if steps:
-            raise CheckpointError(f"no readable checkpoint in {self.directory} (tried {steps})")
+            raise NoReadableCheckpointError(
+                f"no readable checkpoint in {self.directory} (tried {steps}; the warnings above "
+                "say why); to start afresh in this work directory, rerun with --overwrite"
+            )
         return None
 
     def close(self) -> None:

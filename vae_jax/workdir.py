@@ -27,6 +27,7 @@ from vae_jax.config import ExperimentConfig, check_config
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
+UNREADABLE_SUBDIR = ".unreadable"  # in CHECKPOINT_SUBDIR: unreadable checkpoints, kept
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -77,8 +78,15 @@ def claim(
     except WorkdirError as error:
         problem = str(error)
     else:
+        set_aside = _checkpoint_steps(path / CHECKPOINT_SUBDIR, UNREADABLE_SUBDIR)
         if existing is None:
             problem = f"{path} has checkpoints but no {CONFIG_FILE}" if steps else ""
+        elif set_aside and not steps:
+            problem = (
+                f"{path} holds no readable checkpoint (those of steps {set_aside} could not be "
+                f"read and are kept in {path / CHECKPOINT_SUBDIR / UNREADABLE_SUBDIR}); starting "
+                "afresh would replace its metrics and pictures"
+            )
         elif _identity(existing) != _identity(config):
             diff = describe_difference(_identity(existing), _identity(config))
             problem = f"{path} holds a run of a different configuration ({diff})"
@@ -143,9 +151,10 @@ def writable_dir(workdir: str | os.PathLike) -> Path:
     return path
 
 
-def _checkpoint_steps(path: Path) -> list[int]:
-    """The complete checkpoints in `path`, by their directory names (nothing is opened)."""
-    directory = path / CHECKPOINT_SUBDIR
+def _checkpoint_steps(path: Path, subdir: str = CHECKPOINT_SUBDIR) -> list[int]:
+    """The complete checkpoints in `path/subdir`, by their directory names (nothing is
+    opened)."""
+    directory = path / subdir
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
