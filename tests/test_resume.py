@@ -366,6 +366,16 @@ def test_training_continues_from_the_previous_checkpoint_and_matches(
     _assert_same_result(workdir, reference)
 
 
+def test_a_resume_may_change_the_evaluation_batch_size(tiny_mnist, reference, tmp_path, capsys):
+    """Only the test ELBO's noise draws depend on it (before: the resume was refused)."""
+    workdir = _copy(reference, tmp_path)
+    assert mnist.main([*_argv(tiny_mnist, workdir), "--eval_batch_size", "32"]) == 0
+    assert "resumed from the checkpoint at step 16" in capsys.readouterr().out
+    expected, got = load_checkpoint(reference), load_checkpoint(workdir)
+    leaves = zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True)
+    assert all(np.array_equal(a, b) for a, b in leaves)  # training is the same
+
+
 def test_no_readable_checkpoint_is_a_one_line_error(tiny_mnist, reference, tmp_path, capsys):
     workdir = _copy(reference, tmp_path)
     for step in ("12", "14", "16"):

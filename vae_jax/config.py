@@ -260,10 +260,11 @@ class ExperimentConfig:
         """What must match for a work directory's checkpoints to be resumed by this config.
 
         Everything except the number of epochs (a run may be extended; not with the cosine
-        schedule, whose length it sets), the checkpoint cadence and the device count.
+        schedule, whose length it sets), the checkpoint cadence, the device count and the
+        evaluation batch size (it changes only the test ELBO's noise draws, not training).
         """
         d = self.to_dict()
-        for key in ("checkpoint_every", "keep_checkpoints", "num_devices"):
+        for key in ("checkpoint_every", "keep_checkpoints", "num_devices", "eval_batch_size"):
             d["train"].pop(key)
         if self.train.schedule != "cosine":
             d["train"].pop("epochs")

@@ -551,6 +551,7 @@ def _run_record(
             "keep_checkpoints",
             "num_devices",
             "placement",
+            "eval_batch_size",
         )
     }
     return {

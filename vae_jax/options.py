@@ -26,7 +26,8 @@ class FitOptions:
         of an epoch is padded with zero-weight examples, so every example counts once.
       seed: every random stream (initialisation, epoch order, reparameterization noise,
         the evaluation key) is a function of it and the step.
-      eval_batch_size: examples per compiled call when evaluating the test split (memory).
+      eval_batch_size: examples per compiled call when evaluating the test split (memory;
+        each batch draws its own noise, so the 1-sample test ELBO changes with it).
       steps_per_call: train steps per compiled call (`vae_jax.train.chunk_size`).
       num_devices: data-parallel devices (0 = all local devices); batch sizes must
         divide over them.
