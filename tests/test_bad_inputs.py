@@ -26,6 +26,7 @@ import optax
 import pytest
 
 from experiments import mnist
+from experiments import train as train_cli
 from tests.cli_runner import run_cli
 from tests.fit_config import fit_config
 from tests.idx_files import write_idx_files
@@ -543,6 +544,16 @@ def test_tfds_data_dir_that_is_a_file_is_a_bad_input(tmp_path, capsys, monkeypat
         f"TFDS_DATA_DIR='{tmp_path}/file' is not a directory"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_larger_than_memory_is_refused_before_anything_is_allocated(tmp_path, capsys):
+    """(Before: --z_dim 100000000 hung while allocating 120 billion parameters.)"""
+    np.savez(tmp_path / "x.npz", x_train=np.zeros((8, 4), np.float32))
+    argv = ["--dataset", tmp_path / "x.npz", "--z_dim", "100000000", "--batch_size", "8"]
+    status, err = run_cli(train_cli.main, [*argv, "--workdir", tmp_path / "run"], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "the model has 120,200,004,004 parameters" in err and "GiB, more than one device's" in err
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_zero_epochs_says_that_nothing_was_trained(tiny, tmp_path, capsys):

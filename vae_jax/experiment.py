@@ -33,7 +33,7 @@ from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.sources import prepare_data
 from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
 from vae_jax.train import TrainState, steps_per_epoch
-from vae_jax.workdir import claim, workdir_lock, writable_dir, write_metrics
+from vae_jax.workdir import workdir_lock, writable_dir, write_metrics
 
 
 def make_epoch_pictures(
@@ -142,12 +142,6 @@ def run_experiment(
         check_config(config)  # the model, for the data's event shape, before anything is written
         n_steps_epoch = steps_per_epoch(len(train.image), config.train.batch_size)
         check_schedule(config.train, n_steps_epoch)
-        claimed = config
-
-        def claim_workdir() -> Path:
-            return claim(workdir, claimed, resume=resume, overwrite=overwrite)
-
-        on_primary(claim_workdir, "claim the work directory")
         model = config.model.build(config.data.image_shape)
         shown = test if test is not None else train
         pictures = None
@@ -173,9 +167,10 @@ def run_experiment(
             None if test is None else test.image,
             None if test is None else test.label,
             options=options,
-            workdir=path,
+            workdir=path,  # (claimed there, once the model is known to fit)
             record=config,
             resume=resume,
+            overwrite=overwrite,
             on_epoch_end=on_epoch_end,
             progress=progress,
             log=log,

@@ -108,6 +108,7 @@ def fit(
     workdir: str | Path | None = None,
     record: ExperimentConfig | None = None,
     resume: bool = True,
+    overwrite: bool = False,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -151,6 +152,8 @@ def fit(
         resuming with another optimizer is refused only when its state's shapes differ.
       resume: continue from the newest readable checkpoint in `workdir`, if any. With
         False, a `workdir` that already holds checkpoints is refused (nothing is deleted).
+      overwrite: where `workdir` would be refused, delete its checkpoints, metrics and
+        pictures and start afresh instead (`vae_jax.workdir.claim`).
       on_epoch_end: called as ``hook(epoch, state, records)`` after each epoch, with all
         the records so far (those restored from a checkpoint included), before that
         epoch's checkpoint is written (so a run killed in between redoes the epoch).
@@ -230,18 +233,23 @@ def fit(
         record.to_dict() if record is not None else _run_record(objective, opts, event_shape)
     )
 
+    example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
+    init = functools.partial(init_train_state, model, tx, example=example)
+    _check_state_fits(jax.eval_shape(init, keys.init), mesh)  # (allocates nothing)
+
     checkpointer = None
     signals: list[int] = []  # the preemption signals received (`_catch_preemption`)
     stack = contextlib.ExitStack()
     if workdir is not None:
         owner = record if record is not None else run_record
-        on_primary(lambda: claim(workdir, owner, resume=resume), "claim the work directory")
+        on_primary(
+            lambda: claim(workdir, owner, resume=resume, overwrite=overwrite),
+            "claim the work directory",
+        )
         checkpointer = Checkpointer(workdir, max_to_keep=opts.keep_checkpoints)
     try:
         stack.enter_context(_catch_preemption(signals))
         # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
-        example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
-        init = functools.partial(init_train_state, model, tx, example=example)
         state = jax.jit(init)(keys.init)
         state = replicate(state, mesh)
         if checkpointer is not None and resume:
@@ -470,16 +478,36 @@ def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:
         raise ValueError("its partial-epoch sums are not numbers")
 
 
-def default_placement(nbytes: int, mesh: Any) -> str:
-    """ "device" when a training set of `nbytes` takes at most a quarter of one device's
-    memory (its ``bytes_limit``, or the machine's RAM for a CPU device), else "host"."""
+def device_memory(mesh: Any) -> int:
+    """Bytes of memory of one device of `mesh`: its ``bytes_limit``, or the machine's RAM
+    for a CPU device (or any backend that does not say)."""
     stats = None
     with contextlib.suppress(Exception):  # not every backend reports memory
         stats = mesh.devices.flat[0].memory_stats()
     limit = (stats or {}).get("bytes_limit")
-    if not limit:
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return "device" if nbytes <= limit // 4 else "host"
+    return int(limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def default_placement(nbytes: int, mesh: Any) -> str:
+    """ "device" when a training set of `nbytes` takes at most a quarter of one device's
+    memory (`device_memory`), else "host"."""
+    return "device" if nbytes <= device_memory(mesh) // 4 else "host"
+
+
+def _check_state_fits(state: Any, mesh: Any) -> None:
+    """Raise ValueError (one line) when the parameters, their gradients and the optimizer
+    state (`state`'s shapes; each replicated on every device) cannot fit in one device's
+    memory, before anything is allocated (a huge --z_dim used to hang the machine)."""
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+    total = params + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))  # + grads
+    memory = device_memory(mesh)
+    if total > memory:
+        count = sum(x.size for x in jax.tree.leaves(state.params))
+        raise ValueError(
+            f"the model has {count:,} parameters: with their gradients and the optimizer state "
+            f"{total / 2**30:,.1f} GiB, more than one device's {memory / 2**30:,.1f} GiB "
+            "(a smaller model: --z_dim, --hidden, --conv_channels)"
+        )
 
 
 def _host_batches(

@@ -8,7 +8,7 @@ A work directory holds:
   images/                     the experiment's pictures
 
 `claim` decides whether a configuration may use a directory (resume, refuse, or with
-``overwrite`` start afresh); `fit` and `run_experiment` both call it. Every file written here
+``overwrite`` start afresh); `fit` calls it (and so `run_experiment`). Every file written here
 is written atomically (`atomic_write_text`).
 """
 
