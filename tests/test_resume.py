@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -470,3 +471,29 @@ def test_fit_refuses_a_fresh_start_over_checkpoints(reference, tmp_path):
     with pytest.raises(WorkdirError, match="holds checkpoints of this configuration .* step 16"):
         fit_config(config, images, labels, workdir=workdir, resume=False, progress=False)
     assert _steps(workdir) == [12, 14, 16]
+
+
+def test_after_a_failed_write_only_closed_event_loop_reports_are_dropped(capsys):
+    """A full disk made Orbax's callbacks report ~150 lines of "RuntimeError: Event loop is
+    closed" tracebacks (unraisable exceptions) before the one-line error; those, and only
+    those, are dropped."""
+    from vae_jax.checkpoint import _closed_event_loop_reports_dropped
+
+    class RaisesWhenCollected:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    reported = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda report: reported.append(str(report.exc_value))
+    try:
+        with _closed_event_loop_reports_dropped():
+            RaisesWhenCollected(RuntimeError("Event loop is closed"))
+            RaisesWhenCollected(RuntimeError("something else"))
+        RaisesWhenCollected(RuntimeError("Event loop is closed"))
+    finally:
+        sys.unraisablehook = previous
+    assert reported == ["something else", "Event loop is closed"]

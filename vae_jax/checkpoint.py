@@ -30,8 +30,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -85,6 +86,7 @@ class Checkpointer:
     ) -> None:
         self.directory = Path(workdir).absolute() / CHECKPOINT_SUBDIR
         self.read_only = read_only
+        self._after_failure = contextlib.ExitStack()
         if read_only:  # (Orbax's own read_only option logs warnings on every use)
             options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
         else:
@@ -125,11 +127,15 @@ class Checkpointer:
             raise CheckpointError(f"{self.directory} was opened read-only")
         meta = {**meta, "digest": state_digest(state, meta)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        quiet = contextlib.ExitStack()
+        quiet.enter_context(_closed_event_loop_reports_dropped())
         try:
             self.manager.save(step, args=args, force=True)
             self.manager.wait_until_finished()
         except Exception as error:  # disk full, permissions, ...: say what is intact
             previous: list[int] = []
+            # (until this checkpointer is closed: the failed write's callbacks report late)
+            self._after_failure.enter_context(quiet.pop_all())
             with contextlib.suppress(Exception):
                 self.manager.wait_until_finished()
             with contextlib.suppress(Exception):
@@ -143,6 +149,8 @@ class Checkpointer:
                 f"could not write the checkpoint at step {step} in {self.directory} "
                 f"({type(error).__name__}: {one_line(error)}); {kept}"
             ) from error
+        finally:
+            quiet.close()
         if self.owner:
             try:
                 _write_manifest(self.directory / str(step))
@@ -208,7 +216,11 @@ class Checkpointer:
         return None
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+            gc.collect()  # (reports of a failed write come now, while they are dropped)
+        finally:
+            self._after_failure.close()
 
     def _set_aside(self, step: int) -> str:
         """Move an unreadable checkpoint out of the way (renamed, not deleted)."""
@@ -225,6 +237,28 @@ class Checkpointer:
 
     def _empty_trash(self) -> None:
         shutil.rmtree(self.directory / TRASH_SUBDIR, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _closed_event_loop_reports_dropped() -> Iterator[None]:
+    """After a failed Orbax write, tensorstore's callbacks report, as unraisable exceptions,
+    "RuntimeError: Event loop is closed" into an asyncio loop that is gone: ~150 lines of
+    tracebacks before the one line that says what failed (a full disk, measured). Those
+    reports, and only those, are dropped while this is active."""
+    previous = sys.unraisablehook
+
+    def hook(report: Any) -> None:
+        if not (
+            isinstance(report.exc_value, RuntimeError)
+            and str(report.exc_value) == "Event loop is closed"
+        ):
+            previous(report)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _abstract_here(x: Any) -> jax.ShapeDtypeStruct:
