@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -112,6 +113,18 @@ def _tiny_tfds_builder(data_dir):
     builder = TinyColours(data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare()
     return builder
+
+
+def test_a_damaged_tfds_dataset_is_one_line_saying_how_to_rebuild_it(tmp_path, capsys):
+    builder = _tiny_tfds_builder(tmp_path / "tfds")
+    shard = next(Path(builder.data_dir).glob("*-train.array_record*"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    argv = ["--dataset", builder.name, "--data_dir", tmp_path / "tfds"]
+    capsys.readouterr()  # (the builder's progress bars)
+    status, err = _cli([*argv, "--workdir", tmp_path / "run", *SMALL], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"the prepared copy of TFDS dataset '{builder.name}' in" in err
+    assert "it is damaged; delete" in err and "tfds build tiny_colours" in err
 
 
 def test_a_tfds_dataset_prepared_as_array_record_trains_from_the_cli_by_name(tmp_path, capsys):

@@ -175,6 +175,40 @@ def test_unreadable_prepared_copy_is_left_alone(tmp_path, tiny_prepared, tiny_id
     assert len(data.load_mnist(tiny_prepared, **_offline())["train"].label) == N_TRAIN
 
 
+def _damage_shard(data_dir: Path, how: str) -> None:
+    shard = next((data_dir / "mnist" / "3.0.1").glob("mnist-train.array_record*"))
+    raw = shard.read_bytes()
+    if how == "truncated":
+        shard.write_bytes(raw[: len(raw) // 2])
+    elif how == "a flipped byte":
+        middle = len(raw) // 2
+        shard.write_bytes(raw[:middle] + bytes([raw[middle] ^ 0xFF]) + raw[middle + 1 :])
+    else:  # a missing shard
+        shard.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "a flipped byte", "missing"])
+def test_damaged_prepared_copy_is_set_aside_and_prepared_again(
+    tiny_prepared, tiny_idx_dir, tiny_arrays, caplog, how
+):
+    """(Before: a 41-line traceback, "Corrupted Riegeli", without trying the IDX files.)"""
+    _damage_shard(tiny_prepared, how)
+    with caplog.at_level("WARNING", logger="vae_jax.mnist"):
+        out = data.load_mnist(tiny_prepared, **_offline(mnist_dir=tiny_idx_dir))
+    assert "the prepared MNIST in" in caplog.text and "preparing it again" in caplog.text
+    np.testing.assert_array_equal(out["train"].image, tiny_arrays["train"][0])
+    assert (tiny_prepared / "mnist" / "3.0.1.damaged").is_dir()  # kept, not deleted
+
+
+def test_damaged_prepared_copy_without_another_source_says_so(tiny_prepared):
+    _damage_shard(tiny_prepared, "truncated")
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.load_mnist(tiny_prepared, **_offline())
+    first = str(error.value).splitlines()[0]
+    assert first.startswith(f"The prepared MNIST in {tiny_prepared.absolute()}/mnist/3.0.1")
+    assert "could not be read" in first and "was moved to" in first
+
+
 # ----------------------------------------------------------------------------------------------
 # Invalid IDX files.
 

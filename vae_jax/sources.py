@@ -157,10 +157,19 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     splits = set(builder.info.splits)
     if "train" not in splits:
         raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has {sorted(splits)})")
-    train = read_split(builder, "train", None, image_key=image_key, label_key=label_key)
-    x_test = y_test = None
-    if "test" in splits:
-        x_test, y_test = read_split(builder, "test", None, image_key=image_key, label_key=label_key)
+    try:
+        train = read_split(builder, "train", None, image_key=image_key, label_key=label_key)
+        x_test = y_test = None
+        if "test" in splits:
+            x_test, y_test = read_split(
+                builder, "test", None, image_key=image_key, label_key=label_key
+            )
+    except Exception as error:  # a truncated or altered shard, a missing file, ...
+        raise ValueError(
+            f"the prepared copy of TFDS dataset {name!r} in {root} cannot be read "
+            f"({type(error).__name__}: {one_line(error)[:200]}): it is damaged; delete "
+            f"{root}/{name} and {how}"
+        ) from None
     y_train = train.label if label_key else None
     y_test = y_test if label_key else None
     source = f"TFDS {name} in {root} (x: {image_key!r}, label: {label_key!r})"
