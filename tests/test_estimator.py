@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,12 @@ import pytest
 import sklearn.exceptions
 from sklearn.datasets import load_digits
 
-from vae_jax.estimator import NotFittedError, PosteriorCollapseWarning, VAEEstimator
+from vae_jax.estimator import (
+    NotFittedError,
+    PosteriorCollapseWarning,
+    SavedEstimatorError,
+    VAEEstimator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -242,4 +248,113 @@ def test_importing_vae_jax_without_scikit_learn():
     assert out.stdout.strip() == (
         "ImportError: vae_jax.VAEEstimator needs scikit-learn >= 1.6: "
         "pip install 'vae-jax[sklearn]'"
+    )
+
+
+# ----------------------------------------------------------------------------- damaged saves
+
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory):
+    return fitted.save(tmp_path_factory.mktemp("saved") / "vae")
+
+
+def _largest_params_file(path):
+    return max(
+        (p for p in (path / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+
+
+def _truncate_json(path):
+    meta = path / "estimator.json"
+    meta.write_text(meta.read_text()[:100])
+    return "estimator.json is not valid JSON"
+
+
+def _edit_json(path):  # still valid JSON: a changed value
+    meta = path / "estimator.json"
+    meta.write_text(meta.read_text().replace('"z_dim": 2', '"z_dim": 3'))
+    return "estimator.json is damaged: its content differs from its recorded SHA-256"
+
+
+def _foreign_json(path):
+    (path / "estimator.json").write_text('{"format": "something else"}')
+    return "estimator.json was not written by vae_jax.VAEEstimator.save"
+
+
+def _future_version(path):
+    meta = json.loads((path / "estimator.json").read_text())
+    (path / "estimator.json").write_text(json.dumps({**meta, "version": 99}))
+    return "estimator.json has format version 99"
+
+
+def _flip_byte(path):
+    target = _largest_params_file(path)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+    return f"{target.name} is damaged: its SHA-256 differs"
+
+
+def _truncate_params(path):
+    target = _largest_params_file(path)
+    target.write_bytes(target.read_bytes()[:-7])
+    return f"{target.name} is damaged: .* bytes now"
+
+
+def _remove_params_file(path):
+    target = _largest_params_file(path)
+    target.unlink()
+    return f"{target.name} is missing"
+
+
+def _add_file(path):
+    (path / "params" / "stray.bin").write_bytes(b"x")
+    return "stray.bin was not written by save"
+
+
+def _remove_params_dir(path):
+    shutil.rmtree(path / "params")
+    return "params is missing"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _truncate_json,
+        _edit_json,
+        _foreign_json,
+        _future_version,
+        _flip_byte,
+        _truncate_params,
+        _remove_params_file,
+        _add_file,
+        _remove_params_dir,
+    ],
+)
+def test_a_damaged_save_is_a_one_line_error_naming_the_file(saved, tmp_path, damage):
+    path = shutil.copytree(saved, tmp_path / "copy")
+    message = damage(path)
+    with pytest.raises(SavedEstimatorError, match=message) as error:
+        VAEEstimator.load(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_path):
+    """What the estimator saved before digests (epochs/seed, no files list) loads, and the
+    old names mean what they meant: a fixed number of epochs, that seed."""
+    path = shutil.copytree(saved, tmp_path / "v1")
+    meta = json.loads((path / "estimator.json").read_text())
+    hyper = meta["hyperparameters"]
+    old = {k: hyper[k] for k in ("z_dim", "hidden", "activation", "likelihood", "obs_std")}
+    old.update(epochs=15, batch_size=64, learning_rate=1e-3, seed=0, binarize=False)
+    v1 = {"format": meta["format"], "version": 1, "hyperparameters": {**old, "verbose": False}}
+    v1.update(feature_shape=meta["feature_shape"], history=meta["fitted"]["history_"])
+    (path / "estimator.json").write_text(json.dumps(v1))
+    with pytest.warns(UserWarning, match="version 1 save has no digests"):
+        loaded = VAEEstimator.load(path)
+    assert loaded.max_epochs == 15 and loaded.early_stopping is False and loaded.random_state == 0
+    np.testing.assert_array_equal(
+        loaded.transform(digits[0][:50]), fitted.transform(digits[0][:50])
     )
