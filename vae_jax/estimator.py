@@ -23,11 +23,9 @@ scikit-learn user must know.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import numbers
 import os
-import shutil
 import warnings
 import zlib
 from pathlib import Path
@@ -36,7 +34,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from numpy.typing import ArrayLike
 
 try:
@@ -51,12 +48,11 @@ except ImportError:  # one line, not a chain of two tracebacks
 
 from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE
 from vae_jax.config import MAX_SEED, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from vae_jax.digests import DigestError, check_tree, tree_digests
+from vae_jax.estimator_files import SavedEstimatorError, load_estimator, save_estimator
 from vae_jax.evaluate import make_batch_evaluator
 from vae_jax.loop import fit as fit_loop
-from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode, init_params
+from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
 from vae_jax.models import encode as encode_
-from vae_jax.workdir import one_line, write_json
 
 __all__ = [
     "NotFittedError",
@@ -65,10 +61,6 @@ __all__ = [
     "VAEEstimator",
 ]
 
-_FORMAT = "vae_jax.VAEEstimator"
-_FORMAT_VERSION = 2  # 2: SHA-256 digests of every file; 1 (no digests) still loads
-_META_FILE = "estimator.json"
-_PARAMS_DIR = "params"
 _BATCH = 1024  # rows per compiled call in transform / inverse_transform / sample
 _SCORE_BATCH = 128  # examples per compiled call in score_samples
 _COLLAPSE_KL = 0.01  # nats: a latent whose mean KL is below this carries no information
@@ -77,10 +69,6 @@ _DEPRECATED = "deprecated"
 
 class PosteriorCollapseWarning(UserWarning):
     """Every latent's KL(q(z|x) || p(z)) is near 0: the codes carry no information."""
-
-
-class SavedEstimatorError(ValueError):
-    """A saved estimator's directory is damaged, incomplete or not one at all."""
 
 
 class _StopTraining(Exception):
@@ -296,7 +284,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 )
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
-        model = settings.model.build(rows.shape[1:])
+        model = settings.model.build(_image_shape(self.feature_shape_))
         trained = self._run_fit(settings, rows, x_val)
         self.model_ = model
         self.params_ = trained.params
@@ -569,42 +557,13 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the fitted estimator to the directory `path`: Orbax parameters, and
         ``estimator.json`` with the settings, the fitted attributes and the SHA-256 of
-        every parameter file (checked by `load`).
+        every parameter file and of its own content (`vae_jax.estimator_files`).
 
         Raises:
           FileExistsError: `path` exists and `overwrite` is False.
         """
         check_is_fitted(self)
-        path = Path(path).absolute()
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-        try:
-            checkpointer.save(path / _PARAMS_DIR, args=ocp.args.StandardSave(self.params_))
-        finally:
-            checkpointer.close()
-        meta: dict[str, Any] = {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "hyperparameters": {k: _jsonable(v) for k, v in self.get_params().items()},
-            "feature_shape": list(self.feature_shape_),
-            "fitted": {
-                "seed_": self.seed_,
-                "n_iter_": self.n_iter_,
-                "best_epoch_": self.best_epoch_,
-                "latent_kl_": [float(v) for v in self.latent_kl_],
-                "history_": self.history_,
-            },
-            "files": tree_digests(path / _PARAMS_DIR),
-        }
-        if hasattr(self, "feature_names_in_"):
-            meta["fitted"]["feature_names_in_"] = [str(v) for v in self.feature_names_in_]
-        meta["sha256"] = _meta_digest(meta)
-        write_json(path / _META_FILE, meta)
-        return path
+        return save_estimator(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VAEEstimator:
@@ -615,54 +574,13 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
           SavedEstimatorError (a ValueError): a damaged, truncated, incomplete or foreign
             directory; one line naming the file.
         """
-        path = Path(path).absolute()
-        meta_path = path / _META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{path} holds no {_META_FILE}: not a saved VAEEstimator")
-        meta = _read_meta(meta_path)
-        params_dir = path / _PARAMS_DIR
-        if meta["version"] >= 2:
-            try:
-                check_tree(params_dir, meta["files"])
-            except DigestError as error:
-                raise SavedEstimatorError(str(error)) from None
-        else:
-            warnings.warn(
-                f"{meta_path}: a version 1 save has no digests; its files are not checked "
-                "(save it again to add them)",
-                UserWarning,
-                stacklevel=2,
-            )
-        try:
-            estimator = cls(**_hyperparameters(meta))
-            feature_shape = tuple(int(d) for d in meta["feature_shape"])
-            model = estimator._check_params().model.build(_image_shape(feature_shape))
-            target = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-        except (TypeError, ValueError, KeyError) as error:
-            raise SavedEstimatorError(f"{meta_path}: invalid settings: {one_line(error)}") from None
-        checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-        try:
-            params = checkpointer.restore(params_dir, args=ocp.args.StandardRestore(target))
-        except Exception as error:  # Orbax/tensorstore raise many kinds; name the directory
-            raise SavedEstimatorError(
-                f"{params_dir}: the parameters cannot be read: {one_line(error)[:300]}"
-            ) from None
-        finally:
-            checkpointer.close()
-        estimator.model_ = model
-        estimator.params_ = jax.device_get(params)
-        estimator.feature_shape_ = feature_shape
-        estimator.n_features_in_ = math.prod(feature_shape)
-        fitted = meta.get("fitted", {})
-        if "feature_names_in_" in fitted:
-            estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
-        estimator.history_ = fitted.get("history_", meta.get("history", []))
-        estimator.n_iter_ = fitted.get("n_iter_", len(estimator.history_))
-        estimator.best_epoch_ = fitted.get("best_epoch_", estimator.n_iter_)
-        estimator.seed_ = fitted.get("seed_", estimator._check_params().seed)
-        kl = fitted.get("latent_kl_")
-        estimator.latent_kl_ = np.asarray(kl) if kl is not None else np.full(model.z_dim, np.nan)
+        estimator = load_estimator(cls, path)
+        assert isinstance(estimator, cls)
         return estimator
+
+    def _build_model(self, feature_shape: tuple[int, ...]) -> VAE:
+        """The `VAE` that `fit` trains for examples of `feature_shape` (`load` rebuilds it)."""
+        return self._check_params().model.build(_image_shape(feature_shape))
 
 
 # ----------------------------------------------------------------------------- early stopping
@@ -828,59 +746,3 @@ def _key_from(value: Any, default_seed: int, name: str) -> jax.Array:
             f"{name} must be None, an int in 0..{MAX_SEED}, a numpy RandomState or Generator, "
             f"or a jax.random key, got {value!r}"
         ) from None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, np.random.RandomState | np.random.Generator):
-        return None  # (the seed actually used is saved as seed_)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _meta_digest(meta: dict[str, Any]) -> str:
-    """SHA-256 of ``estimator.json``'s content without its own ``sha256`` entry."""
-    import hashlib
-
-    body = {k: v for k, v in meta.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _read_meta(meta_path: Path) -> dict[str, Any]:
-    """``estimator.json`` parsed and checked (format, version, own digest), or a one-line
-    `SavedEstimatorError` naming it."""
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SavedEstimatorError(
-            f"{meta_path} is not valid JSON (damaged or truncated?): {one_line(error)}"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise SavedEstimatorError(f"{meta_path} was not written by {_FORMAT}.save")
-    version = meta.get("version")
-    if version not in (1, _FORMAT_VERSION):
-        raise SavedEstimatorError(
-            f"{meta_path} has format version {version!r}; this vae_jax reads 1 and "
-            f"{_FORMAT_VERSION}"
-        )
-    if version >= 2:
-        if meta.get("sha256") != _meta_digest(meta):
-            raise SavedEstimatorError(
-                f"{meta_path} is damaged: its content differs from its recorded SHA-256"
-            )
-        if not isinstance(meta.get("files"), dict):
-            raise SavedEstimatorError(f"{meta_path} lists no parameter files")
-    return meta
-
-
-def _hyperparameters(meta: dict[str, Any]) -> dict[str, Any]:
-    """The constructor arguments of a saved estimator (version 1 names mapped)."""
-    hyper = dict(meta["hyperparameters"])
-    hyper["hidden"] = tuple(hyper["hidden"])
-    if meta["version"] == 1:  # epochs and seed meant what max_epochs and random_state mean
-        hyper["max_epochs"] = hyper.pop("epochs")
-        hyper["early_stopping"] = False
-        hyper["random_state"] = hyper.pop("seed")
-    return hyper
