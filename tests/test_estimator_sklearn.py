@@ -79,22 +79,23 @@ def test_grid_search_over_a_scaled_pipeline_gives_finite_scores(cancer):
 
 def test_bernoulli_in_a_pipeline_with_minmax_scaling(cancer):
     """MinMaxScaler's round-off (1.0000000000000002) is accepted; held-out folds that leave
-    [0, 1] are clipped by MinMaxScaler(clip=True), so every fold gets a finite score."""
+    [0, 1] are clipped by MinMaxScaler(clip=True), so every fold gets a finite score, and
+    without clip=True the held-out half is refused with a message that says so."""
     x, _ = cancer
-    scaled = MinMaxScaler().fit_transform(x)
-    scaled[0, 0] = 1.0 + 2.2e-16  # the round-off MinMaxScaler produced in the issue
-    assert scaled.max() > 1.0
     # (10 epochs: after 3, the Bernoulli model's latents are still near the prior, KL ~0.01,
     # and fit rightly warns of posterior collapse; after 10 their KLs are ~0.05 nats.)
     small = {**SMALL, "likelihood": "bernoulli", "max_epochs": 10}
-    VAEEstimator(**small).fit(scaled)
-    pipe = make_pipeline(MinMaxScaler(clip=True), VAEEstimator(**small))
-    scores = cross_val_score(pipe, x, cv=2)
+    scores = cross_val_score(make_pipeline(MinMaxScaler(clip=True), VAEEstimator(**small)), x, cv=2)
     assert np.all(np.isfinite(scores)) and np.all(scores < 0)
-    # Without clip=True the held-out fold leaves [0, 1]: the message says what to do.
-    fitted = make_pipeline(MinMaxScaler(), VAEEstimator(**small)).fit(x[::2])
+    scaler = MinMaxScaler().fit(x[::2])
+    half = scaler.transform(x[::2])
+    half[0, 0] = 1.0 + 2.2e-16  # the round-off MinMaxScaler produced in the issue
+    assert half.max() > 1.0
+    vae = VAEEstimator(**small).fit(half)  # (the shape of a fold above: no new compilation)
+    held_out = scaler.transform(x[1::2])
+    assert held_out.min() < 0.0 or held_out.max() > 1.0
     with pytest.raises(ValueError, match=r"MinMaxScaler\(clip=True\)"):
-        fitted.score(x[1::2])
+        vae.score(held_out)
 
 
 def test_dataframe_feature_names_and_pandas_output(cancer):
