@@ -268,7 +268,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         del y
         settings = self._check_params()
-        x = self._validate(X, reset=True, unit_interval=self._needs_unit_interval())
+        # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
+        x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
         self.feature_shape_ = tuple(int(d) for d in x.shape[1:])
         self.n_features_in_ = math.prod(self.feature_shape_)
         rows = _model_input(x, self.feature_shape_)
@@ -350,9 +351,6 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             return stopper.trained()
         records = result.records
         return _Trained(jax.device_get(result.state.params), records, len(records))
-
-    def _needs_unit_interval(self) -> bool:
-        return self.likelihood == "bernoulli" or self.binarize is True
 
     # ------------------------------------------------------------------ input checks
 
