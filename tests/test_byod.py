@@ -3,6 +3,7 @@ TFDS datasets by name, any optax transformation, and a module of your own."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -80,10 +81,8 @@ def test_uint8_rgb_images_from_npz_train_an_mlp_with_colour_grids(tmp_path, caps
 # ------------------------------------------------------------------------------- TFDS
 
 
-def _tiny_tfds_builder(data_dir):
-    """A TFDS dataset defined here and prepared as array_record, without TensorFlow: PNGs
-    written with Pillow, a ClassLabel, an extra text feature; the example feature is not
-    called "image" and the label not "label"."""
+@functools.cache  # (TFDS registers a builder class by its name: define it once)
+def _tiny_colours():
     import tensorflow_datasets as tfds
 
     class TinyColours(tfds.core.GeneratorBasedBuilder):
@@ -110,7 +109,14 @@ def _tiny_tfds_builder(data_dir):
                 Image.fromarray(pixels).save(buffer, format="PNG")
                 yield i, {"picture": buffer.getvalue(), "kind": i % 3, "note": "x"}
 
-    builder = TinyColours(data_dir=str(data_dir), file_format="array_record")
+    return TinyColours
+
+
+def _tiny_tfds_builder(data_dir):
+    """A TFDS dataset defined here and prepared as array_record, without TensorFlow: PNGs
+    written with Pillow, a ClassLabel, an extra text feature; the example feature is not
+    called "image" and the label not "label"."""
+    builder = _tiny_colours()(data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare()
     return builder
 

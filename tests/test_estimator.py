@@ -2,39 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+import sklearn.exceptions
 from sklearn.datasets import load_digits
 
-from vae_jax.estimator import NotFittedError, VAEEstimator
+from vae_jax.estimator import (
+    NotFittedError,
+    PosteriorCollapseWarning,
+    SavedEstimatorError,
+    VAEEstimator,
+)
 
 
 @pytest.fixture(scope="module")
 def digits():
     data = load_digits()
-    return data.images / 16.0, data.target  # [1797, 8, 8] in [0, 1], labels
+    return data.images / 16.0, data.target  # [1797, 8, 8] float64 in [0, 1], labels
 
 
 @pytest.fixture(scope="module")
 def fitted(digits):
     x, _ = digits
-    return VAEEstimator(z_dim=2, hidden=(64,), epochs=15, batch_size=64, seed=0).fit(x)
+    vae = VAEEstimator(z_dim=2, hidden=(64,), max_epochs=15, early_stopping=False, random_state=0)
+    return vae.fit(x)
 
 
 def test_fit_learns(fitted):
     losses = [r["train_loss"] for r in fitted.history_]
-    assert len(losses) == 15 and losses[-1] < 0.8 * losses[0]
+    assert len(losses) == 15 == fitted.n_iter_ == fitted.best_epoch_
+    assert losses[-1] < 0.8 * losses[0]
     assert fitted.feature_shape_ == (8, 8) and fitted.n_features_in_ == 64
-    assert "8, 8" in fitted.history_[0]["data"]
+    assert "8x8" in fitted.history_[0]["data"] and fitted.seed_ == 0
+    assert fitted.latent_kl_.shape == (2,) and np.all(fitted.latent_kl_ > 0.1)  # not collapsed
 
 
 def test_transform_generate_reconstruct(fitted, digits):
     x, labels = digits
     z = fitted.transform(x)
-    assert z.shape == (1797, 2) and z.dtype == np.float32 and np.all(np.isfinite(z))
+    assert z.shape == (1797, 2) and np.all(np.isfinite(z))
+    # float64 in, float64 out (computed in float32); float32 in, float32 out, same values.
+    assert z.dtype == np.float64
+    z32 = fitted.transform(x.astype(np.float32))
+    assert z32.dtype == np.float32
+    np.testing.assert_array_equal(z32, z.astype(np.float32))
     # The codes carry label information: class means are spread out relative to the codes.
     centres = np.stack([z[labels == k].mean(axis=0) for k in range(10)])
     assert centres.std(axis=0).sum() > 0.2 * z.std(axis=0).sum()
@@ -47,13 +65,37 @@ def test_transform_generate_reconstruct(fitted, digits):
     assert mean_error < np.mean(np.abs(x[:100] - x.mean(axis=0)[None]))  # beats the mean image
 
 
-def test_score_elbo_and_importance_sampling(fitted, digits):
+def test_inverse_transform_and_sample(fitted, digits):
     x, _ = digits
-    elbo = fitted.score(x[:300])
-    log_px = fitted.score(x[:300], num_samples=500, key=0)
-    assert np.isfinite(elbo) and np.isfinite(log_px)
-    assert log_px >= elbo  # IS estimate >= ELBO (both nats per example)
-    assert fitted.score(x[:300], key=3) == fitted.score(x[:300], key=3)
+    z = fitted.transform(x[:50])
+    np.testing.assert_allclose(fitted.inverse_transform(z), fitted.reconstruct(x[:50]), atol=1e-6)
+    means = fitted.sample(200, random_state=3, mean=True)
+    draws = fitted.sample(200, random_state=3)  # true samples of p(x|z): 0/1 for Bernoulli
+    assert means.shape == draws.shape == (200, 8, 8)
+    assert set(np.unique(draws)) <= {0.0, 1.0} and 0.0 < means.min() and means.max() < 1.0
+    # The draws are Bernoulli(means) at the same z: their average follows the means.
+    assert abs(draws.mean() - means.mean()) < 0.02
+    np.testing.assert_array_equal(
+        fitted.sample(3, random_state=7), fitted.sample(3, random_state=7)
+    )
+    np.testing.assert_array_equal(fitted.generate(3), fitted.sample(3, mean=True))  # seed_ default
+    names = fitted.get_feature_names_out()
+    assert list(names) == ["vaeestimator0", "vaeestimator1"]
+    with pytest.raises(ValueError, match="z_dim = 2 columns"):
+        fitted.inverse_transform(np.zeros((3, 5)))
+
+
+def test_score_samples_elbo_and_importance_sampling(fitted, digits):
+    x, _ = digits
+    elbo = fitted.score_samples(x[:256], num_samples=1)
+    log_px = fitted.score_samples(x[:256], key=0)  # k = 100 importance samples
+    assert elbo.shape == log_px.shape == (256,) and log_px.dtype == np.float64
+    assert np.all(np.isfinite(elbo)) and np.all(np.isfinite(log_px))
+    assert log_px.mean() >= elbo.mean()  # IS estimate >= ELBO (both nats per example)
+    assert fitted.score(x[:256], key=0) == pytest.approx(log_px.mean())
+    # An example's estimate depends on its values and the key only (not its neighbours).
+    np.testing.assert_array_equal(fitted.score_samples(x[5:133], key=0), log_px[5:133])
+    assert fitted.score(x[:256], key=3) != fitted.score(x[:256], key=0)
 
 
 def test_save_and_load(fitted, digits, tmp_path):
@@ -61,11 +103,13 @@ def test_save_and_load(fitted, digits, tmp_path):
     path = fitted.save(tmp_path / "vae")
     meta = json.loads((path / "estimator.json").read_text())
     assert meta["feature_shape"] == [8, 8] and meta["hyperparameters"]["z_dim"] == 2
+    assert meta["version"] == 2 and meta["files"] and len(meta["sha256"]) == 64
     assert not list(path.rglob("*.pkl")) and not list(path.rglob("*.pickle"))
     loaded = VAEEstimator.load(path)
     np.testing.assert_array_equal(loaded.transform(x), fitted.transform(x))
     np.testing.assert_array_equal(loaded.generate(3, key=2), fitted.generate(3, key=2))
     assert loaded.get_params() == fitted.get_params()
+    assert loaded.history_ == fitted.history_ and loaded.seed_ == fitted.seed_
     with pytest.raises(FileExistsError, match="overwrite"):
         fitted.save(path)
     fitted.save(path, overwrite=True)
@@ -73,10 +117,16 @@ def test_save_and_load(fitted, digits, tmp_path):
         VAEEstimator.load(tmp_path)
 
 
-def test_vectors(digits):
+def test_vectors_and_deprecated_epochs_and_seed(digits):
     x, _ = digits
     vectors = x.reshape(len(x), 64)[:256]
-    vae = VAEEstimator(z_dim=3, hidden=(32,), epochs=2, binarize=True).fit(vectors)
+    with pytest.warns(FutureWarning) as record:
+        vae = VAEEstimator(z_dim=3, hidden=(32,), epochs=2, seed=5, binarize=True).fit(vectors)
+    assert {str(w.message).split(":")[0] for w in record} == {
+        "VAEEstimator(epochs=...) is deprecated",
+        "VAEEstimator(seed=...) is deprecated",
+    }
+    assert vae.n_iter_ == 2 and vae.seed_ == 5  # epochs=2: exactly 2, no early stopping
     assert vae.transform(vectors).shape == (256, 3)
     assert vae.reconstruct(vectors[:4]).shape == (4, 64)
     assert vae.generate(2, key=0).shape == (2, 64)
@@ -88,35 +138,223 @@ def test_input_validation(fitted, digits):
     x, _ = digits
     with pytest.raises(NotFittedError, match="not fitted"):
         VAEEstimator().transform(x)
+    assert NotFittedError is sklearn.exceptions.NotFittedError
     with pytest.raises(NotFittedError):
         VAEEstimator().generate(3)
-    with pytest.raises(ValueError, match="shape"):
-        VAEEstimator().fit(x[0, 0])  # 1-D
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="1-D data of shape"):
+        VAEEstimator().fit(x[0, 0])
+    with pytest.raises(ValueError, match="0 sample"):
         VAEEstimator().fit(x[:0])
     bad = x[:10].copy()
     bad[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match="X contains NaN"):
         VAEEstimator().fit(bad)
     bad[0, 0, 0] = np.inf
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match="X contains infinite values"):
         fitted.transform(bad)
-    with pytest.raises(ValueError, match=r"values in \[0, 16\].*Bernoulli"):
+    with pytest.raises(ValueError, match=r"values in \[0, 16\].*Bernoulli.*clip=True"):
         VAEEstimator().fit(x * 16.0)
-    with pytest.raises(ValueError, match="numeric"):
+    with pytest.raises(ValueError, match=r"values in \[0, 16\]"):
+        fitted.score(x[:5] * 16.0)  # the Bernoulli likelihood is for [0, 1]...
+    assert fitted.transform(x[:5] * 16.0).shape == (5, 2)  # ...the encoder takes any value
+    with pytest.raises(ValueError, match="could not convert string to float"):
         VAEEstimator().fit(np.array([["a", "b"]]))
     with pytest.raises(ValueError, match=r"shape \(8, 7\).*fitted on examples of shape \(8, 8\)"):
         fitted.transform(x[:, :, :7])
     with pytest.raises(ValueError, match=r"shape \(8, 8, 1\)"):
         fitted.transform(x[..., None])  # [N, H, W, C] is a different example shape
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1, got 0"):
         fitted.score(x[:10], num_samples=0)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="key must be None, an int"):
+        fitted.score(x[:10], key="abc")
+    with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
         fitted.generate(0)
-    with pytest.raises(ValueError, match="activation"):
-        VAEEstimator(activation="nope").fit(x[:10])
-    with pytest.raises(ValueError, match="binarize"):
-        VAEEstimator(binarize=True, likelihood="gaussian").fit(x[:10])
-    with pytest.raises(ValueError, match="unknown parameter"):
+    with pytest.raises(ValueError, match="Invalid parameter 'zdim'"):
         VAEEstimator().set_params(zdim=3)
     assert VAEEstimator().set_params(z_dim=7).z_dim == 7
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_epochs": 2.5}, r"max_epochs must be an int >= 1, got 2\.5"),
+        ({"epochs": 0}, "epochs must be an int >= 1, got 0"),
+        ({"hidden": 32}, r"hidden must be a tuple of widths such as \(64,\), got 32"),
+        ({"hidden": (32, 0)}, "each hidden width must be an int >= 1, got 0"),
+        ({"z_dim": True}, "z_dim must be an int >= 1, got True"),
+        ({"random_state": "abc"}, "random_state must be None, an int in 0..4294967295"),
+        ({"seed": None, "random_state": 0}, None),  # seed=None: a fresh seed (deprecated)
+        ({"random_state": -1}, "random_state must be None, an int"),
+        ({"learning_rate": 0}, "learning_rate must be > 0, got 0"),
+        ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\), got 1\.0"),
+        ({"tol": float("nan")}, "tol must be a finite number, got nan"),
+        ({"n_iter_no_change": 0}, "n_iter_no_change must be an int >= 1"),
+        ({"batch_size": "64"}, "batch_size must be an int >= 1, got '64'"),
+        ({"early_stopping": "yes"}, "early_stopping must be True or False, got 'yes'"),
+        ({"activation": "nope"}, "activation must be one of"),
+        ({"likelihood": "poisson"}, "likelihood must be one of"),
+        ({"obs_std": 0.0}, "obs_std must be > 0"),
+        (
+            {"binarize": True, "likelihood": "gaussian"},
+            "binarize=True needs likelihood='bernoulli'",
+        ),
+    ],
+)
+def test_constructor_arguments_are_checked_by_fit_in_one_line(params, message):
+    vae = VAEEstimator(**params)
+    deprecated = "epochs" in params or "seed" in params
+    with pytest.warns(FutureWarning) if deprecated else contextlib.nullcontext():
+        if message is None:
+            assert 0 <= vae._check_params().seed <= 2**32 - 1
+            return
+        with pytest.raises(ValueError, match=message) as error:
+            vae._check_params()  # (what fit runs first, before it looks at X)
+    assert "\n" not in str(error.value)
+
+
+def test_random_state_kinds():
+    assert VAEEstimator(random_state=7)._check_params().seed == 7
+    a = VAEEstimator(random_state=np.random.RandomState(0))._check_params().seed
+    b = VAEEstimator(random_state=np.random.RandomState(0))._check_params().seed
+    assert a == b  # drawn from the generator, so reproducible with it
+    assert VAEEstimator(random_state=np.random.default_rng(1))._check_params().seed >= 0
+    seeds = {VAEEstimator(random_state=None)._check_params().seed for _ in range(3)}
+    assert len(seeds) == 3  # fresh entropy each time
+
+
+def test_posterior_collapse_warns():
+    """A likelihood so broad (std 10 for data of std 1) that encoding X gains nothing: the
+    KL term wins, q(z|x) becomes the prior (120 updates: KLs 0.0009 and 0.007 here), and
+    fit says so. (The digits model above, KLs > 0.1, does not warn: warnings are errors.)"""
+    x = np.random.default_rng(0).normal(size=(64, 3))
+    vae = VAEEstimator(
+        z_dim=2, hidden=(4,), likelihood="gaussian", obs_std=10.0, max_epochs=40,
+        early_stopping=False, batch_size=16, learning_rate=1e-2,
+    )  # fmt: skip
+    with pytest.warns(PosteriorCollapseWarning, match="every latent's mean KL on X is below"):
+        vae.fit(x)
+    assert np.all(vae.latent_kl_ < 0.01)
+
+
+def test_importing_vae_jax_without_scikit_learn():
+    """vae_jax imports without scikit-learn; VAEEstimator then says what to install."""
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "import vae_jax\n"
+        "try:\n    vae_jax.VAEEstimator\n"
+        "except ImportError as e:\n    print('ImportError:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (
+        "ImportError: vae_jax.VAEEstimator needs scikit-learn >= 1.6: "
+        "pip install 'vae-jax[sklearn]'"
+    )
+
+
+# ----------------------------------------------------------------------------- damaged saves
+
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory):
+    return fitted.save(tmp_path_factory.mktemp("saved") / "vae")
+
+
+def _largest_params_file(path):
+    return max(
+        (p for p in (path / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+
+
+def _truncate_json(path):
+    meta = path / "estimator.json"
+    meta.write_text(meta.read_text()[:100])
+    return "estimator.json is not valid JSON"
+
+
+def _edit_json(path):  # still valid JSON: a changed value
+    meta = path / "estimator.json"
+    meta.write_text(meta.read_text().replace('"z_dim": 2', '"z_dim": 3'))
+    return "estimator.json is damaged: its content differs from its recorded SHA-256"
+
+
+def _foreign_json(path):
+    (path / "estimator.json").write_text('{"format": "something else"}')
+    return "estimator.json was not written by vae_jax.VAEEstimator.save"
+
+
+def _future_version(path):
+    meta = json.loads((path / "estimator.json").read_text())
+    (path / "estimator.json").write_text(json.dumps({**meta, "version": 99}))
+    return "estimator.json has format version 99"
+
+
+def _flip_byte(path):
+    target = _largest_params_file(path)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+    return f"{target.name} is damaged: its SHA-256 differs"
+
+
+def _truncate_params(path):
+    target = _largest_params_file(path)
+    target.write_bytes(target.read_bytes()[:-7])
+    return f"{target.name} is damaged: .* bytes now"
+
+
+def _remove_params_file(path):
+    target = _largest_params_file(path)
+    target.unlink()
+    return f"{target.name} is missing"
+
+
+def _add_file(path):
+    (path / "params" / "stray.bin").write_bytes(b"x")
+    return "stray.bin was not written by save"
+
+
+def _remove_params_dir(path):
+    shutil.rmtree(path / "params")
+    return "params is missing"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _truncate_json,
+        _edit_json,
+        _foreign_json,
+        _future_version,
+        _flip_byte,
+        _truncate_params,
+        _remove_params_file,
+        _add_file,
+        _remove_params_dir,
+    ],
+)
+def test_a_damaged_save_is_a_one_line_error_naming_the_file(saved, tmp_path, damage):
+    path = shutil.copytree(saved, tmp_path / "copy")
+    message = damage(path)
+    with pytest.raises(SavedEstimatorError, match=message) as error:
+        VAEEstimator.load(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_path):
+    """What the estimator saved before digests (epochs/seed, no files list) loads, and the
+    old names mean what they meant: a fixed number of epochs, that seed."""
+    path = shutil.copytree(saved, tmp_path / "v1")
+    meta = json.loads((path / "estimator.json").read_text())
+    hyper = meta["hyperparameters"]
+    old = {k: hyper[k] for k in ("z_dim", "hidden", "activation", "likelihood", "obs_std")}
+    old.update(epochs=15, batch_size=64, learning_rate=1e-3, seed=0, binarize=False)
+    v1 = {"format": meta["format"], "version": 1, "hyperparameters": {**old, "verbose": False}}
+    v1.update(feature_shape=meta["feature_shape"], history=meta["fitted"]["history_"])
+    (path / "estimator.json").write_text(json.dumps(v1))
+    with pytest.warns(UserWarning, match="version 1 save has no digests"):
+        loaded = VAEEstimator.load(path)
+    assert loaded.max_epochs == 15 and loaded.early_stopping is False and loaded.random_state == 0
+    np.testing.assert_array_equal(
+        loaded.transform(digits[0][:50]), fitted.transform(digits[0][:50])
+    )

@@ -1,12 +1,14 @@
 """vae_jax: variational autoencoders in JAX/Flax, every number in nats.
 
-The public API; see the README for a tour.
+The public API; see the README for a tour. `VAEEstimator` needs the optional scikit-learn
+(``pip install 'vae-jax[sklearn]'``), so it is imported on first use.
 """
+
+from typing import Any
 
 from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_checkpoint
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
-from vae_jax.estimator import VAEEstimator
 from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
 from vae_jax.experiment import run_experiment
 from vae_jax.loop import FitResult, Preempted, fit
@@ -94,3 +96,11 @@ __all__ = [
     "sample_latent",
     "run_experiment",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VAEEstimator":  # (scikit-learn is optional: a one-line ImportError without it)
+        from vae_jax.estimator import VAEEstimator
+
+        return VAEEstimator
+    raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")

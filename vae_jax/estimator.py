@@ -1,392 +1,747 @@
-"""`VAEEstimator`: a scikit-learn-style VAE for any array of images or vectors.
+"""`VAEEstimator`: a VAE as a scikit-learn transformer, for any array of vectors or images.
 
 For people who want ``fit`` / ``transform`` rather than a training loop::
 
-    from sklearn.datasets import load_digits
-    X = load_digits().images / 16.0                      # [1797, 8, 8] in [0, 1]
-    vae = VAEEstimator(z_dim=2, hidden=(128,), epochs=50).fit(X)
-    codes = vae.transform(X)                             # [1797, 2] posterior means
-    fakes = vae.generate(16, key=0)                      # [16, 8, 8] decoder means
-    print(vae.score(X, num_samples=1000))                # mean IS log-likelihood, nats
-    vae.save("digits_vae"); same = VAEEstimator.load("digits_vae")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    vae = make_pipeline(StandardScaler(), VAEEstimator(likelihood="gaussian_pixel"))
+    codes = vae.fit(X).transform(X)        # [N, z_dim] posterior means
+    vae.score(X)                           # mean log-density estimate, nats per example
 
-Training runs `vae_jax.loop.fit` (the same jitted, scanned step as the MNIST experiments).
-The estimator needs no scikit-learn; it follows its conventions (constructor arguments are
-stored unvalidated and checked by `fit`; fitted attributes end in ``_``; `get_params` /
-`set_params`). Saving writes the parameters with Orbax and the rest as JSON: no pickle.
+It is a scikit-learn estimator (`BaseEstimator`, `TransformerMixin`: pipelines, grid
+search, `clone`, `check_is_fitted`, `set_output`), so it needs scikit-learn
+(``pip install 'vae-jax[sklearn]'``). Training runs `vae_jax.loop.fit` (the same jitted,
+scanned step as the MNIST experiments) from `VAEEstimator._run_fit`, its only call site.
 
-X is used exactly as given (as float32) by `fit`, `transform`, `reconstruct` and `score`:
-values in [0, 1] for the Bernoulli likelihood (float round-off at the edges is tolerated),
-any real values for the Gaussian ones.
+X is used exactly as given (computed in float32): any real values for the Gaussian
+likelihoods, values in [0, 1] for the Bernoulli one (float round-off at the edges is
+clipped). Saving writes the parameters with Orbax and the rest as JSON with a SHA-256
+digest of every file, checked on load: no pickle. docs/evaluation.md says what a
+scikit-learn user must know.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import math
+import numbers
 import os
+import warnings
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
+import optax
 from numpy.typing import ArrayLike
 
+try:
+    from scipy import sparse
+    from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+except ImportError:  # one line, not a chain of two tracebacks
+    raise ImportError(
+        "vae_jax.VAEEstimator needs scikit-learn >= 1.6: pip install 'vae-jax[sklearn]'"
+    ) from None
+
 from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE
-from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from vae_jax.evaluate import evaluate_dataset
+from vae_jax.config import ModelConfig
+from vae_jax.estimator_files import SavedEstimatorError, load_estimator, save_estimator
+from vae_jax.evaluate import make_batch_evaluator
 from vae_jax.loop import fit as fit_loop
-from vae_jax.models import decoder_mean, init_params
-from vae_jax.optim import make_optimizer
-from vae_jax.train import steps_per_epoch
-from vae_jax.workdir import write_json
+from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
+from vae_jax.models import encode as encode_
+from vae_jax.objectives import make_elbo
+from vae_jax.options import MAX_SEED, FitOptions
 
-_FORMAT = "vae_jax.VAEEstimator"
-_FORMAT_VERSION = 1
-_META_FILE = "estimator.json"
-_PARAMS_DIR = "params"
-_BATCH = 1000  # examples per compiled call in transform / reconstruct
+__all__ = [
+    "NotFittedError",
+    "PosteriorCollapseWarning",
+    "SavedEstimatorError",
+    "VAEEstimator",
+]
+
+_BATCH = 1024  # rows per compiled call in transform / inverse_transform / sample
+_SCORE_BATCH = 128  # examples per compiled call in score_samples
+_COLLAPSE_KL = 0.01  # nats: a latent whose mean KL is below this carries no information
+_DEPRECATED = "deprecated"
 
 
-class NotFittedError(ValueError, AttributeError):
-    """The estimator is used before `fit` (the same bases as scikit-learn's)."""
+class PosteriorCollapseWarning(UserWarning):
+    """Every latent's KL(q(z|x) || p(z)) is near 0: the codes carry no information."""
 
 
-@dataclasses.dataclass
-class VAEEstimator:
+class _StopTraining(Exception):
+    """Raised by the early-stopping hook to leave `vae_jax.loop.fit` (see `_run_fit`)."""
+
+
+class _Settings(NamedTuple):
+    """The constructor arguments, checked and resolved by `VAEEstimator._check_params`."""
+
+    model: ModelConfig
+    max_epochs: int
+    early_stopping: bool
+    validation_fraction: float
+    n_iter_no_change: int
+    tol: float
+    batch_size: int
+    learning_rate: float
+    seed: int
+    binarize: bool
+
+
+class _Trained(NamedTuple):
+    params: Any
+    records: list[dict[str, Any]]
+    best_epoch: int
+
+
+class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """A VAE (MLP encoder and decoder, diagonal-Gaussian q(z|x), N(0, I) prior).
 
-    Attributes:
-      z_dim: latent dimension.
-      hidden: MLP hidden widths (the decoder mirrors them).
+    Constructor arguments are stored as given and checked by `fit` (one-line ValueErrors).
+
+    Args:
+      z_dim: latent dimension (the number of features `transform` returns).
+      hidden: MLP hidden widths, a tuple such as ``(256,)``; the decoder mirrors them.
       activation: "relu", "tanh", "softplus", "elu", "gelu", "silu" or "leaky_relu".
-      likelihood: "bernoulli" (the default, for data in [0, 1]: binary, or grey levels
-        where the "likelihood" is a cross-entropy loss, not a normalised density),
-        "gaussian" (fixed std `obs_std`), "gaussian_global" or "gaussian_pixel" (learned
-        variance).
-      obs_std: std of the fixed-variance Gaussian likelihood.
-      epochs: passes over the training data.
-      batch_size: examples per Adam update (at most N).
-      learning_rate: Adam learning rate.
-      seed: seed of every random stream (initialisation, data order, samples).
+      likelihood: p(x|z). "bernoulli" (the default, for data in [0, 1]; on values
+        between 0 and 1 its "log-likelihood" is minus a cross-entropy, not a log-density),
+        "gaussian" (fixed std `obs_std`), "gaussian_global" (one learned variance) or
+        "gaussian_pixel" (a learned variance per feature): any real data, e.g. after
+        `StandardScaler`.
+      obs_std: std of the fixed-variance "gaussian" likelihood, in the units of X.
+      max_epochs: the most passes over the training data.
+      early_stopping: hold out `validation_fraction` of X, stop when its ELBO has not
+        improved by `tol` for `n_iter_no_change` epochs, and keep the parameters of the
+        best epoch. False: train `max_epochs` epochs on all of X.
+      validation_fraction: the held-out share of X (at least one example), in (0, 1).
+      n_iter_no_change: epochs without improvement before stopping.
+      tol: the improvement, in nats per example of held-out ELBO, that counts.
+      batch_size: examples per Adam update (at most the training set's size).
+      learning_rate: Adam's learning rate.
+      random_state: None (a fresh seed, recorded in ``seed_``), an int seed in
+        0..2**32-1, or a `numpy.random.RandomState` / `Generator` (a seed drawn from it).
+        The seed fixes the initialisation, the data order, the validation split and the
+        default randomness of `score` and `sample`. The default 0 makes `fit` repeatable.
       binarize: resample every training value ~ Bernoulli(value) at each use (dynamic
         binarization; Bernoulli likelihood only).
       verbose: print one line per epoch and show a progress bar.
+      epochs: deprecated; ``epochs=n`` means ``max_epochs=n, early_stopping=False`` (what
+        it meant before early stopping existed).
+      seed: deprecated; ``seed=s`` means ``random_state=s``.
 
-    Fitted attributes: ``model_`` (the `VAE`), ``params_``, ``feature_shape_`` (one
-    example's shape as given to `fit`), ``n_features_in_``, ``history_`` (per-epoch
-    records, losses in nats per example).
+    Fitted attributes: ``model_`` (the `VAE`), ``params_``, ``n_features_in_``,
+    ``feature_names_in_`` (for a DataFrame X), ``feature_shape_`` (one example's shape),
+    ``seed_``, ``n_iter_`` (epochs trained), ``best_epoch_`` (the epoch whose parameters
+    were kept), ``latent_kl_`` ([z_dim] mean KL per latent on X, nats) and ``history_``
+    (per-epoch records, losses in nats per example; ``test_loss`` is the held-out -ELBO).
     """
 
-    z_dim: int = 2
-    hidden: tuple[int, ...] = (256,)
-    activation: str = "relu"
-    likelihood: str = "bernoulli"
-    obs_std: float = 0.1
-    epochs: int = 20
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-    binarize: bool = False
-    verbose: bool = False
+    def __init__(
+        self,
+        z_dim: int = 2,
+        hidden: tuple[int, ...] = (256,),
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+        obs_std: float = 0.1,
+        *,
+        max_epochs: int = 200,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        tol: float = 1e-3,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        random_state: Any = 0,
+        binarize: bool = False,
+        verbose: bool = False,
+        epochs: Any = _DEPRECATED,
+        seed: Any = _DEPRECATED,
+    ) -> None:
+        self.z_dim = z_dim
+        self.hidden = hidden
+        self.activation = activation
+        self.likelihood = likelihood
+        self.obs_std = obs_std
+        self.max_epochs = max_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.random_state = random_state
+        self.binarize = binarize
+        self.verbose = verbose
+        self.epochs = epochs
+        self.seed = seed
 
-    # ------------------------------------------------------------------ sklearn protocol
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # [N, H, W] (and [N, H, W, C]) images
+        # transform and score_samples compute in float32 and return float64 for float64 X.
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor arguments, as a dict (scikit-learn protocol)."""
-        del deep
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    # ------------------------------------------------------------------ parameters
 
-    def set_params(self, **params: Any) -> VAEEstimator:
-        """Set constructor arguments; returns self (scikit-learn protocol)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        for name, value in params.items():
-            if name not in names:
-                raise ValueError(f"unknown parameter {name!r}; valid: {sorted(names)}")
-            setattr(self, name, value)
-        return self
+    def _check_params(self) -> _Settings:
+        """The constructor arguments, checked (one-line ValueErrors) and resolved."""
+        max_epochs, early_stopping = self.max_epochs, self.early_stopping
+        if not _is_str(self.epochs, _DEPRECATED):
+            warnings.warn(
+                "VAEEstimator(epochs=...) is deprecated: use max_epochs (epochs=n now means "
+                "max_epochs=n, early_stopping=False)",
+                FutureWarning,
+                stacklevel=3,
+            )
+            max_epochs, early_stopping = self.epochs, False
+        random_state = self.random_state
+        if not _is_str(self.seed, _DEPRECATED):
+            warnings.warn(
+                "VAEEstimator(seed=...) is deprecated: use random_state",
+                FutureWarning,
+                stacklevel=3,
+            )
+            random_state = self.seed
+        max_epochs = _check_int("max_epochs" if _is_str(self.epochs) else "epochs", max_epochs, 1)
+        _check_bool("early_stopping", early_stopping)
+        _check_bool("binarize", self.binarize)
+        _check_bool("verbose", self.verbose)
+        fraction = _check_float("validation_fraction", self.validation_fraction)
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
+        tol = _check_float("tol", self.tol)
+        if tol < 0:
+            raise ValueError(f"tol must be >= 0, got {tol!r}")
+        learning_rate = _check_float("learning_rate", self.learning_rate)
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        obs_std = _check_float("obs_std", self.obs_std)
+        hidden = self.hidden
+        if isinstance(hidden, list):
+            hidden = tuple(hidden)
+        if not isinstance(hidden, tuple):
+            raise ValueError(f"hidden must be a tuple of widths such as (64,), got {hidden!r}")
+        for width in hidden:
+            _check_int("each hidden width", width, 1)
+        for name in ("activation", "likelihood"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.binarize and self.likelihood != "bernoulli":
+            raise ValueError("binarize=True needs likelihood='bernoulli'")
+        model = ModelConfig(  # checks activation, likelihood, obs_std (one-line ValueErrors)
+            architecture="mlp",
+            hidden=tuple(int(h) for h in hidden),
+            activation=self.activation,
+            z_dim=_check_int("z_dim", self.z_dim, 1),
+            likelihood=self.likelihood,
+            obs_std=obs_std,
+        )
+        return _Settings(
+            model=model,
+            max_epochs=max_epochs,
+            early_stopping=bool(early_stopping),
+            validation_fraction=fraction,
+            n_iter_no_change=_check_int("n_iter_no_change", self.n_iter_no_change, 1),
+            tol=tol,
+            batch_size=_check_int("batch_size", self.batch_size, 1),
+            learning_rate=learning_rate,
+            seed=_seed_from(random_state),
+            binarize=bool(self.binarize),
+        )
 
     # ------------------------------------------------------------------ training
 
-    def _config(self, num_examples: int | None = None) -> ExperimentConfig:
-        batch_size = int(self.batch_size)
-        if num_examples is not None:
-            batch_size = min(batch_size, num_examples)  # a small X is one batch per epoch
-        if self.binarize and self.likelihood != "bernoulli":
-            raise ValueError("binarize=True needs likelihood='bernoulli'")
-        return ExperimentConfig(
-            model=ModelConfig(
-                architecture="mlp",
-                hidden=tuple(int(h) for h in self.hidden),
-                activation=self.activation,
-                z_dim=int(self.z_dim),
-                likelihood=self.likelihood,
-                obs_std=float(self.obs_std),
-            ),
-            data=DataConfig(dataset="array", binarize="dynamic" if self.binarize else "none"),
-            train=TrainConfig(
-                epochs=int(self.epochs),
-                batch_size=batch_size,
-                learning_rate=float(self.learning_rate),
-                seed=int(self.seed),
-            ),
-        )
-
-    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> VAEEstimator:
-        """Train on X by maximising the ELBO (Adam, `epochs` passes); returns self.
+    def fit(self, X: ArrayLike, y: Any = None) -> VAEEstimator:
+        """Train on X by maximising the ELBO with Adam; returns self.
 
         Args:
-          X: [N, D] vectors, [N, H, W] or [N, H, W, C] images, finite; values in [0, 1] for
-            the Bernoulli likelihood, any real values for the Gaussian ones. Used as given.
+          X: [n_samples, n_features] (an array or a DataFrame), or [N, H, W] / [N, H, W, C]
+            images; finite, dense, real. Values in [0, 1] for the Bernoulli likelihood,
+            any real values for the Gaussian ones. Used as given.
           y: ignored (present for scikit-learn compatibility).
+
+        Warns:
+          PosteriorCollapseWarning: every latent's mean KL on X is below 0.01 nats.
         """
         del y
-        x = _check_array(X, likelihood=self.likelihood)
-        config = self._config(len(x))
-        feature_shape = tuple(x.shape[1:])
-        image_shape = _image_shape(feature_shape)
-        model = config.model.build(image_shape)
-        variant = "binarized" if self.binarize else "values as given"
-        result = fit_loop(
-            config.objective.build(model),
-            make_optimizer(config.train, steps_per_epoch(len(x), config.train.batch_size)),
-            x.reshape(len(x), *image_shape).astype(np.float32),
-            options=config.fit_options(
-                data_variant=f"array of {len(x)} x {list(feature_shape)}, {variant}"
-            ),
-            progress=self.verbose,
-            log=print if self.verbose else _quiet,
-        )
-        self.model_ = result.model
-        self.params_ = jax.device_get(result.state.params)
-        self.feature_shape_ = feature_shape
-        self.n_features_in_ = math.prod(feature_shape)
-        self.history_ = result.records
+        settings = self._check_params()
+        # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
+        x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
+        self.feature_shape_ = tuple(int(d) for d in x.shape[1:])
+        self.n_features_in_ = math.prod(self.feature_shape_)
+        rows = _model_input(x, self.feature_shape_)
+        x_val = None
+        if settings.early_stopping:
+            n = len(rows)
+            n_val = math.ceil(settings.validation_fraction * n)
+            if n < 2 or n_val >= n:
+                raise ValueError(
+                    f"early stopping holds out validation_fraction={settings.validation_fraction}"
+                    f" of the samples, which leaves none to train on with n_samples = {n}: "
+                    "pass more samples, or early_stopping=False"
+                )
+            order = np.random.default_rng(settings.seed).permutation(n)
+            rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
+        model = settings.model.build(_image_shape(self.feature_shape_))
+        trained = self._run_fit(settings, rows, x_val)
+        self.model_ = model
+        self.params_ = trained.params
+        self.history_ = trained.records
+        self.n_iter_ = len(trained.records)
+        self.best_epoch_ = trained.best_epoch
+        self.seed_ = settings.seed
+        self.latent_kl_ = self._latent_kl(_model_input(x, self.feature_shape_))
+        if np.all(self.latent_kl_ < _COLLAPSE_KL):
+            warnings.warn(
+                PosteriorCollapseWarning(
+                    f"posterior collapse: every latent's mean KL on X is below {_COLLAPSE_KL} "
+                    f"nats (largest {float(np.max(self.latent_kl_)):.2g}), so transform's codes "
+                    "carry almost no information about X. Try more epochs, a smaller "
+                    "obs_std, likelihood='gaussian_pixel' or fewer latents"
+                ),
+                stacklevel=2,
+            )
         return self
 
-    def fit_transform(self, X: ArrayLike, y: ArrayLike | None = None) -> np.ndarray:
-        """`fit`, then `transform` the same X."""
-        return self.fit(X, y).transform(X)
+    def _run_fit(
+        self, settings: _Settings, x_train: np.ndarray, x_val: np.ndarray | None
+    ) -> _Trained:
+        """Train with `vae_jax.loop.fit`: its only call site in the estimator.
+
+        With ``x_val`` the loop evaluates the held-out -ELBO after every epoch and the
+        `_EarlyStopping` hook (``on_epoch_end``) keeps a host copy of the best parameters and
+        raises `_StopTraining` once `n_iter_no_change` epochs have not improved it; the
+        exception leaves the loop (which writes nothing here: no work directory).
+        """
+        n_train = len(x_train)
+        eval_batch = 1000 if x_val is None else min(1000, _pow2(len(x_val)))
+        model = settings.model.build(x_train.shape[1:])
+        variant = "binarized" if settings.binarize else "values as given"
+        options = FitOptions(
+            epochs=settings.max_epochs,
+            batch_size=min(settings.batch_size, n_train),  # a small X: one batch per epoch
+            seed=settings.seed,
+            eval_batch_size=eval_batch,
+            binarize=settings.binarize,
+            data_variant=f"array [{'x'.join(map(str, x_train.shape[1:]))}], {variant}",
+        )
+        stopper = None
+        if x_val is not None:
+            stopper = _EarlyStopping(settings.n_iter_no_change, settings.tol)
+        try:
+            result = fit_loop(
+                make_elbo(model),
+                optax.adam(settings.learning_rate),
+                x_train,
+                x_test=x_val,
+                options=options,
+                on_epoch_end=stopper,
+                progress=bool(self.verbose),
+                log=print if self.verbose else _quiet,
+            )
+        except _StopTraining:
+            assert stopper is not None
+            return stopper.trained()
+        if stopper is not None:
+            return stopper.trained()
+        records = result.records
+        return _Trained(jax.device_get(result.state.params), records, len(records))
+
+    # ------------------------------------------------------------------ input checks
+
+    def _validate(self, X: Any, *, reset: bool, unit_interval: bool = False) -> np.ndarray:
+        """X checked (dense, real, finite, 2-D or images, the fitted shape unless `reset`)
+        and returned as a float64 or float32 array; `validate_data` records
+        ``n_features_in_`` / ``feature_names_in_`` when `reset`."""
+        if sparse.issparse(X):
+            raise TypeError(
+                f"VAEEstimator needs dense data, got a sparse {type(X).__name__}: convert it "
+                "with X.toarray() (the encoder reads every value, zeros included)"
+            )
+        # (an ndarray is looked at as it is; anything else, lists included, through asarray)
+        peek = X if isinstance(X, np.ndarray) else np.asarray(X)
+        ndim, shape = peek.ndim, peek.shape
+        if peek.dtype.kind == "c":
+            raise ValueError(
+                "Complex data not supported: a VAE's likelihoods are for real values "
+                f"(X has dtype {peek.dtype})"
+            )
+        if ndim not in (2, 3, 4):
+            raise ValueError(
+                f"X must be [n_samples, n_features] (or [N, H, W] / [N, H, W, C] images), got "
+                f"{ndim}-D data of shape {shape}. Reshape your data: X.reshape(-1, 1) for one "
+                "feature, X.reshape(1, -1) for one sample"
+            )
+        x = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=(np.float64, np.float32),
+            ensure_all_finite=False,  # checked below, in one line
+            allow_nd=True,
+            ensure_2d=ndim == 2,  # images: the number of features is checked below
+        )
+        if 0 in x.shape[1:]:
+            raise ValueError(f"X has no features: shape {x.shape}")
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            what = "NaN" if np.isnan(x).any() else "infinite values"
+            raise ValueError(f"X contains {what} ({bad} non-finite values of {x.size})")
+        if not reset:
+            shape = tuple(x.shape[1:])
+            if shape != self.feature_shape_:
+                raise ValueError(
+                    f"X has examples of shape {shape}; this VAEEstimator was fitted on examples "
+                    f"of shape {self.feature_shape_}"
+                )
+        if unit_interval:
+            low, high = float(x.min()), float(x.max())
+            tol = UNIT_INTERVAL_TOLERANCE
+            if low < -tol or high > 1.0 + tol:
+                raise ValueError(
+                    f"X has values in [{low:g}, {high:g}]; a Bernoulli likelihood needs values in "
+                    "[0, 1] (rescale; in a pipeline MinMaxScaler(clip=True) keeps held-out data "
+                    "in [0, 1]; or use likelihood='gaussian_pixel' for real values)"
+                )
+            if low < 0.0 or high > 1.0:  # round-off only
+                x = np.clip(x, 0.0, 1.0)
+        return x
 
     # ------------------------------------------------------------------ inference
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "params_"):
-            raise NotFittedError(
-                "this VAEEstimator is not fitted yet: call fit(X) (or VAEEstimator.load)"
-            )
+    @property
+    def _n_features_out(self) -> int:
+        """`transform`'s width (for `get_feature_names_out`: vaeestimator0, ...)."""
+        return int(self.model_.z_dim)
 
-    def _check_input(self, X: ArrayLike) -> np.ndarray:
-        self._check_fitted()
-        x = _check_array(X, likelihood=self.likelihood)
-        if tuple(x.shape[1:]) != self.feature_shape_:
-            raise ValueError(
-                f"X has examples of shape {tuple(x.shape[1:])}; this estimator was fitted on "
-                f"examples of shape {self.feature_shape_}"
-            )
-        return x.reshape(len(x), *_image_shape(self.feature_shape_)).astype(np.float32)
-
-    def _encode_fn(self):
-        model, params = self.model_, self.params_
-
-        @jax.jit
-        def encode(x):
-            mean, _ = model.apply({"params": params}, x, method="encode")
-            return mean, decoder_mean(model, params, mean, None)
-
-        return encode
-
-    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        encode = self._encode_fn()
-        means, recons = [], []
-        for start in range(0, len(x), _BATCH):
-            mean, recon = jax.device_get(encode(jnp.asarray(x[start : start + _BATCH])))
-            means.append(mean)
-            recons.append(recon)
-        return np.concatenate(means), np.concatenate(recons)
+    def _latent_kl(self, rows: np.ndarray) -> np.ndarray:
+        """[z_dim] mean over `rows` of each latent's KL(q(z_j|x) || N(0, 1)), nats."""
+        mean, logvar = _map_rows(_programs(self.model_).encode, self.params_, rows)
+        mean, logvar = mean.astype(np.float64), logvar.astype(np.float64)
+        return np.mean(0.5 * (np.exp(logvar) + mean**2 - 1.0 - logvar), axis=0)
 
     def transform(self, X: ArrayLike) -> np.ndarray:
-        """Posterior means E_q(z|x)[z] of each example: [N, z_dim] float32."""
-        x = self._check_input(X)
-        return self._encode(x)[0]
+        """Posterior means E_q(z|x)[z]: [n_samples, z_dim], float32 for float32 X, else
+        float64 (computed in float32). Any finite X is encoded (no [0, 1] check)."""
+        check_is_fitted(self)
+        x = self._validate(X, reset=False)
+        mean, _ = _map_rows(
+            _programs(self.model_).encode, self.params_, _model_input(x, self.feature_shape_)
+        )
+        return mean.astype(x.dtype)
+
+    def inverse_transform(self, X: ArrayLike) -> np.ndarray:
+        """Decode latent codes: the mean of p(x|z) at each row z of X ([n, z_dim]), shaped
+        like the training examples; sigmoid of the logits (in [0, 1]) for a Bernoulli
+        likelihood. float32 for float32 X, else float64."""
+        check_is_fitted(self)
+        z = check_array(X, dtype=(np.float64, np.float32), input_name="X")
+        if z.shape[1] != self.model_.z_dim:
+            raise ValueError(
+                f"X has {z.shape[1]} columns; inverse_transform decodes codes of z_dim = "
+                f"{self.model_.z_dim} columns"
+            )
+        loc, _ = _map_rows(_programs(self.model_).decode, self.params_, z.astype(np.float32))
+        return loc.reshape(len(z), *self.feature_shape_).astype(z.dtype)
 
     def reconstruct(self, X: ArrayLike) -> np.ndarray:
-        """Decode each example's posterior mean: the mean of p(x|z) (sigmoid of the logits
-        for a Bernoulli likelihood), shaped like X, float32 in [0, 1]."""
-        x = self._check_input(X)
-        return self._encode(x)[1].reshape(len(x), *self.feature_shape_)
+        """``inverse_transform(transform(X))``: each example's posterior mean decoded."""
+        return self.inverse_transform(self.transform(X))
 
-    def generate(self, n: int, key: jax.Array | int | None = None) -> np.ndarray:
-        """Decode n draws z ~ N(0, I): means of p(x|z), [n, *feature_shape] in [0, 1].
+    def sample(
+        self, n_samples: int = 1, *, random_state: Any = None, mean: bool = False
+    ) -> np.ndarray:
+        """Draw from the model: z ~ N(0, I), then x ~ p(x|z) (or its mean).
+
+        Args:
+          n_samples: how many (>= 1).
+          random_state: None (the fitted ``seed_``: the same draws each call), an int seed,
+            a `RandomState` / `Generator` (a seed drawn from it) or a `jax.random` key.
+          mean: False: true samples of p(x|z) (0/1 values for a Bernoulli likelihood,
+            mean + std * noise for a Gaussian one); True: the means of p(x|z).
+
+        Returns:
+          [n_samples, *feature_shape_] float32.
+        """
+        check_is_fitted(self)
+        n = _check_int("n_samples", n_samples, 1)
+        _check_bool("mean", mean)
+        key_z, key_x = jax.random.split(_key_from(random_state, self.seed_, "random_state"))
+        z = np.asarray(jax.random.normal(key_z, (n, self.model_.z_dim)))
+        loc, std = _map_rows(_programs(self.model_).decode, self.params_, z)
+        if not mean:
+            if self.model_.likelihood == "bernoulli":
+                loc = np.asarray(jax.random.bernoulli(key_x, loc), np.float32)
+            else:
+                loc = loc + std * np.asarray(jax.random.normal(key_x, loc.shape))
+        return loc.reshape(n, *self.feature_shape_)
+
+    def generate(self, n: int, key: Any = None, *, mean: bool = True) -> np.ndarray:
+        """`sample` with decoder means by default: [n, *feature_shape_] float32.
 
         Args:
           n: number of samples (>= 1).
-          key: a `jax.random` key or an int seed (default: the estimator's seed).
+          key: a `jax.random` key or an int seed (default: the fitted ``seed_``).
+          mean: True: means of p(x|z); False: true samples of p(x|z).
         """
-        self._check_fitted()
-        if int(n) < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        key = _as_key(self.seed if key is None else key)
-        z = jax.random.normal(key, (int(n), self.model_.z_dim))
-        images = jax.jit(lambda z: decoder_mean(self.model_, self.params_, z, None))(z)
-        return np.asarray(images).reshape(int(n), *self.feature_shape_)
+        return self.sample(n, random_state=key, mean=mean)
+
+    def score_samples(
+        self,
+        X: ArrayLike,
+        *,
+        num_samples: int = 100,
+        key: Any = None,
+        sample_chunk: int = 20,
+    ) -> np.ndarray:
+        """Per-example log-density estimates of X as given, in nats: [n_samples] float64.
+
+        ``num_samples = k > 1`` (default 100): the importance-sampled estimate
+        ``log (1/k) sum_i p(x, z_i) / q(z_i|x)``, z_i ~ q(z|x) (Burda et al., 2016), a
+        lower bound of log p(x) in expectation that tightens as k grows and is >= the ELBO.
+        ``num_samples = 1``: the ELBO, E_q[log p(x|z)] (one sample) minus the closed-form KL.
+        Summed over each example's features. With the Gaussian likelihoods this is a
+        log-density of X in its own units (comparable with any density model of the same
+        X); with the Bernoulli likelihood it is a log-probability for binary X and, for
+        values between 0 and 1, minus a cross-entropy (not a normalised density).
+
+        Args:
+          X: examples shaped like the training data (values in [0, 1] for Bernoulli).
+          num_samples: k >= 1 importance samples per example.
+          key: a `jax.random` key or an int seed (default: the fitted ``seed_``); example
+            n's noise depends on the key and n only.
+          sample_chunk: samples decoded at once (memory; not the result).
+        """
+        check_is_fitted(self)
+        k = _check_int("num_samples", num_samples, 1)
+        chunk = _check_int("sample_chunk", sample_chunk, 1)
+        jax_key = _key_from(key, self.seed_, "key")
+        x = self._validate(X, reset=False, unit_interval=self.model_.likelihood == "bernoulli")
+        rows = _model_input(x, self.feature_shape_)
+        evaluate = make_batch_evaluator(self.model_, num_samples=k, sample_chunk=min(chunk, k))
+        ids = _row_ids(rows)
+        n = len(rows)
+        size = min(_SCORE_BATCH, _pow2(n))  # one compiled shape for every small X
+        values = []
+        for start in range(0, n, size):
+            part = jnp.asarray(_pad(rows[start : start + size], size))
+            part_ids = jnp.asarray(_pad(ids[start : start + size], size))
+            terms, _ = evaluate(self.params_, part, None, part_ids, jax_key)
+            keep = min(size, n - start)
+            values.append(np.asarray(terms.elbo if k == 1 else terms.log_px)[:keep])
+        return np.concatenate(values).astype(np.float64)
 
     def score(
         self,
         X: ArrayLike,
-        y: ArrayLike | None = None,
+        y: Any = None,
         *,
-        num_samples: int = 1,
-        key: jax.Array | int | None = None,
+        num_samples: int = 100,
+        key: Any = None,
         sample_chunk: int = 20,
     ) -> float:
-        """Mean log-likelihood bound of X, in nats per example (higher is better).
-
-        ``num_samples=1``: the ELBO, E_q[log p(x|z)] (one sample per example) minus the
-        closed-form KL. ``num_samples=k > 1``: the importance-sampled estimate of log p(x)
-        with k samples per example (`vae_jax.evaluate.importance_terms`), which is >= the
-        ELBO and tends to log p(x) as k grows. Summed over each example's values, averaged
-        over examples. With a Bernoulli likelihood on non-binary values this is minus a
-        cross-entropy loss, not a normalised log-likelihood.
-
-        Args:
-          X: examples shaped like the training data.
-          y: ignored.
-          num_samples: 1 for the ELBO, k > 1 for the IS estimate.
-          key: a `jax.random` key or an int seed (default: the estimator's seed).
-          sample_chunk: samples decoded at once (memory; not the result).
-        """
+        """Mean of `score_samples` (nats per example; higher is better). y is ignored."""
         del y
-        x = self._check_input(X)
-        if int(num_samples) < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        result = evaluate_dataset(
-            self.model_,
-            self.params_,
-            x,
-            None,
-            _as_key(self.seed if key is None else key),
-            num_samples=int(num_samples),
-            sample_chunk=min(int(sample_chunk), int(num_samples)),
-            batch_size=100,
-            progress=False,
-        )
-        values = result.terms.elbo if num_samples == 1 else result.terms.log_px
+        values = self.score_samples(X, num_samples=num_samples, key=key, sample_chunk=sample_chunk)
         return float(np.mean(values))
 
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write the fitted estimator to the directory `path` (Orbax parameters + JSON).
+        """Write the fitted estimator to the directory `path`: Orbax parameters, and
+        ``estimator.json`` with the settings, the fitted attributes and the SHA-256 of
+        every parameter file and of its own content (`vae_jax.estimator_files`).
 
         Raises:
           FileExistsError: `path` exists and `overwrite` is False.
         """
-        self._check_fitted()
-        path = Path(path).absolute()
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-            import shutil
-
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-        try:
-            checkpointer.save(path / _PARAMS_DIR, args=ocp.args.StandardSave(self.params_))
-        finally:
-            checkpointer.close()
-        meta = {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "hyperparameters": {k: _jsonable(v) for k, v in self.get_params().items()},
-            "feature_shape": list(self.feature_shape_),
-            "history": self.history_,
-        }
-        write_json(path / _META_FILE, meta)
-        return path
+        check_is_fitted(self)
+        return save_estimator(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VAEEstimator:
-        """Read an estimator written by `save`."""
-        path = Path(path).absolute()
-        meta_path = path / _META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{path} holds no {_META_FILE}: not a saved VAEEstimator")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{meta_path} is not a {_FORMAT} version {_FORMAT_VERSION} file")
-        hyper = dict(meta["hyperparameters"])
-        hyper["hidden"] = tuple(hyper["hidden"])
-        estimator = cls(**hyper)
-        feature_shape = tuple(meta["feature_shape"])
-        model = estimator._config().model.build(_image_shape(feature_shape))
-        target = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-        checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-        try:
-            params = checkpointer.restore(path / _PARAMS_DIR, args=ocp.args.StandardRestore(target))
-        finally:
-            checkpointer.close()
-        estimator.model_ = model
-        estimator.params_ = params
-        estimator.feature_shape_ = feature_shape
-        estimator.n_features_in_ = math.prod(feature_shape)
-        estimator.history_ = meta["history"]
+        """Read an estimator written by `save`, after checking every file's digest.
+
+        Raises:
+          FileNotFoundError: `path` holds no ``estimator.json``.
+          SavedEstimatorError (a ValueError): a damaged, truncated, incomplete or foreign
+            directory; one line naming the file.
+        """
+        estimator = load_estimator(cls, path)
+        assert isinstance(estimator, cls)
         return estimator
+
+    def _build_model(self, feature_shape: tuple[int, ...]) -> VAE:
+        """The `VAE` that `fit` trains for examples of `feature_shape` (`load` rebuilds it)."""
+        return self._check_params().model.build(_image_shape(feature_shape))
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+
+class _EarlyStopping:
+    """``on_epoch_end`` hook: track the held-out -ELBO (``records[-1]["test_loss"]``), keep
+    a host copy of the best epoch's parameters, raise `_StopTraining` after
+    `n_iter_no_change` epochs without an improvement of more than `tol`."""
+
+    def __init__(self, n_iter_no_change: int, tol: float) -> None:
+        self.n_iter_no_change, self.tol = n_iter_no_change, tol
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.best_params: Any = None
+        self.waited = 0
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, epoch: int, state: Any, records: list[dict[str, Any]]) -> None:
+        self.records = records
+        loss = float(records[-1]["test_loss"])
+        if self.best_params is None or loss < self.best_loss - self.tol:
+            self.best_loss, self.best_epoch, self.waited = loss, epoch, 0
+            self.best_params = jax.device_get(state.params)  # host copy: the state is donated
+            return
+        self.waited += 1
+        if self.waited >= self.n_iter_no_change:
+            raise _StopTraining
+
+    def trained(self) -> _Trained:
+        return _Trained(self.best_params, list(self.records), self.best_epoch)
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+class _Programs(NamedTuple):
+    encode: Any  # (params, x [B, *image_shape]) -> (mean, logvar) [B, z_dim] each
+    decode: Any  # (params, z [B, z_dim]) -> (mean, std) of p(x|z), [B, *image_shape] each
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(model: VAE) -> _Programs:
+    """The jitted encoder and decoder of `model`, compiled once per model and batch shape
+    (equal models share them: a refit or a clone does not recompile)."""
+
+    def encode(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mean, logvar = encode_(model, params, x)
+        return mean.astype(jnp.float32), jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX).astype(
+            jnp.float32
+        )
+
+    def decode_(params: Any, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = decode(model, params, z)
+        loc = out.loc.astype(jnp.float32)
+        if model.likelihood == "bernoulli":
+            return jax.nn.sigmoid(loc), jnp.zeros_like(loc)
+        assert out.logvar is not None
+        std = jnp.exp(0.5 * out.logvar.astype(jnp.float32))
+        return loc, jnp.broadcast_to(std, loc.shape)
+
+    return _Programs(jax.jit(encode), jax.jit(decode_))
+
+
+def _map_rows(fn: Any, params: Any, rows: np.ndarray) -> Any:
+    """``fn(params, batch)`` over `rows` in batches of one size (a power of two up to
+    `_BATCH`; the last one padded and trimmed), so small inputs share compiled programs."""
+    n = len(rows)
+    size = min(_BATCH, _pow2(n))
+    outputs = []
+    for start in range(0, n, size):
+        keep = min(size, n - start)
+        out = jax.device_get(fn(params, jnp.asarray(_pad(rows[start : start + size], size))))
+        outputs.append(jax.tree.map(lambda a, k=keep: a[:k], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _pad(rows: np.ndarray, size: int) -> np.ndarray:
+    """`rows` with zero rows appended up to `size` rows."""
+    if len(rows) == size:
+        return rows
+    return np.concatenate([rows, np.zeros((size - len(rows), *rows.shape[1:]), rows.dtype)])
+
+
+def _row_ids(rows: np.ndarray) -> np.ndarray:
+    """[N] int32 ids from each row's bytes (CRC-32): `score_samples` seeds an example's
+    noise with its id, so its estimate does not depend on the other rows or their order."""
+    flat = np.ascontiguousarray(rows).reshape(len(rows), -1)
+    return np.array([zlib.crc32(row.tobytes()) for row in flat], np.uint32).view(np.int32)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _model_input(x: np.ndarray, feature_shape: tuple[int, ...]) -> np.ndarray:
+    return np.asarray(x, np.float32).reshape(len(x), *_image_shape(feature_shape))
+
+
+def _image_shape(feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One example's shape -> the model's (H, W, C): (D,) -> (D, 1, 1), (H, W) -> (H, W, 1)."""
+    if len(feature_shape) == 1:
+        return (feature_shape[0], 1, 1)
+    if len(feature_shape) == 2:
+        return (*feature_shape, 1)
+    return tuple(feature_shape)
 
 
 def _quiet(message: str) -> None:
     del message
 
 
-def _as_key(key: jax.Array | int) -> jax.Array:
-    if isinstance(key, int | np.integer):
-        return jax.random.key(int(key))
-    return key
+def _is_str(value: Any, text: str = _DEPRECATED) -> bool:
+    return isinstance(value, str) and value == text
 
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
 
 
-def _image_shape(feature_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """One example's shape -> the model's (H, W, C): (D,) -> (D, 1, 1), (H, W) -> (H, W, 1)."""
-    if len(feature_shape) == 1:
-        return (feature_shape[0], 1, 1)
-    if len(feature_shape) == 2:
-        return (*feature_shape, 1)
-    return tuple(feature_shape)  # type: ignore[return-value]
+def _check_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
-def _check_array(X: ArrayLike, *, likelihood: str) -> np.ndarray:
-    """Validate X: numeric, [N, D] / [N, H, W] / [N, H, W, C], N >= 1, finite; in [0, 1]
-    (round-off clipped) for a Bernoulli likelihood."""
-    x = np.asarray(X)
-    if x.dtype == object or not (
-        np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)
-    ):
-        raise ValueError(f"X must be a numeric array, got dtype {x.dtype}")
-    if x.ndim not in (2, 3, 4):
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _seed_from(random_state: Any) -> int:
+    """An int seed in 0..MAX_SEED from None (fresh OS entropy), an int, or a NumPy
+    `RandomState` / `Generator` (one draw from it)."""
+    if random_state is None:
+        return int(np.random.default_rng().integers(MAX_SEED + 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, MAX_SEED + 1, dtype=np.int64))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(MAX_SEED + 1))
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if 0 <= int(random_state) <= MAX_SEED:
+            return int(random_state)
+    raise ValueError(
+        f"random_state must be None, an int in 0..{MAX_SEED}, or a numpy RandomState or "
+        f"Generator, got {random_state!r}"
+    )
+
+
+def _key_from(value: Any, default_seed: int, name: str) -> jax.Array:
+    """A `jax.random` key from None (`default_seed`), a seed or NumPy generator, or a key."""
+    if value is None:
+        return jax.random.key(default_seed)
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return value
+    try:
+        return jax.random.key(_seed_from(value))
+    except ValueError:
         raise ValueError(
-            f"X must be [N, D] vectors, [N, H, W] or [N, H, W, C] images; got shape {x.shape}"
-        )
-    if x.shape[0] == 0 or 0 in x.shape[1:]:
-        raise ValueError(f"X is empty: shape {x.shape}")
-    x = x.astype(np.float64)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise ValueError(f"X contains {int(bad.sum())} NaN or infinite values")
-    low, high = float(x.min()), float(x.max())
-    tol = UNIT_INTERVAL_TOLERANCE
-    if likelihood == "bernoulli" and (low < -tol or high > 1.0 + tol):
-        raise ValueError(
-            f"X has values in [{low:g}, {high:g}]; a Bernoulli likelihood needs values in "
-            "[0, 1] (rescale, e.g. X / X.max(), or use likelihood='gaussian_pixel')"
-        )
-    return np.clip(x, 0.0, 1.0) if likelihood == "bernoulli" else x
+            f"{name} must be None, an int in 0..{MAX_SEED}, a numpy RandomState or Generator, "
+            f"or a jax.random key, got {value!r}"
+        ) from None

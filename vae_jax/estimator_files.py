@@ -1,0 +1,185 @@
+"""`VAEEstimator.save` / `load`: Orbax parameters plus ``estimator.json``, with digests.
+
+A saved estimator is a directory::
+
+    estimator.json   format, version, settings, fitted attributes, the SHA-256 of every
+                     file under params/ ("files") and of this JSON's own content ("sha256")
+    params/          the parameters, written by Orbax (no pickle)
+
+`load_estimator` checks the JSON's digest, then every file's (`vae_jax.digests`), before
+Orbax reads anything, so a damaged, truncated, incomplete, added-to or foreign directory is a
+one-line `SavedEstimatorError` naming the file instead of an Orbax traceback or, worse,
+parameters that load and give NaN. Version 1 directories (written before the digests) still
+load, with a warning that they cannot be checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vae_jax.digests import DigestError, check_tree, tree_digests
+from vae_jax.models import init_params
+from vae_jax.workdir import one_line, write_json
+
+FORMAT = "vae_jax.VAEEstimator"
+FORMAT_VERSION = 2  # 2: SHA-256 digests of every file; 1 (no digests) still loads
+META_FILE = "estimator.json"
+PARAMS_DIR = "params"
+
+
+class SavedEstimatorError(ValueError):
+    """A saved estimator's directory is damaged, incomplete or not one at all."""
+
+
+def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Write a fitted `VAEEstimator` to the directory `path` (see the module docstring)."""
+    path = Path(path).absolute()
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+        checkpointer.save(path / PARAMS_DIR, args=ocp.args.StandardSave(estimator.params_))
+    finally:
+        checkpointer.close()
+    fitted: dict[str, Any] = {
+        "seed_": estimator.seed_,
+        "n_iter_": estimator.n_iter_,
+        "best_epoch_": estimator.best_epoch_,
+        "latent_kl_": [float(v) for v in estimator.latent_kl_],
+        "history_": estimator.history_,
+    }
+    if hasattr(estimator, "feature_names_in_"):
+        fitted["feature_names_in_"] = [str(v) for v in estimator.feature_names_in_]
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "hyperparameters": {k: _jsonable(v) for k, v in estimator.get_params().items()},
+        "feature_shape": list(estimator.feature_shape_),
+        "fitted": fitted,
+        "files": tree_digests(path / PARAMS_DIR),
+    }
+    meta["sha256"] = _meta_digest(meta)
+    write_json(path / META_FILE, meta)
+    return path
+
+
+def load_estimator(cls: type, path: str | os.PathLike) -> Any:
+    """An instance of `cls` (`VAEEstimator`) read from `path`, every digest checked first."""
+    path = Path(path).absolute()
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} holds no {META_FILE}: not a saved VAEEstimator")
+    meta = _read_meta(meta_path)
+    params_dir = path / PARAMS_DIR
+    if meta["version"] >= 2:
+        try:
+            check_tree(params_dir, meta["files"])
+        except DigestError as error:
+            raise SavedEstimatorError(str(error)) from None
+    else:
+        warnings.warn(
+            f"{meta_path}: a version 1 save has no digests; its files are not checked "
+            "(save it again to add them)",
+            UserWarning,
+            stacklevel=3,
+        )
+    try:
+        with warnings.catch_warnings():  # (settings saved as given: deprecated names too)
+            warnings.simplefilter("ignore", FutureWarning)
+            estimator = cls(**_hyperparameters(meta))
+            feature_shape = tuple(int(d) for d in meta["feature_shape"])
+            model = estimator._build_model(feature_shape)
+            default_seed = estimator._check_params().seed
+        target = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    except (TypeError, ValueError, KeyError) as error:
+        raise SavedEstimatorError(f"{meta_path}: invalid settings: {one_line(error)}") from None
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+        params = checkpointer.restore(params_dir, args=ocp.args.StandardRestore(target))
+    except Exception as error:  # Orbax/tensorstore raise many kinds; name the directory
+        raise SavedEstimatorError(
+            f"{params_dir}: the parameters cannot be read: {one_line(error)[:300]}"
+        ) from None
+    finally:
+        checkpointer.close()
+    estimator.model_ = model
+    estimator.params_ = jax.device_get(params)
+    estimator.feature_shape_ = feature_shape
+    estimator.n_features_in_ = math.prod(feature_shape)
+    fitted = meta.get("fitted", {})
+    if "feature_names_in_" in fitted:
+        estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
+    estimator.history_ = fitted.get("history_", meta.get("history", []))
+    estimator.n_iter_ = fitted.get("n_iter_", len(estimator.history_))
+    estimator.best_epoch_ = fitted.get("best_epoch_", estimator.n_iter_)
+    estimator.seed_ = fitted.get("seed_", default_seed)
+    kl = fitted.get("latent_kl_")
+    estimator.latent_kl_ = np.asarray(kl) if kl is not None else np.full(model.z_dim, np.nan)
+    return estimator
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.random.RandomState | np.random.Generator):
+        return None  # (the seed actually used is saved as seed_)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``estimator.json``'s content without its own ``sha256`` entry."""
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """``estimator.json`` parsed and checked (format, version, own digest), or a one-line
+    `SavedEstimatorError` naming it."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SavedEstimatorError(
+            f"{meta_path} is not valid JSON (damaged or truncated?): {one_line(error)}"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SavedEstimatorError(f"{meta_path} was not written by {FORMAT}.save")
+    version = meta.get("version")
+    if type(version) is not int or version not in (1, FORMAT_VERSION):
+        raise SavedEstimatorError(
+            f"{meta_path} has format version {version!r}; this vae_jax reads 1 and {FORMAT_VERSION}"
+        )
+    if version >= 2:
+        if meta.get("sha256") != _meta_digest(meta):
+            raise SavedEstimatorError(
+                f"{meta_path} is damaged: its content differs from its recorded SHA-256"
+            )
+        if not isinstance(meta.get("files"), dict):
+            raise SavedEstimatorError(f"{meta_path} lists no parameter files")
+    return meta
+
+
+def _hyperparameters(meta: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of a saved estimator (version 1 names mapped)."""
+    hyper = dict(meta["hyperparameters"])
+    hyper["hidden"] = tuple(hyper["hidden"])
+    if meta["version"] == 1:  # epochs and seed meant what max_epochs and random_state mean
+        hyper["max_epochs"] = hyper.pop("epochs")
+        hyper["early_stopping"] = False
+        hyper["random_state"] = hyper.pop("seed")
+    return hyper
