@@ -243,6 +243,25 @@ def test_fit_from_pieces_records_them_resumes_and_loads(tmp_path):
         vae_jax.load_checkpoint(workdir)
 
 
+def test_an_epoch_hook_that_returns_true_stops_fit_there(tmp_path):
+    """Early stopping from Python: the epoch is checkpointed and fit returns."""
+    x = np.random.default_rng(4).normal(size=(64, 4)).astype(np.float32)
+    result = vae_jax.fit(
+        vae_jax.make_elbo(MeanOnly()),
+        optax.adam(1e-2),
+        x,
+        options=vae_jax.FitOptions(epochs=5, batch_size=16),
+        workdir=tmp_path / "run",
+        on_epoch_end=lambda epoch, state, records: epoch == 2,
+        progress=False,
+        log=lambda _: None,
+    )
+    assert [r["epoch"] for r in result.records] == [1, 2] and int(result.state.step) == 8
+    assert (
+        vae_jax.load_checkpoint(tmp_path / "run", model=MeanOnly(), tx=optax.adam(1e-2)).step == 8
+    )
+
+
 def test_fit_refuses_what_is_not_an_objective_an_optimizer_or_an_option():
     x = np.zeros((16, 4), np.float32)
     with pytest.raises(TypeError, match="objective must be an Objective .make_elbo"):

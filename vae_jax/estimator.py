@@ -74,10 +74,6 @@ class PosteriorCollapseWarning(UserWarning):
     """Every latent's KL(q(z|x) || p(z)) is near 0: the codes carry no information."""
 
 
-class _StopTraining(Exception):
-    """Raised by the early-stopping hook to leave `vae_jax.loop.fit` (see `_run_fit`)."""
-
-
 class _Settings(NamedTuple):
     """The constructor arguments, checked and resolved by `VAEEstimator._check_params`."""
 
@@ -316,8 +312,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         With ``x_val`` the loop evaluates the held-out -ELBO after every epoch and the
         `_EarlyStopping` hook (``on_epoch_end``) keeps a host copy of the best parameters and
-        raises `_StopTraining` once `n_iter_no_change` epochs have not improved it; the
-        exception leaves the loop (which writes nothing here: no work directory).
+        returns True, which stops the loop, once `n_iter_no_change` epochs have not improved
+        it.
         """
         n_train = len(x_train)
         eval_batch = 1000 if x_val is None else min(1000, _pow2(len(x_val)))
@@ -334,20 +330,16 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         stopper = None
         if x_val is not None:
             stopper = _EarlyStopping(settings.n_iter_no_change, settings.tol)
-        try:
-            result = fit_loop(
-                make_elbo(model),
-                optax.adam(settings.learning_rate),
-                x_train,
-                x_test=x_val,
-                options=options,
-                on_epoch_end=stopper,
-                progress=bool(self.verbose),
-                log=print if self.verbose else _quiet,
-            )
-        except _StopTraining:
-            assert stopper is not None
-            return stopper.trained()
+        result = fit_loop(
+            make_elbo(model),
+            optax.adam(settings.learning_rate),
+            x_train,
+            x_test=x_val,
+            options=options,
+            on_epoch_end=stopper,
+            progress=bool(self.verbose),
+            log=print if self.verbose else _quiet,
+        )
         if stopper is not None:
             return stopper.trained()
         records = result.records
@@ -587,7 +579,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
 class _EarlyStopping:
     """``on_epoch_end`` hook: track the held-out -ELBO (``records[-1]["test_loss"]``), keep
-    a host copy of the best epoch's parameters, raise `_StopTraining` after
+    a host copy of the best epoch's parameters, and return True (stop) after
     `n_iter_no_change` epochs without an improvement of more than `tol`."""
 
     def __init__(self, n_iter_no_change: int, tol: float) -> None:
@@ -598,16 +590,15 @@ class _EarlyStopping:
         self.waited = 0
         self.records: list[dict[str, Any]] = []
 
-    def __call__(self, epoch: int, state: Any, records: list[dict[str, Any]]) -> None:
+    def __call__(self, epoch: int, state: Any, records: list[dict[str, Any]]) -> bool:
         self.records = records
         loss = float(records[-1]["test_loss"])
         if self.best_params is None or loss < self.best_loss - self.tol:
             self.best_loss, self.best_epoch, self.waited = loss, epoch, 0
             self.best_params = jax.device_get(state.params)  # host copy: the state is donated
-            return
+            return False
         self.waited += 1
-        if self.waited >= self.n_iter_no_change:
-            raise _StopTraining
+        return self.waited >= self.n_iter_no_change  # (True: fit stops after this epoch)
 
     def trained(self) -> _Trained:
         return _Trained(self.best_params, list(self.records), self.best_epoch)

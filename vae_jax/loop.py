@@ -63,7 +63,8 @@ from vae_jax.workdir import claim
 # Whether the parameters and optimizer state are finite (checked before each checkpoint).
 _state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)))
 
-EpochHook = Callable[[int, TrainState, list[dict[str, Any]]], None]
+# on_epoch_end(epoch, state, records); returning True stops training after this epoch.
+EpochHook = Callable[[int, TrainState, list[dict[str, Any]]], bool | None]
 
 MAX_STEPS = 2**31 - 1  # TrainState.step is int32
 # What schedulers send before they kill a job: SIGTERM (Kubernetes, `timeout`, SLURM at the
@@ -156,7 +157,10 @@ def fit(
         pictures and start afresh instead (`vae_jax.workdir.claim`).
       on_epoch_end: called as ``hook(epoch, state, records)`` after each epoch, with all
         the records so far (those restored from a checkpoint included), before that
-        epoch's checkpoint is written (so a run killed in between redoes the epoch).
+        epoch's checkpoint is written (so a run killed in between redoes the epoch). If it
+        returns True, training stops there (early stopping): that epoch is checkpointed and
+        `fit` returns. (`state` is donated to the next step: copy what you keep of it,
+        e.g. ``jax.device_get(state.params)``.)
       progress: show a progress bar per epoch.
       log: where the one-line epoch summaries go.
 
@@ -426,13 +430,15 @@ def fit(
             records.append(summary)
             partial = dict.fromkeys(partial, 0.0)
             log(_format_record(summary))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, state, records)
+            enough = on_epoch_end is not None and bool(on_epoch_end(epoch + 1, state, records))
             stop = any_process(bool(signals))
-            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps or stop:
+            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps or stop or enough:
                 save(epoch + 1, step)
             if stop and step < total_steps:
                 raise preempted(f"after epoch {epoch + 1} (step {step})")
+            if enough:  # (the hook stopped training early: every process's hook says so)
+                log(f"stopped after epoch {epoch + 1} of {opts.epochs}, as on_epoch_end asked")
+                break
         return FitResult(model, objective, state, records)
     finally:
         stack.close()
