@@ -262,6 +262,22 @@ def test_an_epoch_hook_that_returns_true_stops_fit_there(tmp_path):
     )
 
 
+def test_fit_takes_a_checked_split_as_it_is(monkeypatch):
+    """A Split (what check_split and prepare_data return) is not checked again; only its
+    shape is compared with the model's."""
+    x = np.random.default_rng(4).normal(size=(32, 4)).astype(np.float32)
+    split = vae_jax.arrays.check_split(x, name="x")
+    monkeypatch.setattr(vae_jax.loop, "check_split", None)  # (would fail if called)
+    objective, tx = vae_jax.make_elbo(MeanOnly()), optax.adam(1e-2)
+    options = vae_jax.FitOptions(epochs=1, batch_size=16)
+    run = functools.partial(vae_jax.fit, objective, tx, options=options, progress=False)
+    assert int(run(split, log=lambda _: None).state.step) == 2
+    with pytest.raises(ValueError, match="training data: examples are .3,., expected .4,."):
+        run(split._replace(image=x[:, :3]))
+    with pytest.raises(ValueError, match="a Split carries its labels; pass None as its y"):
+        run(split, np.zeros(32, np.int32))
+
+
 def test_fit_refuses_what_is_not_an_objective_an_optimizer_or_an_option():
     x = np.zeros((16, 4), np.float32)
     with pytest.raises(TypeError, match="objective must be an Objective .make_elbo"):

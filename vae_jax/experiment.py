@@ -162,10 +162,8 @@ def run_experiment(
         result = fit(
             config.objective.build(model),
             make_optimizer(config.train, n_steps_epoch),
-            train.image,
-            train.label,
-            None if test is None else test.image,
-            None if test is None else test.label,
+            train,  # (Splits: checked once, by prepare_data)
+            x_test=test,
             options=options,
             workdir=path,  # (claimed there, once the model is known to fit)
             record=config,

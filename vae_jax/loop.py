@@ -100,9 +100,9 @@ class FitResult(NamedTuple):
 def fit(
     objective: Objective,
     tx: optax.GradientTransformation,
-    x_train: np.ndarray,
+    x_train: np.ndarray | Split,
     y_train: np.ndarray | None = None,
-    x_test: np.ndarray | None = None,
+    x_test: np.ndarray | Split | None = None,
     y_test: np.ndarray | None = None,
     *,
     options: FitOptions | None = None,
@@ -134,6 +134,9 @@ def fit(
         happens inside the train step). Vectors ``[N, D]`` or images ``[N, H, W, C]``
         for the MLP, images for the conv VAE; the event shape must be the model's
         ``image_shape`` when it has one.
+        A `vae_jax.arrays.Split` (what `check_split` and `vae_jax.sources.prepare_data`
+        return, with its labels; `y_train` None) is taken as checked: only its shape is
+        looked at again, so a large (memory-mapped) split is not read twice.
       y_train: int ``[N]`` labels, or None (needed by a conditional model).
       x_test, y_test: evaluated after every epoch (single-sample ELBO with a fixed
         key; also the IWAE bound when training with IWAE). Already binarized if binarized.
@@ -196,11 +199,11 @@ def fit(
         "unit_interval": model.likelihood == "bernoulli" or opts.binarize,
     }
     model_shape = tuple(getattr(model, "image_shape", ()) or ()) or None
-    train = check_split(x_train, y_train, name="training data", event_shape=model_shape, **checks)
+    train = _enter(x_train, y_train, name="training data", event_shape=model_shape, **checks)
     event_shape = tuple(train.image.shape[1:])
     test = None
     if x_test is not None:
-        test = check_split(x_test, y_test, name="test data", event_shape=event_shape, **checks)
+        test = _enter(x_test, y_test, name="test data", event_shape=event_shape, **checks)
     n_train = len(train.image)
     if opts.batch_size > n_train:
         raise ValueError(
@@ -469,6 +472,19 @@ def _catch_preemption(received: list[int]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _enter(x: Any, y: Any, *, name: str, event_shape: Any, **checks: Any) -> Split:
+    """`check_split` of arrays; a `Split` (checked where it entered) has its shape checked."""
+    if not isinstance(x, Split):
+        return check_split(x, y, name=name, event_shape=event_shape, **checks)
+    if y is not None:
+        raise ValueError(f"{name}: a Split carries its labels; pass None as its y")
+    if event_shape is not None and tuple(x.image.shape[1:]) != tuple(event_shape):
+        raise ValueError(
+            f"{name}: examples are {tuple(x.image.shape[1:])}, expected {tuple(event_shape)}"
+        )
+    return x
 
 
 def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:

@@ -15,7 +15,8 @@
   named ``image``; its label the ``ClassLabel`` feature, if any. Splits "train" and, if
   present, "test".
 
-Nothing here checks values: `fit` does, where data enter training (`vae_jax.arrays`).
+`load_dataset` only reads; `prepare_data` checks what it read, once (`vae_jax.arrays.
+check_split`), and returns `Split`s that `fit` takes as checked.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FILE_SUFFIXES = (".npz", ".npy")
 
 
 class Dataset(NamedTuple):
-    """A data set in memory, as read (`fit` checks it: `vae_jax.arrays.check_split`).
+    """A data set in memory, as read (unchecked: `prepare_data` checks it).
 
     Attributes:
       x_train: [N, *event_shape] training examples.
