@@ -169,19 +169,21 @@ def test_sigterm_at_a_random_point_checkpoints_exits_75_and_resumes_bitwise(
     seed = int(os.environ.get("VAE_JAX_KILL_SEED", "20240611"))
     rng = np.random.default_rng(seed + 1)
     only_epoch_ends = ("--checkpoint_every_steps", "0")
-    for attempt in range(4):  # (the signal may come after a fast run has finished)
+    for attempt in range(6):  # (the signal may come after a fast run has finished)
         workdir = tmp_path / f"preempted{attempt}"
         log = tmp_path / f"preempted{attempt}.log"
         proc = _start(tiny_mnist, workdir, log, *only_epoch_ends)
-        delay = float(rng.uniform(0.0, 0.5))
+        delay = float(rng.uniform(0.0, 0.2))
         epoch_1_done = lambda log=log: "epoch   1 " in log.read_text()  # noqa: E731
         assert _signal_when(proc, epoch_1_done, delay, signal.SIGTERM), log.read_text()
         status = proc.wait(timeout=120)
         if status == 75:
             break
-        assert status == 0, log.read_text()[-3000:]
+        # (the signal came after training: the run had finished, or was ending, which a
+        # signal then stops as usual; try again)
+        assert status in (0, -signal.SIGTERM), log.read_text()[-3000:]
     else:
-        pytest.fail("every run finished before the signal")
+        pytest.fail("every run finished training before the signal")
     text = log.read_text()
     (line,) = [x for x in text.splitlines() if "preempted" in x]
     match = re.search(r"stopped by SIGTERM .*; the checkpoint at step (\d+) is written", line)
