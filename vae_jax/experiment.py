@@ -123,7 +123,7 @@ def run_experiment(
     Raises:
       ValueError: a bad configuration, path or data file (`WorkdirError` for the work
         directory); the message is one line.
-      CheckpointError, NonFiniteError, DataUnavailableError, OSError: see `fit`.
+      CheckpointError, DivergenceError, Preempted, DataUnavailableError, OSError: see `fit`.
     """
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
     # With several processes (`vae_jax.distributed`), process 0 owns the work directory

@@ -180,6 +180,7 @@ def fit(
       CheckpointError: `workdir` has no readable checkpoint, or a checkpoint cannot be
         written (the message names the checkpoint that is intact).
       NonFiniteError: a non-finite loss or gradient (the message names the step).
+      DivergenceError: a loss above `divergence_bound` (NonFiniteError is a kind of it).
       Preempted: SIGTERM or SIGUSR1 arrived (in the main thread): the current compiled call
         finished, a checkpoint was written (with `workdir`), and training stopped; calling
         `fit` again the same way resumes it. A second signal ends the process at once.
