@@ -3,8 +3,8 @@
 Each process is the CLI with ``--distributed`` and the variables docs/parallel.md gives
 (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``); the CPU
 collectives are JAX's default, gloo. Checked: both processes exit 0 and print the same
-losses, which match a 1-process run to float rounding (the same data, order and keys;
-only the sums' order differs); process 0 alone writes the work directory's files; a run
+losses, which match a 1-process run on 4 devices to float rounding (the same data, order
+and keys; only the sums' order differs); process 0 alone writes the work directory's files; a run
 whose process 1 is SIGKILLed (and then process 0, as a scheduler would) resumes on a
 restart of both to bitwise the parameters of the uninterrupted 2-process run; and the
 result loads in this 1-device process.
@@ -25,8 +25,6 @@ import numpy as np
 import pytest
 
 import vae_jax
-from experiments import train as train_cli
-from tests.cli_runner import run_cli
 from tests.kill_helpers import _steps, start_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +98,7 @@ def _losses(log: Path) -> list[str]:
     ]
 
 
-def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_path, capsys):
+def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_path):
     cache = tmp_path / "jax_cache"
     logs = [tmp_path / "p0.log", tmp_path / "p1.log"]
     reference = tmp_path / "reference"
@@ -118,10 +116,12 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
     assert _steps(reference) == [16, 18]
     assert not [p for p in reference.rglob("*") if p.name.endswith(".tmp")]
 
-    # the same run in one process (this one, 1 device): the same numbers to float rounding
+    # the same run in one process with 4 devices: the same numbers to float rounding
     alone = tmp_path / "alone"
-    status, err = run_cli(train_cli.main, ["--dataset", data, *FLAGS, "--workdir", alone], capsys)
-    assert status == 0, err
+    argv = ["experiments.train", "--dataset", data, *FLAGS, "--workdir", alone]
+    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = start_cli(argv, tmp_path / "alone.log", cache, env=four)
+    assert proc.wait(timeout=240) == 0, (tmp_path / "alone.log").read_text()[-2000:]
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     single = [json.loads(line) for line in (alone / "metrics.jsonl").read_text().splitlines()]
     for name in ("train_loss", "test_loss"):
