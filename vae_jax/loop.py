@@ -40,6 +40,7 @@ from vae_jax.distributed import any_process, on_primary
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.options import FitOptions
 from vae_jax.train import (
+    NO_BOUND,
     DivergenceError,
     HostBatches,
     NonFiniteError,
@@ -296,7 +297,6 @@ def fit(
         if test is not None and not streamed:
             test_data = to_device(test.image, test.label, mesh)
         last_saved = int(state.step)
-        no_bound = np.float32(np.inf)
 
         def save(epoch_done: int, step: int) -> None:
             nonlocal last_saved
@@ -355,7 +355,7 @@ def fit(
                 t0 = time.perf_counter()
                 loss_bound = None if initial_loss is None else divergence_bound(initial_loss)
                 in_step = loss_bound is not None  # (else: this call is checked after it ran)
-                max_loss = no_bound if loss_bound is None else np.float32(loss_bound)
+                max_loss = NO_BOUND if loss_bound is None else np.float32(loss_bound)
                 if streamed:
                     state, metrics = call(state, next(streamed_batches), keys.train, max_loss)
                 else:
