@@ -278,6 +278,13 @@ def test_fit_takes_a_checked_split_as_it_is(monkeypatch):
         run(split, np.zeros(32, np.int32))
 
 
+def test_load_checkpoint_needs_both_the_module_and_the_optimizer(tmp_path):
+    with pytest.raises(ValueError, match="pass both model and tx .the ones the run was trained"):
+        vae_jax.load_checkpoint(tmp_path, model=MeanOnly())
+    with pytest.raises(ValueError, match="pass both model and tx"):
+        vae_jax.load_checkpoint(tmp_path, tx=optax.adam(1e-3))
+
+
 def test_fit_refuses_what_is_not_an_objective_an_optimizer_or_an_option():
     x = np.zeros((16, 4), np.float32)
     with pytest.raises(TypeError, match="objective must be an Objective .make_elbo"):
