@@ -255,8 +255,10 @@ def fit(
             lambda: claim(workdir, owner, resume=resume, overwrite=overwrite),
             "claim the work directory",
         )
-        checkpointer = Checkpointer(workdir, max_to_keep=opts.keep_checkpoints)
-    try:
+        checkpointer = stack.enter_context(
+            contextlib.closing(Checkpointer(workdir, max_to_keep=opts.keep_checkpoints))
+        )
+    with stack:  # (closes the preemption handler, then the checkpointer)
         stack.enter_context(_catch_preemption(signals))
         # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
         state = jax.jit(init)(keys.init)
@@ -444,10 +446,6 @@ def fit(
                 log(f"stopped after epoch {epoch + 1} of {opts.epochs}, as on_epoch_end asked")
                 break
         return FitResult(model, objective, state, records)
-    finally:
-        stack.close()
-        if checkpointer is not None:
-            checkpointer.close()
 
 
 @contextlib.contextmanager
