@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks.speed import machine_info  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
 from vae_jax.loop import fit  # noqa: E402
 from vae_jax.models import VAE  # noqa: E402
 from vae_jax.objectives import make_elbo  # noqa: E402

@@ -26,10 +26,8 @@ in the repository). PyTorch is optional (``pip install torch==2.13.0``, CPU whee
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,7 @@ import numpy as np
 import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
+from benchmarks.machine import describe, machine_info  # noqa: E402
 from vae_jax.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from vae_jax.mnist import load_mnist  # noqa: E402
 from vae_jax.train import (  # noqa: E402
@@ -107,33 +106,6 @@ def train_flop_per_example(model: ModelConfig) -> int:
     forward = sum(2 * a * b for a, b in layers)
     first = 2 * layers[0][0] * layers[0][1]
     return 3 * forward - first
-
-
-def machine_info() -> dict[str, Any]:
-    model_name = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "jax": jax.__version__}
-    for name in ("jaxlib", "flax", "optax", "torch"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpu": model_name,
-        "cores": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
-        "platform": platform.platform(),
-        "jax_devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "versions": versions,
-    }
 
 
 # ----------------------------------------------------------------------------- ceiling
@@ -505,8 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine_info(), "command": sys.argv}
     m = report["machine"]
     _say(f"# vae_jax speed benchmark, {m['date']}")
-    _say(f"machine: {m['cpu']}, {m['cores']} cores, load average {m['loadavg_start']}")
-    _say(f"versions: {m['versions']}; XLA_FLAGS={m['xla_flags']!r}; devices {m['jax_devices']}")
+    _say(describe(m))
 
     config = ExperimentConfig()
     tc = config.train
