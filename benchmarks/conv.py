@@ -16,9 +16,15 @@ transposed convolution
 
 The variants compute the same function with the same parameters; they are timed in turn,
 chunk by chunk (interleaved), so machine load hits all of them alike; medians are reported.
+With PyTorch installed (``pip install torch==2.13.0``, the CPU wheel; ``--no_torch`` skips
+it), the same chunks also time the same architecture in PyTorch eager
+(`benchmarks/torch_vae.py` `ConvTrainer`: Adam, the same loss), in NCHW (``torch``) and
+channels_last (``torch_cl``) memory formats with ``--torch_threads`` threads, and the run
+ends with vae_jax's speed relative to the faster of the two (issue #14's target: >= 1.0).
 Speed does not depend on pixel values, so the data are random binary images. Usage::
 
     python -m benchmarks.conv                      # conv32 (the recipe) and conv28
+    python -m benchmarks.conv --models conv32 --variants vae_jax --chunks 10
     python -m benchmarks.conv --json /tmp/conv.json
 """
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -40,6 +47,7 @@ import optax  # noqa: E402
 
 import vae_jax.conv  # noqa: E402
 import vae_jax.train  # noqa: E402
+from benchmarks.machine import describe, machine_info  # noqa: E402
 from vae_jax.config import ModelConfig  # noqa: E402
 from vae_jax.objectives import make_elbo  # noqa: E402
 from vae_jax.train import (  # noqa: E402
@@ -70,7 +78,33 @@ MODELS = {
 }
 
 
-def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, object]:
+def torch_trainers(
+    images: np.ndarray, channels: tuple[int, ...], *, batch: int, threads: int
+) -> dict[str, object]:
+    """PyTorch eager trainers of the same model (NCHW and channels_last), or {} without torch."""
+    try:
+        from benchmarks.torch_vae import ConvTrainer
+    except ImportError:
+        print("PyTorch is not installed: no PyTorch reference (pip install torch==2.13.0)")
+        return {}
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # [N, 1, H, W]
+    return {
+        name: ConvTrainer(x, channels, batch_size=batch, channels_last=cl, num_threads=threads)
+        for name, cl in (("torch", False), ("torch_cl", True))
+    }
+
+
+def time_model(
+    name: str,
+    *,
+    batch: int,
+    steps: int,
+    chunks: int,
+    variants: list[str],
+    torch_threads: int | None,
+) -> dict[str, object]:
+    """Interleaved ms per train step of `variants` (and PyTorch unless `torch_threads` is
+    None) for one model of `MODELS`."""
     size, channels = MODELS[name]
     model = ModelConfig(architecture="conv", conv_channels=channels, z_dim=20).build(
         (size, size, 1)
@@ -86,7 +120,8 @@ def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, o
     calls, states, times = {}, {}, {}
     threshold0, host_loop = vae_jax.conv.SUBPIXEL_MIN_FEATURES, vae_jax.train._host_loop
     try:
-        for variant, (threshold, on_host) in VARIANTS.items():
+        for variant in variants:
+            threshold, on_host = VARIANTS[variant]
             vae_jax.conv.SUBPIXEL_MIN_FEATURES = threshold
             vae_jax.train._host_loop = lambda model, mesh, on_host=on_host: on_host
             call = make_train_call(make_elbo(model), tx, mesh)
@@ -98,6 +133,13 @@ def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, o
     finally:
         vae_jax.conv.SUBPIXEL_MIN_FEATURES, vae_jax.train._host_loop = threshold0, host_loop
     losses = {}
+    torch_runs: dict = {}
+    if torch_threads is not None:
+        torch_runs = torch_trainers(images, channels, batch=batch, threads=torch_threads)
+    for trainer in torch_runs.values():
+        trainer.train_steps(2)  # warm up (oneDNN primitives are created on first use)
+    params = {"vae_jax": sum(int(np.size(p)) for p in jax.tree.leaves(init_state_params(states)))}
+    params.update({n: t.num_params() for n, t in torch_runs.items()})
     for _ in range(chunks):
         for variant, call in calls.items():
             start = time.perf_counter()
@@ -105,7 +147,12 @@ def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, o
             jax.block_until_ready(metrics)
             times[variant].append((time.perf_counter() - start) / steps)
             losses[variant] = float(metrics["loss"][-1])
+        for variant, trainer in torch_runs.items():
+            start = time.perf_counter()
+            losses[variant] = trainer.train_steps(steps)
+            times.setdefault(variant, []).append((time.perf_counter() - start) / steps)
     ms = {v: 1e3 * statistics.median(t) for v, t in times.items()}
+    reference = min((ms[v] for v in torch_runs), default=None)
     return {
         "model": name,
         "image_size": size,
@@ -116,9 +163,16 @@ def time_model(name: str, *, batch: int, steps: int, chunks: int) -> dict[str, o
         "step_ms_median": ms,
         "step_ms_min": {v: 1e3 * min(t) for v, t in times.items()},
         "epoch_s_median": {v: m * steps_per_epoch(MNIST_TRAIN, batch) / 1e3 for v, m in ms.items()},
-        "speedup_vs_xla": {v: ms["xla"] / m for v, m in ms.items()},
+        "speedup_vs_torch": {} if reference is None else {v: reference / m for v, m in ms.items()},
+        "parameters": params,
+        "torch_threads": torch_threads if torch_runs else None,
         "last_loss": losses,
     }
+
+
+def init_state_params(states: dict) -> object:
+    """The parameters of any one variant's train state (all have the same shapes)."""
+    return next(iter(states.values())).params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,23 +183,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128, help="default: %(default)s")
     parser.add_argument("--steps", type=int, default=4, help="steps per timed call")
     parser.add_argument("--chunks", type=int, default=8, help="timed calls per variant")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="vae_jax variants to time, comma-separated, from the list above (default: all; "
+        "the *_scan ones take seconds per step)",
+    )
+    parser.add_argument(
+        "--torch_threads", type=int, default=2, help="PyTorch intra-op threads (default 2)"
+    )
+    parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
-    print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS)) + sorted(
+        set(args.models.split(",")) - set(MODELS)
+    )
+    if unknown:
+        parser.error(
+            f"unknown variant or model {unknown}; variants {list(VARIANTS)}, models {list(MODELS)}"
+        )
+    info = machine_info()
+    print(describe(info), flush=True)
     results = []
     for name in args.models.split(","):
-        r = time_model(name, batch=args.batch, steps=args.steps, chunks=args.chunks)
+        r = time_model(
+            name,
+            batch=args.batch,
+            steps=args.steps,
+            chunks=args.chunks,
+            variants=variants,
+            torch_threads=None if args.no_torch else args.torch_threads,
+        )
         results.append(r)
-        print(f"\n{name}: batch {args.batch}, ms per train step (median of {args.chunks} calls)")
-        for v in VARIANTS:
+        print(
+            f"\n{name}: batch {args.batch}, ms per train step (median of {args.chunks} calls); "
+            f"parameters {r['parameters']}"
+        )
+        for v, m in r["step_ms_median"].items():
+            vs = r["speedup_vs_torch"]
             print(
-                f"  {v:9s} {r['step_ms_median'][v]:7.1f} ms (min {r['step_ms_min'][v]:6.1f}), "
-                f"{r['epoch_s_median'][v]:6.1f} s per MNIST epoch, "
-                f"{r['speedup_vs_xla'][v]:.2f}x vs xla; last loss {r['last_loss'][v]:.3f}",
+                f"  {v:12s} {m:7.1f} ms (min {r['step_ms_min'][v]:6.1f}), "
+                f"{r['epoch_s_median'][v]:6.1f} s per MNIST epoch"
+                + (f", {vs[v]:.2f}x PyTorch's best" if vs else "")
+                + f"; last loss {r['last_loss'][v]:.3f}",
                 flush=True,
             )
+    info["loadavg_end"] = os.getloadavg()
+    print(f"\nload average at the end: {info['loadavg_end']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": info, "results": results}, indent=2))
     return 0
 
 

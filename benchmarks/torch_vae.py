@@ -1,4 +1,4 @@
-"""PyTorch eager reference of the seed recipe, for speed comparisons only.
+"""PyTorch eager references of the seed recipe and the conv VAE, for speed comparisons only.
 
 A transcription of pytorch/examples ``vae/main.py``: MLP 784-400-20 with ReLU (``fc1``
 784-400, ``fc21``/``fc22`` 400-20, ``fc3`` 20-400, ``fc4`` 400-784), sigmoid outputs,
@@ -11,6 +11,10 @@ training set is converted once to a float32 tensor in [0, 1] and each epoch inde
 a random permutation (the last batch smaller, as upstream). This removes the DataLoader's
 per-example Python and PIL overhead, so the reference is faster than upstream, not slower:
 the comparison favours PyTorch.
+
+`ConvVAE` and `ConvTrainer` are the conv VAE of `vae_jax.models.ConvEncoder`/`ConvDecoder`
+(the `conv32` recipe's architecture) written layer for layer in PyTorch, for
+`benchmarks/conv.py`.
 
 Requires the optional ``bench`` extra (CPU wheel: ``pip install torch==2.13.0``).
 """
@@ -110,3 +114,98 @@ class TorchTrainer:
             self.optimizer.step()
             seen += len(data)
         return time.perf_counter() - start, train_loss / max(seen, 1)
+
+
+class ConvVAE(nn.Module):
+    """vae_jax's conv VAE in PyTorch: stride-2 4x4 convs (padding 1) with GroupNorm(min(8, C))
+    and LeakyReLU(0.2), a Dense to 2 * z_dim; decoder Dense -> LeakyReLU -> transposed 4x4
+    stride-2 convs (GroupNorm, LeakyReLU) -> a last transposed conv to the image's channels
+    (logits). The same layers and parameter count as `vae_jax.VAE(architecture="conv")`."""
+
+    def __init__(self, image_size: int, channels: tuple[int, ...], z_dim: int = 20) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for width in channels:
+            layers += [
+                nn.Conv2d(cin, width, 4, stride=2, padding=1),
+                nn.GroupNorm(min(8, width), width),
+                nn.LeakyReLU(0.2),
+            ]
+            cin = width
+        self.encoder = nn.Sequential(*layers, nn.Flatten())
+        self.start = (channels[-1], image_size // 2 ** len(channels))
+        flat = channels[-1] * self.start[1] ** 2
+        self.head = nn.Linear(flat, 2 * z_dim)
+        self.fc = nn.Linear(z_dim, flat)
+        layers = []
+        for width in reversed(channels[:-1]):
+            layers += [
+                nn.ConvTranspose2d(cin, width, 4, stride=2, padding=1),
+                nn.GroupNorm(min(8, width), width),
+                nn.LeakyReLU(0.2),
+            ]
+            cin = width
+        layers.append(nn.ConvTranspose2d(cin, 1, 4, stride=2, padding=1))
+        self.decoder = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, logvar = self.head(self.encoder(x)).chunk(2, dim=1)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        channels, side = self.start
+        h = F.leaky_relu(self.fc(z), 0.2).view(-1, channels, side, side)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            h = h.contiguous(memory_format=torch.channels_last)
+        return self.decoder(h), mean, logvar
+
+
+class ConvTrainer:
+    """One Adam step (learning rate 1e-3) at a time on fixed binary batches, for timing.
+
+    The loss is vae_jax's: Bernoulli log-likelihood from logits summed over pixels plus the
+    analytic KL, averaged over the batch (nats per example).
+
+    Args:
+      images: float32 [N, 1, H, W] in [0, 1].
+      channels: conv widths, e.g. (32, 64, 128) for conv32.
+      batch_size: examples per step.
+      channels_last: NHWC memory format (oneDNN's preferred layout on CPU).
+      num_threads: ``torch.set_num_threads`` before each call.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        channels: tuple[int, ...],
+        *,
+        batch_size: int,
+        channels_last: bool,
+        num_threads: int = 2,
+        seed: int = 0,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.num_threads = num_threads
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = ConvVAE(images.shape[-1], channels).to(memory_format=fmt)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.data = torch.from_numpy(images).contiguous(memory_format=fmt)
+        self.batch_size = batch_size
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def train_steps(self, steps: int) -> float:
+        """Run `steps` steps (batches taken in turn from the data); returns the last loss."""
+        torch.set_num_threads(self.num_threads)
+        loss = torch.zeros(())
+        for s in range(steps):
+            begin = (s * self.batch_size) % (len(self.data) - self.batch_size + 1)
+            x = self.data[begin : begin + self.batch_size]
+            self.optimizer.zero_grad()
+            logits, mean, logvar = self.model(x)
+            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+            kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
+            loss = (rec + kl) / len(x)
+            loss.backward()
+            self.optimizer.step()
+        return float(loss.item())
