@@ -64,7 +64,8 @@ class ImportanceTerms(NamedTuple):
       elbo: ``mean_i log p(x|z_i) - KL(q(z|x) || p(z))`` with the same k samples and the KL
         in closed form: the ELBO, estimated with k samples.
       log_px_z: ``mean_i log p(x|z_i)``, the expected reconstruction term.
-      kl: KL(q(z|x) || p(z)) in closed form.
+      kl: KL(q(z|x) || p(z)) in closed form; for a model with ``sample_latent`` (no closed
+        form) the Monte Carlo ``mean_i (log q(z_i|x) - log p(z_i))`` over the same samples.
     """
 
     log_px: jax.Array
@@ -140,7 +141,9 @@ def importance_terms(
     does not divide k the last chunk is padded and its extra samples get weight 0.
 
     Args:
-      model: a `VAE` (or any module with `encode`/`decode` methods and a `likelihood`).
+      model: a `VAE` (or any module with `encode`/`decode` methods and a `likelihood`), or
+        a module with ``sample_latent`` (`vae_jax.latents`: its own q and p, evaluated
+        example by example, see `_sampled_importance_terms`).
       params: its parameters.
       x: [batch, *image_shape] examples (uint8 grey levels are scaled by 1/255).
       label: [batch] int labels for a conditional model, else None.
@@ -156,13 +159,18 @@ def importance_terms(
     """
     if num_samples < 1 or sample_chunk < 1:
         raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
-    if hasattr(model, "sample_latent"):
-        raise ValueError(
-            f"{type(model).__name__} defines sample_latent: importance_terms evaluates models "
-            "whose q(z|x) is encode()'s diagonal Gaussian and p(z) = N(0, I); use "
-            "make_iwae(model, num_samples=k) for others"
-        )
     sample_chunk = min(sample_chunk, num_samples)
+    if hasattr(model, "sample_latent"):
+        return _sampled_importance_terms(
+            model,
+            params,
+            x,
+            label,
+            key,
+            num_samples=num_samples,
+            sample_chunk=sample_chunk,
+            example_ids=example_ids,
+        )
     x = to_float(x)
     batch = x.shape[0]
     encoded: Any = model.apply({"params": params}, x, label, method="encode")
@@ -217,6 +225,82 @@ def importance_terms(
     log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
     kl = gaussian_kl(mean, logvar)
     log_px_z = sum_log_px_z / num_samples
+    return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
+
+
+def _sampled_importance_terms(
+    model: Any,
+    params: Params,
+    x: ArrayLike,
+    label: ArrayLike | None,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    sample_chunk: int,
+    example_ids: ArrayLike | None,
+) -> ImportanceTerms:
+    """`importance_terms` for a model with ``sample_latent`` (several latent layers, a
+    learned prior, a flow): its own log q and log p, and the KL as ``mean_i (log q - log p)``
+    over the same k samples (no closed form).
+
+    Sample s of example n is one call of the model's ``sample_latent`` with batch 1 and
+    L = 1 under the key ``fold_in(fold_in(key, n), s)`` (vmapped over the chunk's samples
+    and the batch's examples), so, as for `encode` models, the estimate of an example does
+    not depend on the batch size, on `sample_chunk` or on the other examples.
+    """
+    x = to_float(x)
+    batch = x.shape[0]
+    ids = jnp.arange(batch) if example_ids is None else jnp.asarray(example_ids)
+    labels = None if label is None else jnp.asarray(label)
+    num_chunks = math.ceil(num_samples / sample_chunk)
+    apply = functools.partial(model.apply, {"params": params})
+
+    def one_example(x1: jax.Array, label1: jax.Array | None, example_id: jax.Array):
+        example_key = jax.random.fold_in(key, example_id)
+        x1 = x1[None]  # [1, *event_shape]
+        label1 = None if label1 is None else label1[None]
+
+        def one_sample(sample: jax.Array) -> Any:
+            sample_key = jax.random.fold_in(example_key, sample)
+            latent = apply(x1, label1, sample_key, 1, method="sample_latent")
+            return jax.tree.map(lambda a: a[0], latent._replace(kl=None))  # drop L = 1
+
+        def body(carry, chunk):
+            running_max, running_sum, sum_log_px_z, sum_kl = carry  # [1] each
+            samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
+            valid = samples < num_samples
+            latent = jax.vmap(one_sample)(samples)  # leaves [chunk, 1, ...]
+            output = apply(latent.z, label1, method="decode")
+            output = DecoderOutput(
+                output.loc.astype(jnp.float32),
+                None if output.logvar is None else output.logvar.astype(jnp.float32),
+            )
+            log_px_z = log_likelihood(model, x1, output, event_ndims=x1.ndim - 1)  # [chunk, 1]
+            log_w = log_px_z + latent.log_p - latent.log_q
+            log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
+            new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
+            running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
+                jnp.exp(log_w - new_max[None]), axis=0
+            )
+            keep = lambda v: jnp.sum(jnp.where(valid[:, None], v, 0.0), axis=0)  # noqa: E731
+            sum_log_px_z = sum_log_px_z + keep(log_px_z)
+            sum_kl = sum_kl + keep(latent.log_q - latent.log_p)
+            return (new_max, running_sum, sum_log_px_z, sum_kl), None
+
+        init = (
+            jnp.full((1,), -jnp.inf, jnp.float32),
+            jnp.zeros((1,), jnp.float32),
+            jnp.zeros((1,), jnp.float32),
+            jnp.zeros((1,), jnp.float32),
+        )
+        (running_max, running_sum, sum_log_px_z, sum_kl), _ = jax.lax.scan(
+            body, init, jnp.arange(num_chunks)
+        )
+        log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
+        return log_px[0], sum_log_px_z[0] / num_samples, sum_kl[0] / num_samples
+
+    in_axes = (0, None if labels is None else 0, 0)
+    log_px, log_px_z, kl = jax.vmap(one_example, in_axes)(x, labels, ids)
     return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
 
 
