@@ -66,12 +66,20 @@ class ImportanceTerms(NamedTuple):
       log_px_z: ``mean_i log p(x|z_i)``, the expected reconstruction term.
       kl: KL(q(z|x) || p(z)) in closed form; for a model with ``sample_latent`` (no closed
         form) the Monte Carlo ``mean_i (log q(z_i|x) - log p(z_i))`` over the same samples.
+      layer_kl: [batch, layers] for a model with several stochastic layers (``sample_layers``,
+        `vae_jax.latents.HierarchicalVAE`), else None: each layer's share of `kl`,
+        ``mean_i [log q(z_l|z_{l-1}) - log p(z_l|z_{l+1})]`` (z_0 = x; the top layer's p is
+        N(0, I)); they sum to `kl`.
+      layer_mean: for such a model, one [batch, d_l] array per layer: E_q[z_l], estimated
+        from the same k samples (what the per-layer active units use), else None.
     """
 
     log_px: jax.Array
     elbo: jax.Array
     log_px_z: jax.Array
     kl: jax.Array
+    layer_kl: jax.Array | None = None
+    layer_mean: tuple[jax.Array, ...] | None = None
 
 
 class ActiveUnits(NamedTuple):
@@ -241,7 +249,8 @@ def _sampled_importance_terms(
 ) -> ImportanceTerms:
     """`importance_terms` for a model with ``sample_latent`` (several latent layers, a
     learned prior, a flow): its own log q and log p, and the KL as ``mean_i (log q - log p)``
-    over the same k samples (no closed form).
+    over the same k samples (no closed form). A model that also has ``sample_layers``
+    (`vae_jax.latents.HierarchicalVAE`) gets each layer's KL and posterior mean too.
 
     Sample s of example n is one call of the model's ``sample_latent`` with batch 1 and
     L = 1 under the key ``fold_in(fold_in(key, n), s)`` (vmapped over the chunk's samples
@@ -254,54 +263,72 @@ def _sampled_importance_terms(
     labels = None if label is None else jnp.asarray(label)
     num_chunks = math.ceil(num_samples / sample_chunk)
     apply = functools.partial(model.apply, {"params": params})
+    layered = hasattr(model, "sample_layers")
 
     def one_example(x1: jax.Array, label1: jax.Array | None, example_id: jax.Array):
         example_key = jax.random.fold_in(key, example_id)
         x1 = x1[None]  # [1, *event_shape]
         label1 = None if label1 is None else label1[None]
 
-        def one_sample(sample: jax.Array) -> Any:
+        def one_sample(sample: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+            """(z, log_q, log_p) of sample `sample`, log densities [layers, 1] (or [1, 1])."""
             sample_key = jax.random.fold_in(example_key, sample)
+            if layered:
+                layers = apply(x1, label1, sample_key, 1, method="sample_layers")
+                z = tuple(a[0] for a in layers.z)  # drop L = 1: [1, d_i]
+                return z, layers.log_q[:, 0], layers.log_p[:, 0]
             latent = apply(x1, label1, sample_key, 1, method="sample_latent")
-            return jax.tree.map(lambda a: a[0], latent._replace(kl=None))  # drop L = 1
+            return jax.tree.map(lambda a: a[0], latent.z), latent.log_q, latent.log_p
 
         def body(carry, chunk):
-            running_max, running_sum, sum_log_px_z, sum_kl = carry  # [1] each
+            running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z = carry
             samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
             valid = samples < num_samples
-            latent = jax.vmap(one_sample)(samples)  # leaves [chunk, 1, ...]
-            output = apply(latent.z, label1, method="decode")
+            z, log_q, log_p = jax.vmap(one_sample)(samples)  # z leaves [chunk, 1, ...]
+            output = apply(z, label1, method="decode")
             output = DecoderOutput(
                 output.loc.astype(jnp.float32),
                 None if output.logvar is None else output.logvar.astype(jnp.float32),
             )
             log_px_z = log_likelihood(model, x1, output, event_ndims=x1.ndim - 1)  # [chunk, 1]
-            log_w = log_px_z + latent.log_p - latent.log_q
+            log_w = log_px_z + jnp.sum(log_p - log_q, axis=1)
             log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
             new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
             running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
                 jnp.exp(log_w - new_max[None]), axis=0
             )
-            keep = lambda v: jnp.sum(jnp.where(valid[:, None], v, 0.0), axis=0)  # noqa: E731
-            sum_log_px_z = sum_log_px_z + keep(log_px_z)
-            sum_kl = sum_kl + keep(latent.log_q - latent.log_p)
-            return (new_max, running_sum, sum_log_px_z, sum_kl), None
 
+            def keep(v: jax.Array) -> jax.Array:  # sum over the chunk's valid samples
+                mask = valid.reshape(-1, *(1,) * (v.ndim - 1))
+                return jnp.sum(jnp.where(mask, v, 0.0), axis=0)
+
+            sum_log_px_z = sum_log_px_z + keep(log_px_z)
+            sum_layer_kl = sum_layer_kl + keep(log_q - log_p)  # [layers, 1]
+            if layered:
+                sum_z = tuple(a + keep(b) for a, b in zip(sum_z, z, strict=True))
+            return (new_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z), None
+
+        shapes = jax.eval_shape(one_sample, jnp.zeros((), jnp.int32))
         init = (
             jnp.full((1,), -jnp.inf, jnp.float32),
             jnp.zeros((1,), jnp.float32),
             jnp.zeros((1,), jnp.float32),
-            jnp.zeros((1,), jnp.float32),
+            jnp.zeros(shapes[1].shape, jnp.float32),
+            tuple(jnp.zeros(a.shape, jnp.float32) for a in shapes[0]) if layered else (),
         )
-        (running_max, running_sum, sum_log_px_z, sum_kl), _ = jax.lax.scan(
-            body, init, jnp.arange(num_chunks)
-        )
+        carry, _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+        running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z = carry
         log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
-        return log_px[0], sum_log_px_z[0] / num_samples, sum_kl[0] / num_samples
+        layer_kl = sum_layer_kl[:, 0] / num_samples  # [layers]
+        layer_mean = tuple(a[0] / num_samples for a in sum_z)  # [d_i] each
+        return log_px[0], sum_log_px_z[0] / num_samples, layer_kl, layer_mean
 
     in_axes = (0, None if labels is None else 0, 0)
-    log_px, log_px_z, kl = jax.vmap(one_example, in_axes)(x, labels, ids)
-    return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
+    log_px, log_px_z, layer_kl, layer_mean = jax.vmap(one_example, in_axes)(x, labels, ids)
+    kl = jnp.sum(layer_kl, axis=-1)
+    if not layered:
+        return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
+    return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl, layer_kl, layer_mean)
 
 
 def importance_log_likelihood(
@@ -493,7 +520,16 @@ def evaluate_dataset(
     columns: list[Any] = [
         np.concatenate([np.asarray(o[0][i], np.float64) for o in outputs]) for i in range(4)
     ]
-    terms = ImportanceTerms(*columns)  # numpy [N] float64 arrays
+    first = outputs[0][0]
+    if first.layer_kl is not None:  # (several stochastic layers)
+        columns.append(np.concatenate([np.asarray(o[0].layer_kl, np.float64) for o in outputs]))
+        columns.append(
+            tuple(
+                np.concatenate([np.asarray(o[0].layer_mean[i], np.float64) for o in outputs])
+                for i in range(len(first.layer_mean))
+            )
+        )
+    terms = ImportanceTerms(*columns)  # numpy [N] float64 arrays ([N, ...] per layer)
     posterior_mean = np.concatenate([o[1] for o in outputs])
     return DatasetResult(terms, posterior_mean, seconds, compile_seconds, batch_size, cpu_seconds)
 
@@ -709,7 +745,11 @@ def make_report(
         "protocol": (
             f"importance sampling with k={k} samples from q(z|x) per example "
             "(Burda et al. 2016); ELBO = mean over the same k samples of log p(x|z) minus the "
-            "closed-form KL"
+            + (
+                "Monte Carlo KL, the mean of log q(z|x) - log p(z) over the same samples"
+                if hasattr(model, "sample_latent")
+                else "closed-form KL"
+            )
         ),
         "seconds": result.seconds,
         "compile_and_first_batch_seconds": result.compile_seconds,
@@ -721,6 +761,17 @@ def make_report(
         "decoder_flops_per_eval": flops,
         "decoder_gflops_per_second": None if flops is None else flops * evals_per_second / 1e9,
     }
+    if t.layer_kl is not None and t.layer_mean is not None:
+        report["kl_per_layer"] = [float(v) for v in np.mean(t.layer_kl, axis=0)]
+        report["latent_dims"] = [int(m.shape[-1]) for m in t.layer_mean]
+        report["active_units_per_layer"] = (
+            None if n < 2 else [active_units(m).num_active for m in t.layer_mean]
+        )
+        report["per_layer"] = (
+            "layer l's KL: mean over the k samples of log q(z_l|z_{l-1}) - log p(z_l|z_{l+1}) "
+            "(bottom first, they sum to kl); its active units from E_q[z_l] estimated with the "
+            "same k samples"
+        )
     if normalised and model.likelihood == "bernoulli":
         report[f"bits_per_dim_is_k{k}"] = float(np.mean(bits_per_dim(t.log_px, num_dims)))
     elif normalised:
@@ -753,6 +804,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"  active units {report['active_units']}/{report['z_dim']}  IS >= ELBO: "
         f"{report['is_ge_elbo']} ({report['is_ge_elbo_fraction_of_examples']:.4f} of examples)"
     )
+    if "kl_per_layer" in report:
+        layers = ", ".join(f"{v:.3f}" for v in report["kl_per_layer"])
+        lines.append(
+            f"  per layer (bottom first): KL {layers}  active units "
+            f"{report['active_units_per_layer']} of {report['latent_dims']}"
+        )
     gflops = report.get("decoder_gflops_per_second")
     lines.append(
         f"  {report['seconds']:.1f} s, peak RSS {report['peak_rss_mib']:.0f} MiB, "
