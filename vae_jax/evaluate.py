@@ -66,20 +66,28 @@ class ImportanceTerms(NamedTuple):
       log_px_z: ``mean_i log p(x|z_i)``, the expected reconstruction term.
       kl: KL(q(z|x) || p(z)) in closed form; for a model with ``sample_latent`` (no closed
         form) the Monte Carlo ``mean_i (log q(z_i|x) - log p(z_i))`` over the same samples.
-      layer_kl: [batch, layers] for a model with several stochastic layers (``sample_layers``,
-        `vae_jax.latents.HierarchicalVAE`), else None: each layer's share of `kl`,
-        ``mean_i [log q(z_l|z_{l-1}) - log p(z_l|z_{l+1})]`` (z_0 = x; the top layer's p is
-        N(0, I)); they sum to `kl`.
-      layer_mean: for such a model, one [batch, d_l] array per layer: E_q[z_l], estimated
-        from the same k samples (what the per-layer active units use), else None.
     """
 
     log_px: jax.Array
     elbo: jax.Array
     log_px_z: jax.Array
     kl: jax.Array
-    layer_kl: jax.Array | None = None
-    layer_mean: tuple[jax.Array, ...] | None = None
+
+
+class LayerTerms(NamedTuple):
+    """Per-layer results of one importance-sampling pass of a model with several stochastic
+    layers (``sample_layers``: `vae_jax.latents.HierarchicalVAE`), bottom layer first.
+
+    Attributes:
+      kl: [batch, layers] each layer's share of the Monte Carlo KL,
+        ``mean_i [log q(z_l|z_{l-1}) - log p(z_l|z_{l+1})]`` over the k samples (z_0 = x;
+        the top layer's p is N(0, I)); summed over layers it is `ImportanceTerms.kl`.
+      mean: one [batch, d_l] array per layer, E_q[z_l] estimated from the same k samples
+        (what the per-layer active units use).
+    """
+
+    kl: jax.Array
+    mean: tuple[jax.Array, ...]
 
 
 class ActiveUnits(NamedTuple):
@@ -178,7 +186,7 @@ def importance_terms(
             num_samples=num_samples,
             sample_chunk=sample_chunk,
             example_ids=example_ids,
-        )
+        )[0]
     x = to_float(x)
     batch = x.shape[0]
     encoded: Any = model.apply({"params": params}, x, label, method="encode")
@@ -246,11 +254,12 @@ def _sampled_importance_terms(
     num_samples: int,
     sample_chunk: int,
     example_ids: ArrayLike | None,
-) -> ImportanceTerms:
+) -> tuple[ImportanceTerms, LayerTerms | None]:
     """`importance_terms` for a model with ``sample_latent`` (several latent layers, a
     learned prior, a flow): its own log q and log p, and the KL as ``mean_i (log q - log p)``
     over the same k samples (no closed form). A model that also has ``sample_layers``
-    (`vae_jax.latents.HierarchicalVAE`) gets each layer's KL and posterior mean too.
+    (`vae_jax.latents.HierarchicalVAE`) gets each layer's KL and posterior mean too, as a
+    `LayerTerms` (else None).
 
     Sample s of example n is one call of the model's ``sample_latent`` with batch 1 and
     L = 1 under the key ``fold_in(fold_in(key, n), s)`` (vmapped over the chunk's samples
@@ -326,9 +335,40 @@ def _sampled_importance_terms(
     in_axes = (0, None if labels is None else 0, 0)
     log_px, log_px_z, layer_kl, layer_mean = jax.vmap(one_example, in_axes)(x, labels, ids)
     kl = jnp.sum(layer_kl, axis=-1)
-    if not layered:
-        return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
-    return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl, layer_kl, layer_mean)
+    terms = ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
+    return terms, LayerTerms(layer_kl, layer_mean) if layered else None
+
+
+def layered_importance_terms(
+    model: Any,
+    params: Params,
+    x: ArrayLike,
+    label: ArrayLike | None,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    sample_chunk: int,
+    example_ids: ArrayLike | None = None,
+) -> tuple[ImportanceTerms, LayerTerms]:
+    """`importance_terms` and, from the same samples, each stochastic layer's KL and
+    posterior mean (`LayerTerms`), for a model with ``sample_layers``
+    (`vae_jax.latents.HierarchicalVAE`); the arguments are `importance_terms`'s."""
+    if not hasattr(model, "sample_layers"):
+        raise ValueError(f"{type(model).__name__} has no sample_layers: one stochastic layer")
+    if num_samples < 1 or sample_chunk < 1:
+        raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
+    terms, layers = _sampled_importance_terms(
+        model,
+        params,
+        x,
+        label,
+        key,
+        num_samples=num_samples,
+        sample_chunk=min(sample_chunk, num_samples),
+        example_ids=example_ids,
+    )
+    assert layers is not None
+    return terms, layers
 
 
 def importance_log_likelihood(
@@ -430,6 +470,8 @@ class DatasetResult(NamedTuple):
       first_batch_examples: examples in that first batch.
       cpu_seconds: CPU time of this process during the pass (all threads), which on a shared
         machine says how much of the wall time the pass actually had the CPU.
+      layers: for a model with several stochastic layers, a `LayerTerms` of numpy arrays
+        ([N, layers] and [N, d_l]); else None.
     """
 
     terms: ImportanceTerms
@@ -438,29 +480,27 @@ class DatasetResult(NamedTuple):
     compile_seconds: float
     first_batch_examples: int
     cpu_seconds: float = float("nan")
+    layers: LayerTerms | None = None
 
 
 @functools.lru_cache(maxsize=16)
 def make_batch_evaluator(
-    model: VAE, *, num_samples: int, sample_chunk: int
-) -> Callable[..., tuple[ImportanceTerms, jax.Array]]:
-    """A jitted ``fn(params, x, label, example_ids, key) -> (ImportanceTerms, mean)``.
+    model: VAE, *, num_samples: int, sample_chunk: int, per_layer: bool = False
+) -> Callable[..., Any]:
+    """A jitted ``fn(params, x, label, example_ids, key) -> (ImportanceTerms, mean)``, or
+    ``-> (ImportanceTerms, mean, LayerTerms)`` with `per_layer` (`layered_importance_terms`).
 
-    Cached per (model, num_samples, sample_chunk), so repeated evaluations compile once.
+    Cached per (model, num_samples, sample_chunk, per_layer), so repeated evaluations
+    compile once.
     """
 
     def fn(params, x, label, example_ids, key):
-        terms = importance_terms(
-            model,
-            params,
-            x,
-            label,
-            key,
-            num_samples=num_samples,
-            sample_chunk=sample_chunk,
-            example_ids=example_ids,
-        )
+        kwargs = dict(num_samples=num_samples, sample_chunk=sample_chunk, example_ids=example_ids)
         mean, _ = model.apply({"params": params}, to_float(x), label, method="encode")
+        if per_layer:
+            terms, layers = layered_importance_terms(model, params, x, label, key, **kwargs)
+            return terms, mean.astype(jnp.float32), layers
+        terms = importance_terms(model, params, x, label, key, **kwargs)
         return terms, mean.astype(jnp.float32)
 
     return jax.jit(fn)
@@ -494,9 +534,12 @@ def evaluate_dataset(
     if n == 0:
         raise ValueError("no examples to evaluate")
     batch_size = min(batch_size, n)
-    fn = make_batch_evaluator(model, num_samples=num_samples, sample_chunk=sample_chunk)
+    per_layer = hasattr(model, "sample_layers")
+    fn = make_batch_evaluator(
+        model, num_samples=num_samples, sample_chunk=sample_chunk, per_layer=per_layer
+    )
     use_labels = getattr(model, "num_classes", 0) > 0
-    outputs: list[tuple[Any, Any]] = []
+    outputs: list[Any] = []  # (terms, mean) or (terms, mean, layers) per batch
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     compile_seconds = 0.0
@@ -511,7 +554,7 @@ def evaluate_dataset(
             out = fn(params, jnp.asarray(images[ids]), label, jnp.asarray(ids, jnp.int32), key)
             out = jax.device_get(out)
             keep = int(weight[i].sum())  # (the padding, which has weight 0, is dropped)
-            outputs.append((jax.tree.map(lambda a, k=keep: a[:k], out[0]), out[1][:keep]))
+            outputs.append(jax.tree.map(lambda a, k=keep: a[:k], out))
             if i == 0:
                 compile_seconds = time.perf_counter() - t0
             bar.update(keep)
@@ -520,18 +563,19 @@ def evaluate_dataset(
     columns: list[Any] = [
         np.concatenate([np.asarray(o[0][i], np.float64) for o in outputs]) for i in range(4)
     ]
-    first = outputs[0][0]
-    if first.layer_kl is not None:  # (several stochastic layers)
-        columns.append(np.concatenate([np.asarray(o[0].layer_kl, np.float64) for o in outputs]))
-        columns.append(
-            tuple(
-                np.concatenate([np.asarray(o[0].layer_mean[i], np.float64) for o in outputs])
-                for i in range(len(first.layer_mean))
-            )
-        )
-    terms = ImportanceTerms(*columns)  # numpy [N] float64 arrays ([N, ...] per layer)
+    terms = ImportanceTerms(*columns)  # numpy [N] float64 arrays
     posterior_mean = np.concatenate([o[1] for o in outputs])
-    return DatasetResult(terms, posterior_mean, seconds, compile_seconds, batch_size, cpu_seconds)
+    layers = None
+    if per_layer:  # (several stochastic layers)
+        layer_kl: Any = np.concatenate([np.asarray(o[2].kl, np.float64) for o in outputs])
+        layer_mean: Any = tuple(
+            np.concatenate([np.asarray(o[2].mean[i], np.float64) for o in outputs])
+            for i in range(len(outputs[0][2].mean))
+        )
+        layers = LayerTerms(layer_kl, layer_mean)
+    return DatasetResult(
+        terms, posterior_mean, seconds, compile_seconds, batch_size, cpu_seconds, layers
+    )
 
 
 def decoder_flops(model: VAE, params: Params) -> int | None:
@@ -761,11 +805,12 @@ def make_report(
         "decoder_flops_per_eval": flops,
         "decoder_gflops_per_second": None if flops is None else flops * evals_per_second / 1e9,
     }
-    if t.layer_kl is not None and t.layer_mean is not None:
-        report["kl_per_layer"] = [float(v) for v in np.mean(t.layer_kl, axis=0)]
-        report["latent_dims"] = [int(m.shape[-1]) for m in t.layer_mean]
+    if result.layers is not None:
+        layer_means = result.layers.mean
+        report["kl_per_layer"] = [float(v) for v in np.mean(result.layers.kl, axis=0)]
+        report["latent_dims"] = [int(m.shape[-1]) for m in layer_means]
         report["active_units_per_layer"] = (
-            None if n < 2 else [active_units(m).num_active for m in t.layer_mean]
+            None if n < 2 else [active_units(m).num_active for m in layer_means]
         )
         report["per_layer"] = (
             "layer l's KL: mean over the k samples of log q(z_l|z_{l-1}) - log p(z_l|z_{l+1}) "
@@ -934,6 +979,7 @@ __all__ = [
     "DatasetResult",
     "EvaluationError",
     "ImportanceTerms",
+    "LayerTerms",
     "active_units",
     "bits_per_dim",
     "decoder_flops",
@@ -943,6 +989,7 @@ __all__ = [
     "format_report",
     "importance_log_likelihood",
     "importance_terms",
+    "layered_importance_terms",
     "make_batch_evaluator",
     "make_report",
     "write_evaluation_pictures",
