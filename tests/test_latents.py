@@ -15,9 +15,14 @@ import pytest
 from scipy import special, stats
 
 import vae_jax
+from experiments import evaluate as evaluate_cli
+from experiments import train as train_cli
+from tests.cli_runner import run_cli
+from vae_jax.config import ModelConfig
 from vae_jax.evaluate import evaluate_dataset, format_report, importance_terms, make_report
 from vae_jax.latents import check_latent_model, made_masks
 from vae_jax.objectives import reparameterize
+from vae_jax.recipes import RECIPES
 
 SHAPE = (4, 4, 1)  # 16 binary pixels: tiny layers, few compiles
 BASE = vae_jax.VAE(image_shape=SHAPE, hidden=(8,), z_dim=3, activation="tanh")
@@ -298,6 +303,76 @@ def test_fit_trains_and_resumes_exactly(name, tmp_path):
         jax.tree.leaves(loaded.params), jax.tree.leaves(straight.state.params), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- configuration, CLI
+
+CLI_MODELS = {
+    "hierarchical": ("--upper_latent_dims", "2", "--upper_hidden", "6"),
+    "vamp": ("--prior", "vamp", "--num_pseudo_inputs", "5"),
+    "iaf": ("--posterior", "iaf", "--flow_depth", "2", "--flow_hidden", "8"),
+}
+
+
+def test_model_config_builds_the_latent_models_and_the_2layer_recipes_are_burdas():
+    build = lambda **kw: ModelConfig(hidden=(8,), z_dim=3, **kw).build(SHAPE)  # noqa: E731
+    two = build(upper_latent_dims=(2, 2), upper_hidden=(6,))
+    assert two == vae_jax.HierarchicalVAE(
+        image_shape=SHAPE, latent_dims=(3, 2, 2), hidden=((8,), (6,), (6,)), activation="relu"
+    )
+    vamp = build(prior="vamp", num_pseudo_inputs=7)
+    assert isinstance(vamp, vae_jax.VampPriorVAE) and vamp.num_pseudo_inputs == 7
+    assert vamp.base == build()
+    iaf = build(posterior="iaf", flow_depth=3, flow_hidden=(5,))
+    assert isinstance(iaf, vae_jax.IAFVAE) and (iaf.flow_depth, iaf.flow_hidden) == (3, (5,))
+    for name in ("iwae_paper_2layer_vae", "iwae_paper_2layer_iwae"):
+        config = RECIPES[name]()
+        assert config.model.build((28, 28, 1)) == vae_jax.HierarchicalVAE()  # 100-100-100-50-50-50
+        assert config.train == RECIPES["iwae_paper_vae"]().train
+    assert RECIPES["iwae_paper_2layer_iwae"]().objective.num_samples == 50
+
+
+@pytest.mark.parametrize("name", sorted(CLI_MODELS))
+def test_each_model_trains_from_the_cli_and_is_evaluated(name, tmp_path, capsys):
+    images = (_binary(8, 48) * 255).astype(np.uint8)
+    np.savez(tmp_path / "tiny.npz", x_train=images[:32], x_test=images[32:])
+    workdir = tmp_path / "run"
+    argv = ["--dataset", tmp_path / "tiny.npz", "--binarize", "dynamic", "--hidden", "8"]
+    argv += ["--z_dim", "3", "--epochs", "1", "--batch_size", "16", "--no_progress"]
+    status, err = run_cli(train_cli.main, [*argv, *CLI_MODELS[name], "--workdir", workdir], capsys)
+    assert status == 0, err
+    assert (workdir / "images" / "samples_epoch001.png").exists()
+    loaded = vae_jax.load_checkpoint(workdir)
+    assert type(loaded.model) is type(MODELS[name])
+    argv = ["--workdir", workdir, "--num_samples", "8", "--no_progress"]
+    status, err = run_cli(evaluate_cli.main, argv, capsys)
+    assert status == 0, err
+    report = json.loads((workdir / "evaluation_k8.json").read_text())
+    assert np.isfinite(report["nll_is_k8"]) and report["nll_is_k8"] <= report["neg_elbo"]
+    assert "Monte Carlo KL" in report["protocol"]
+    if name == "hierarchical":
+        assert len(report["kl_per_layer"]) == 2 and report["latent_dims"] == [3, 2]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--num_pseudo_inputs", "0"), "argument --num_pseudo_inputs: must be a positive"),
+        (("--flow_depth", "0"), "argument --flow_depth: must be a positive integer, got '0'"),
+        (("--prior", "vamp", "--conditional"), "the VampPrior is not supported on a conditional"),
+        (("--upper_latent_dims", "50"), "several stochastic layers need both upper_latent_dims"),
+        (
+            ("--upper_latent_dims", "5", "--upper_hidden", "5", "--prior", "vamp"),
+            "takes the standard prior and the gaussian posterior only",
+        ),
+        (("--prior", "vamp", "--posterior", "iaf"), "prior vamp and posterior iaf cannot be"),
+        (("--prior", "mixture"), "argument --prior: invalid choice: 'mixture'"),
+    ],
+)
+def test_bad_model_flags_are_one_line_errors_with_status_2(flags, message, tmp_path, capsys):
+    status, err = run_cli(train_cli.main, [*flags, "--workdir", tmp_path / "run"], capsys)
+    assert status == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- bad options

@@ -154,6 +154,16 @@ class HierarchicalVAE(nn.Module):
         layers = self.sample_layers(x, label, key, num_samples)
         return LatentSample(layers.z, layers.log_q.sum(0), layers.log_p.sum(0), None)
 
+    def sample_prior(self, key: jax.Array, num_samples: int) -> tuple[jax.Array, ...]:
+        """Ancestral samples (z_1, ..., z_n) of p: z_n ~ N(0, I), z_{i-1} ~ p(z_{i-1}|z_i);
+        each [num_samples, latent_dims[i]]."""
+        keys = jax.random.split(key, len(self.latent_dims))
+        zs = [jax.random.normal(keys[-1], (num_samples, self.latent_dims[-1]))]
+        for down, k in zip(reversed(self.down), reversed(keys[:-1]), strict=True):
+            mean, logvar = (a.astype(jnp.float32) for a in down(zs[0]))
+            zs.insert(0, mean + jnp.exp(0.5 * logvar) * jax.random.normal(k, mean.shape))
+        return tuple(zs)
+
     def __call__(self, x: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
         return self.bottom(x, label)
 
@@ -240,6 +250,14 @@ class VampPriorVAE(nn.Module):
         return LatentSample(
             z, diag_gaussian_log_prob(z, mean, logvar), self.prior_log_prob(z), None
         )
+
+    def sample_prior(self, key: jax.Array, num_samples: int) -> jax.Array:
+        """z ~ p(z), [num_samples, z_dim]: a uniformly chosen component q(z|u_k), then z."""
+        mean, logvar = (a.astype(jnp.float32) for a in self.base.encode(self.pseudo_inputs()))
+        pick, noise = jax.random.split(key)
+        k = jax.random.randint(pick, (num_samples,), 0, self.num_pseudo_inputs)
+        eps = jax.random.normal(noise, (num_samples, self.z_dim))
+        return mean[k] + jnp.exp(0.5 * logvar[k]) * eps
 
     def __call__(self, x: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
         return self.base(x, label)
