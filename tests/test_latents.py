@@ -291,7 +291,7 @@ def test_fit_trains_and_resumes_exactly(name, tmp_path):
     resumed = run(tmp_path / "resumed", 2)
     assert [r["epoch"] for r in resumed.records] == [1, 2]
     assert resumed.records[1]["test_loss"] == straight.records[1]["test_loss"]
-    assert straight.records[1]["train_loss"] < straight.records[0]["train_loss"] + 5.0
+    assert straight.records[1]["test_loss"] < straight.records[0]["test_loss"]  # it learns
     for a, b in zip(
         jax.tree.leaves(resumed.state.params), jax.tree.leaves(straight.state.params), strict=True
     ):
