@@ -4,6 +4,7 @@ and orderings, the importance-sampled evaluation, training with exact resume, ba
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -95,14 +96,20 @@ def test_hierarchical_layer_densities_match_numpy():
     assert latent.kl is None
 
 
-def test_vamp_prior_is_the_numpy_mixture_of_the_pseudo_input_posteriors():
-    model, params = MODELS["vamp"], dict(_params("vamp"))
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_global"])
+def test_vamp_prior_is_the_numpy_mixture_of_the_pseudo_input_posteriors(likelihood):
+    if likelihood == "bernoulli":
+        model, params = MODELS["vamp"], dict(_params("vamp"))
+    else:
+        base = dataclasses.replace(BASE, likelihood=likelihood)
+        model = vae_jax.VampPriorVAE(base, num_pseudo_inputs=5)
+        params = dict(vae_jax.init_params(model, jax.random.key(1)))
     assert params["pseudo_inputs"].shape == (5, *SHAPE)
-    # Spread the pseudo-inputs (some beyond [0, 1], where they are clipped) so that the five
-    # components differ.
+    # Spread the pseudo-inputs (some beyond [0, 1]: clipped for a Bernoulli likelihood, used
+    # as they are for a Gaussian one) so that the five components differ.
     raw = np.random.default_rng(1).uniform(-0.5, 1.5, (5, *SHAPE)).astype(np.float32)
     params["pseudo_inputs"] = jnp.asarray(raw)
-    u = np.clip(raw, 0.0, 1.0).reshape(5, -1)
+    u = (np.clip(raw, 0.0, 1.0) if likelihood == "bernoulli" else raw).reshape(5, -1)
     mean, logvar = _np_mlp(params["base"]["encoder"], u)  # [K, z_dim]
     z = np.random.default_rng(2).normal(size=(3, 4, 3)) * 2.0
     z[0, 0] = 40.0  # far from every component: the logsumexp must stay finite
