@@ -295,11 +295,15 @@ def _sampled_importance_terms(
             valid = samples < num_samples
             z, log_q, log_p = jax.vmap(one_sample)(samples)  # z leaves [chunk, 1, ...]
             output = apply(z, label1, method="decode")
-            output = DecoderOutput(
-                output.loc.astype(jnp.float32),
-                None if output.logvar is None else output.logvar.astype(jnp.float32),
-            )
-            log_px_z = log_likelihood(model, x1, output, event_ndims=x1.ndim - 1)  # [chunk, 1]
+            loc = output.loc.astype(jnp.float32)  # [chunk, 1, *event_shape]
+            if model.likelihood == "bernoulli":  # (the fast form, as for encode models)
+                log_px_z = bernoulli_log_prob_fused(
+                    x1.reshape(1, -1), loc.reshape(sample_chunk, 1, -1)
+                )  # [chunk, 1]
+            else:
+                logvar_x = None if output.logvar is None else output.logvar.astype(jnp.float32)
+                output = DecoderOutput(loc, logvar_x)
+                log_px_z = log_likelihood(model, x1, output, event_ndims=x1.ndim - 1)
             log_w = log_px_z + jnp.sum(log_p - log_q, axis=1)
             log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
             new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
