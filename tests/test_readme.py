@@ -37,7 +37,7 @@ def test_readme_quick_start_commands_are_the_ones_ci_runs():
 def test_readme_own_data_and_own_model_examples_run_as_written(capsys):
     """ "Your own data" and "Your own model": as written, with finite results, and the
     importance-sampled log-likelihood of the user's module at least its test ELBO."""
-    own_data, own_model = python_blocks()[1:]
+    own_data, own_model = python_blocks()[1:3]
     namespace: dict = {}
     exec(compile(own_data, str(README), "exec"), namespace)  # noqa: S102 - our own README
     assert np.isfinite(namespace["result"].records[-1]["test_loss"])
@@ -48,3 +48,17 @@ def test_readme_own_data_and_own_model_examples_run_as_written(capsys):
     test_elbo = -namespace["result"].records[-1]["test_loss"]
     log_px = float(np.mean(namespace["log_px"]))
     assert np.isfinite(log_px) and log_px >= test_elbo - 0.05  # IS >= ELBO (up to MC noise)
+
+
+def test_readme_latent_models_example_runs_as_written(capsys):
+    """ "More latent layers, a learned prior, a flow posterior": each model trains and gets a
+    finite importance-sampled log-likelihood, at least its test ELBO."""
+    (block,) = python_blocks()[3:]
+    namespace: dict = {}
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    out = capsys.readouterr().out.splitlines()  # (fit's epoch lines, then each result)
+    lines = [line for line in out if "test log p(x) ~" in line]
+    assert [line.split(":")[0] for line in lines] == list(namespace["models"])
+    test_elbo = -namespace["result"].records[-1]["test_loss"]  # (the last model's)
+    log_px = float(np.mean(namespace["log_px"]))
+    assert np.isfinite(log_px) and log_px >= test_elbo - 0.5  # IS >= ELBO (up to MC noise)

@@ -11,6 +11,7 @@ from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
 from vae_jax.experiment import run_experiment
+from vae_jax.latents import IAFVAE, HierarchicalVAE, VampPriorVAE
 from vae_jax.loop import FitResult, Preempted, fit
 from vae_jax.mnist import DataUnavailableError, load_mnist, prepare_mnist
 from vae_jax.models import (
@@ -61,6 +62,8 @@ __all__ = [
     "ExperimentConfig",
     "FitOptions",
     "FitResult",
+    "HierarchicalVAE",
+    "IAFVAE",
     "LatentSample",
     "LoadedModel",
     "ModelConfig",
@@ -72,6 +75,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "VAEEstimator",
+    "VampPriorVAE",
     "bernoulli_log_likelihood",
     "decoder_mean",
     "evaluate_checkpoint",

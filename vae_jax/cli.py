@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 from vae_jax.config import (
     FLOAT32_MAX,
     OPTIMIZERS,
+    POSTERIORS,
+    PRIORS,
     SCHEDULES,
     ExperimentConfig,
     check_config,
@@ -260,6 +262,60 @@ FLAGS: dict[str, _Flag] = {
         str,
         ("float32", "bfloat16"),
         "compute dtype (bfloat16: mixed precision, parameters stay float32)",
+    ),
+    "upper_latent_dims": (
+        "model",
+        "upper_latent_dims",
+        _int_list,
+        None,
+        "sizes of the stochastic layers above z, comma-separated (Burda et al.'s 2-layer "
+        "model: --z_dim 100 --hidden 100,100 --upper_latent_dims 50 --upper_hidden 50,50); "
+        "empty: one stochastic layer. MLP, standard prior, gaussian posterior only",
+    ),
+    "upper_hidden": (
+        "model",
+        "upper_hidden",
+        _int_list,
+        None,
+        "hidden widths of each upper stochastic layer's MLPs, comma-separated (with "
+        "--upper_latent_dims)",
+    ),
+    "prior": (
+        "model",
+        "prior",
+        str,
+        PRIORS,
+        "p(z): standard (N(0, I)), or vamp (the VampPrior, a mixture of the posterior at "
+        "--num_pseudo_inputs learned pseudo-inputs; unconditional models only)",
+    ),
+    "num_pseudo_inputs": (
+        "model",
+        "num_pseudo_inputs",
+        _positive_int,
+        None,
+        "the VampPrior's number of pseudo-inputs K (with --prior vamp)",
+    ),
+    "posterior": (
+        "model",
+        "posterior",
+        str,
+        POSTERIORS,
+        "q(z|x): gaussian (diagonal), or iaf (the diagonal Gaussian followed by "
+        "--flow_depth inverse autoregressive flow steps)",
+    ),
+    "flow_depth": (
+        "model",
+        "flow_depth",
+        _positive_int,
+        None,
+        "IAF steps (with --posterior iaf)",
+    ),
+    "flow_hidden": (
+        "model",
+        "flow_hidden",
+        _int_list,
+        None,
+        "hidden widths of each IAF step's autoregressive (MADE) network, comma-separated",
     ),
     "bound": ("objective", "bound", str, ("elbo", "iwae"), "training objective"),
     "beta": ("objective", "beta", _nonnegative_float, None, "KL weight (1 = the ELBO)"),

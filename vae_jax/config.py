@@ -13,10 +13,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.latents import IAFVAE, HierarchicalVAE, VampPriorVAE
 from vae_jax.models import VAE, check_model
 from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
 
+PRIORS = ("standard", "vamp")
+POSTERIORS = ("gaussian", "iaf")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
 
 
@@ -42,6 +45,14 @@ class ModelConfig:
     conditional: bool = False  # condition encoder and decoder on the one-hot label
     num_classes: int = 10  # label values 0..num_classes-1 (conditional models only)
     dtype: str = "float32"  # compute dtype; "bfloat16" = mixed precision (params stay f32)
+    # Beyond one diagonal-Gaussian layer with an N(0, I) prior (vae_jax/latents.py):
+    upper_latent_dims: tuple[int, ...] = ()  # stochastic layers above z (HierarchicalVAE)
+    upper_hidden: tuple[int, ...] = ()  # hidden widths of each upper layer's MLPs
+    prior: str = "standard"  # "standard" N(0, I) | "vamp" (VampPriorVAE)
+    num_pseudo_inputs: int = 500  # the VampPrior's K
+    posterior: str = "gaussian"  # "gaussian" | "iaf" (IAFVAE)
+    flow_depth: int = 2  # IAF steps (posterior "iaf")
+    flow_hidden: tuple[int, ...] = (128,)  # hidden widths of each IAF step's MADE
 
     def __post_init__(self) -> None:
         _check_floats(self)
@@ -50,13 +61,54 @@ class ModelConfig:
         side = 2 ** len(self.conv_channels)
         self.build((side, side, 1))
 
-    def build(self, image_shape: tuple[int, ...]) -> VAE:
-        """The `VAE` for examples of `image_shape` (any shape for the MLP, (H, W, C) for the
-        conv VAE); raises ValueError if inconsistent."""
+    def build(self, image_shape: tuple[int, ...]) -> nn.Module:
+        """The model for examples of `image_shape` (any shape for the MLP, (H, W, C) for the
+        conv VAE); raises ValueError if inconsistent.
+
+        A `VAE`; with `upper_latent_dims`, a `HierarchicalVAE` whose bottom layer is the
+        MLP (`hidden`, `z_dim`) and whose upper layers have `upper_hidden` widths; with
+        ``prior="vamp"`` a `VampPriorVAE`, with ``posterior="iaf"`` an `IAFVAE`, around it.
+        """
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.conditional and self.num_classes < 1:
             raise ValueError(f"a conditional model needs num_classes >= 1, got {self.num_classes}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}")
+        if self.num_pseudo_inputs < 1:
+            raise ValueError(f"num_pseudo_inputs must be >= 1, got {self.num_pseudo_inputs}")
+        if self.flow_depth < 1:
+            raise ValueError(f"flow_depth must be >= 1, got {self.flow_depth}")
+        if self.prior != "standard" and self.posterior != "gaussian":
+            raise ValueError("prior vamp and posterior iaf cannot be combined (one at a time)")
+        dtype = jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+        num_classes = self.num_classes if self.conditional else 0
+        if self.upper_latent_dims or self.upper_hidden:
+            if self.prior != "standard" or self.posterior != "gaussian":
+                raise ValueError(
+                    "upper_latent_dims (several stochastic layers) takes the standard prior "
+                    "and the gaussian posterior only"
+                )
+            if self.architecture != "mlp":
+                raise ValueError("upper_latent_dims (several stochastic layers) needs the mlp")
+            if not self.upper_latent_dims or not self.upper_hidden:
+                raise ValueError(
+                    "several stochastic layers need both upper_latent_dims and upper_hidden, "
+                    f"got {self.upper_latent_dims} and {self.upper_hidden}"
+                )
+            return HierarchicalVAE(
+                image_shape=tuple(image_shape),
+                latent_dims=(self.z_dim, *self.upper_latent_dims),
+                hidden=(tuple(self.hidden),)
+                + (tuple(self.upper_hidden),) * len(self.upper_latent_dims),
+                activation=self.activation,
+                likelihood=self.likelihood,
+                obs_std=self.obs_std,
+                num_classes=num_classes,
+                dtype=dtype,
+            )
         model = VAE(
             image_shape=tuple(image_shape),
             z_dim=self.z_dim,
@@ -66,10 +118,14 @@ class ModelConfig:
             conv_channels=tuple(self.conv_channels),
             likelihood=self.likelihood,
             obs_std=self.obs_std,
-            num_classes=self.num_classes if self.conditional else 0,
-            dtype=jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32,
+            num_classes=num_classes,
+            dtype=dtype,
         )
         check_model(model)
+        if self.prior == "vamp":
+            return VampPriorVAE(model, num_pseudo_inputs=self.num_pseudo_inputs)
+        if self.posterior == "iaf":
+            return IAFVAE(model, flow_depth=self.flow_depth, flow_hidden=tuple(self.flow_hidden))
         return model
 
 

@@ -571,7 +571,9 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _build_model(self, feature_shape: tuple[int, ...]) -> VAE:
         """The `VAE` that `fit` trains for examples of `feature_shape` (`load` rebuilds it)."""
-        return self._check_params().model.build(_image_shape(feature_shape))
+        model = self._check_params().model.build(_image_shape(feature_shape))
+        assert isinstance(model, VAE)  # (the estimator's ModelConfig is a one-layer VAE)
+        return model
 
 
 # ----------------------------------------------------------------------------- early stopping

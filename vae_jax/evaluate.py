@@ -64,13 +64,30 @@ class ImportanceTerms(NamedTuple):
       elbo: ``mean_i log p(x|z_i) - KL(q(z|x) || p(z))`` with the same k samples and the KL
         in closed form: the ELBO, estimated with k samples.
       log_px_z: ``mean_i log p(x|z_i)``, the expected reconstruction term.
-      kl: KL(q(z|x) || p(z)) in closed form.
+      kl: KL(q(z|x) || p(z)) in closed form; for a model with ``sample_latent`` (no closed
+        form) the Monte Carlo ``mean_i (log q(z_i|x) - log p(z_i))`` over the same samples.
     """
 
     log_px: jax.Array
     elbo: jax.Array
     log_px_z: jax.Array
     kl: jax.Array
+
+
+class LayerTerms(NamedTuple):
+    """Per-layer results of one importance-sampling pass of a model with several stochastic
+    layers (``sample_layers``: `vae_jax.latents.HierarchicalVAE`), bottom layer first.
+
+    Attributes:
+      kl: [batch, layers] each layer's share of the Monte Carlo KL,
+        ``mean_i [log q(z_l|z_{l-1}) - log p(z_l|z_{l+1})]`` over the k samples (z_0 = x;
+        the top layer's p is N(0, I)); summed over layers it is `ImportanceTerms.kl`.
+      mean: one [batch, d_l] array per layer, E_q[z_l] estimated from the same k samples
+        (what the per-layer active units use).
+    """
+
+    kl: jax.Array
+    mean: tuple[jax.Array, ...]
 
 
 class ActiveUnits(NamedTuple):
@@ -140,7 +157,9 @@ def importance_terms(
     does not divide k the last chunk is padded and its extra samples get weight 0.
 
     Args:
-      model: a `VAE` (or any module with `encode`/`decode` methods and a `likelihood`).
+      model: a `VAE` (or any module with `encode`/`decode` methods and a `likelihood`), or
+        a module with ``sample_latent`` (`vae_jax.latents`: its own q and p, evaluated
+        example by example, see `_sampled_importance_terms`).
       params: its parameters.
       x: [batch, *image_shape] examples (uint8 grey levels are scaled by 1/255).
       label: [batch] int labels for a conditional model, else None.
@@ -156,13 +175,18 @@ def importance_terms(
     """
     if num_samples < 1 or sample_chunk < 1:
         raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
-    if hasattr(model, "sample_latent"):
-        raise ValueError(
-            f"{type(model).__name__} defines sample_latent: importance_terms evaluates models "
-            "whose q(z|x) is encode()'s diagonal Gaussian and p(z) = N(0, I); use "
-            "make_iwae(model, num_samples=k) for others"
-        )
     sample_chunk = min(sample_chunk, num_samples)
+    if hasattr(model, "sample_latent"):
+        return _sampled_importance_terms(
+            model,
+            params,
+            x,
+            label,
+            key,
+            num_samples=num_samples,
+            sample_chunk=sample_chunk,
+            example_ids=example_ids,
+        )[0]
     x = to_float(x)
     batch = x.shape[0]
     encoded: Any = model.apply({"params": params}, x, label, method="encode")
@@ -218,6 +242,137 @@ def importance_terms(
     kl = gaussian_kl(mean, logvar)
     log_px_z = sum_log_px_z / num_samples
     return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
+
+
+def _sampled_importance_terms(
+    model: Any,
+    params: Params,
+    x: ArrayLike,
+    label: ArrayLike | None,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    sample_chunk: int,
+    example_ids: ArrayLike | None,
+) -> tuple[ImportanceTerms, LayerTerms | None]:
+    """`importance_terms` for a model with ``sample_latent`` (several latent layers, a
+    learned prior, a flow): its own log q and log p, and the KL as ``mean_i (log q - log p)``
+    over the same k samples (no closed form). A model that also has ``sample_layers``
+    (`vae_jax.latents.HierarchicalVAE`) gets each layer's KL and posterior mean too, as a
+    `LayerTerms` (else None).
+
+    Sample s of example n is one call of the model's ``sample_latent`` with batch 1 and
+    L = 1 under the key ``fold_in(fold_in(key, n), s)`` (vmapped over the chunk's samples
+    and the batch's examples), so, as for `encode` models, the estimate of an example does
+    not depend on the batch size, on `sample_chunk` or on the other examples.
+    """
+    x = to_float(x)
+    batch = x.shape[0]
+    ids = jnp.arange(batch) if example_ids is None else jnp.asarray(example_ids)
+    labels = None if label is None else jnp.asarray(label)
+    num_chunks = math.ceil(num_samples / sample_chunk)
+    apply = functools.partial(model.apply, {"params": params})
+    layered = hasattr(model, "sample_layers")
+
+    def one_example(x1: jax.Array, label1: jax.Array | None, example_id: jax.Array):
+        example_key = jax.random.fold_in(key, example_id)
+        x1 = x1[None]  # [1, *event_shape]
+        label1 = None if label1 is None else label1[None]
+
+        def one_sample(sample: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+            """(z, log_q, log_p) of sample `sample`, log densities [layers, 1] (or [1, 1])."""
+            sample_key = jax.random.fold_in(example_key, sample)
+            if layered:
+                layers = apply(x1, label1, sample_key, 1, method="sample_layers")
+                z = tuple(a[0] for a in layers.z)  # drop L = 1: [1, d_i]
+                return z, layers.log_q[:, 0], layers.log_p[:, 0]
+            latent = apply(x1, label1, sample_key, 1, method="sample_latent")
+            return jax.tree.map(lambda a: a[0], latent.z), latent.log_q, latent.log_p
+
+        def body(carry, chunk):
+            running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z = carry
+            samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
+            valid = samples < num_samples
+            z, log_q, log_p = jax.vmap(one_sample)(samples)  # z leaves [chunk, 1, ...]
+            output = apply(z, label1, method="decode")
+            loc = output.loc.astype(jnp.float32)  # [chunk, 1, *event_shape]
+            if model.likelihood == "bernoulli":  # (the fast form, as for encode models)
+                log_px_z = bernoulli_log_prob_fused(
+                    x1.reshape(1, -1), loc.reshape(sample_chunk, 1, -1)
+                )  # [chunk, 1]
+            else:
+                logvar_x = None if output.logvar is None else output.logvar.astype(jnp.float32)
+                output = DecoderOutput(loc, logvar_x)
+                log_px_z = log_likelihood(model, x1, output, event_ndims=x1.ndim - 1)
+            log_w = log_px_z + jnp.sum(log_p - log_q, axis=1)
+            log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
+            new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
+            running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
+                jnp.exp(log_w - new_max[None]), axis=0
+            )
+
+            def keep(v: jax.Array) -> jax.Array:  # sum over the chunk's valid samples
+                mask = valid.reshape(-1, *(1,) * (v.ndim - 1))
+                return jnp.sum(jnp.where(mask, v, 0.0), axis=0)
+
+            sum_log_px_z = sum_log_px_z + keep(log_px_z)
+            sum_layer_kl = sum_layer_kl + keep(log_q - log_p)  # [layers, 1]
+            if layered:
+                sum_z = tuple(a + keep(b) for a, b in zip(sum_z, z, strict=True))
+            return (new_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z), None
+
+        shapes = jax.eval_shape(one_sample, jnp.zeros((), jnp.int32))
+        init = (
+            jnp.full((1,), -jnp.inf, jnp.float32),
+            jnp.zeros((1,), jnp.float32),
+            jnp.zeros((1,), jnp.float32),
+            jnp.zeros(shapes[1].shape, jnp.float32),
+            tuple(jnp.zeros(a.shape, jnp.float32) for a in shapes[0]) if layered else (),
+        )
+        carry, _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+        running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z = carry
+        log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
+        layer_kl = sum_layer_kl[:, 0] / num_samples  # [layers]
+        layer_mean = tuple(a[0] / num_samples for a in sum_z)  # [d_i] each
+        return log_px[0], sum_log_px_z[0] / num_samples, layer_kl, layer_mean
+
+    in_axes = (0, None if labels is None else 0, 0)
+    log_px, log_px_z, layer_kl, layer_mean = jax.vmap(one_example, in_axes)(x, labels, ids)
+    kl = jnp.sum(layer_kl, axis=-1)
+    terms = ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
+    return terms, LayerTerms(layer_kl, layer_mean) if layered else None
+
+
+def layered_importance_terms(
+    model: Any,
+    params: Params,
+    x: ArrayLike,
+    label: ArrayLike | None,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    sample_chunk: int,
+    example_ids: ArrayLike | None = None,
+) -> tuple[ImportanceTerms, LayerTerms]:
+    """`importance_terms` and, from the same samples, each stochastic layer's KL and
+    posterior mean (`LayerTerms`), for a model with ``sample_layers``
+    (`vae_jax.latents.HierarchicalVAE`); the arguments are `importance_terms`'s."""
+    if not hasattr(model, "sample_layers"):
+        raise ValueError(f"{type(model).__name__} has no sample_layers: one stochastic layer")
+    if num_samples < 1 or sample_chunk < 1:
+        raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
+    terms, layers = _sampled_importance_terms(
+        model,
+        params,
+        x,
+        label,
+        key,
+        num_samples=num_samples,
+        sample_chunk=min(sample_chunk, num_samples),
+        example_ids=example_ids,
+    )
+    assert layers is not None
+    return terms, layers
 
 
 def importance_log_likelihood(
@@ -319,6 +474,8 @@ class DatasetResult(NamedTuple):
       first_batch_examples: examples in that first batch.
       cpu_seconds: CPU time of this process during the pass (all threads), which on a shared
         machine says how much of the wall time the pass actually had the CPU.
+      layers: for a model with several stochastic layers, a `LayerTerms` of numpy arrays
+        ([N, layers] and [N, d_l]); else None.
     """
 
     terms: ImportanceTerms
@@ -327,29 +484,27 @@ class DatasetResult(NamedTuple):
     compile_seconds: float
     first_batch_examples: int
     cpu_seconds: float = float("nan")
+    layers: LayerTerms | None = None
 
 
 @functools.lru_cache(maxsize=16)
 def make_batch_evaluator(
-    model: VAE, *, num_samples: int, sample_chunk: int
-) -> Callable[..., tuple[ImportanceTerms, jax.Array]]:
-    """A jitted ``fn(params, x, label, example_ids, key) -> (ImportanceTerms, mean)``.
+    model: VAE, *, num_samples: int, sample_chunk: int, per_layer: bool = False
+) -> Callable[..., Any]:
+    """A jitted ``fn(params, x, label, example_ids, key) -> (ImportanceTerms, mean)``, or
+    ``-> (ImportanceTerms, mean, LayerTerms)`` with `per_layer` (`layered_importance_terms`).
 
-    Cached per (model, num_samples, sample_chunk), so repeated evaluations compile once.
+    Cached per (model, num_samples, sample_chunk, per_layer), so repeated evaluations
+    compile once.
     """
 
     def fn(params, x, label, example_ids, key):
-        terms = importance_terms(
-            model,
-            params,
-            x,
-            label,
-            key,
-            num_samples=num_samples,
-            sample_chunk=sample_chunk,
-            example_ids=example_ids,
-        )
+        kwargs = dict(num_samples=num_samples, sample_chunk=sample_chunk, example_ids=example_ids)
         mean, _ = model.apply({"params": params}, to_float(x), label, method="encode")
+        if per_layer:
+            terms, layers = layered_importance_terms(model, params, x, label, key, **kwargs)
+            return terms, mean.astype(jnp.float32), layers
+        terms = importance_terms(model, params, x, label, key, **kwargs)
         return terms, mean.astype(jnp.float32)
 
     return jax.jit(fn)
@@ -383,9 +538,12 @@ def evaluate_dataset(
     if n == 0:
         raise ValueError("no examples to evaluate")
     batch_size = min(batch_size, n)
-    fn = make_batch_evaluator(model, num_samples=num_samples, sample_chunk=sample_chunk)
+    per_layer = hasattr(model, "sample_layers")
+    fn = make_batch_evaluator(
+        model, num_samples=num_samples, sample_chunk=sample_chunk, per_layer=per_layer
+    )
     use_labels = getattr(model, "num_classes", 0) > 0
-    outputs: list[tuple[Any, Any]] = []
+    outputs: list[Any] = []  # (terms, mean) or (terms, mean, layers) per batch
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     compile_seconds = 0.0
@@ -400,7 +558,7 @@ def evaluate_dataset(
             out = fn(params, jnp.asarray(images[ids]), label, jnp.asarray(ids, jnp.int32), key)
             out = jax.device_get(out)
             keep = int(weight[i].sum())  # (the padding, which has weight 0, is dropped)
-            outputs.append((jax.tree.map(lambda a, k=keep: a[:k], out[0]), out[1][:keep]))
+            outputs.append(jax.tree.map(lambda a, k=keep: a[:k], out))
             if i == 0:
                 compile_seconds = time.perf_counter() - t0
             bar.update(keep)
@@ -411,7 +569,17 @@ def evaluate_dataset(
     ]
     terms = ImportanceTerms(*columns)  # numpy [N] float64 arrays
     posterior_mean = np.concatenate([o[1] for o in outputs])
-    return DatasetResult(terms, posterior_mean, seconds, compile_seconds, batch_size, cpu_seconds)
+    layers = None
+    if per_layer:  # (several stochastic layers)
+        layer_kl: Any = np.concatenate([np.asarray(o[2].kl, np.float64) for o in outputs])
+        layer_mean: Any = tuple(
+            np.concatenate([np.asarray(o[2].mean[i], np.float64) for o in outputs])
+            for i in range(len(outputs[0][2].mean))
+        )
+        layers = LayerTerms(layer_kl, layer_mean)
+    return DatasetResult(
+        terms, posterior_mean, seconds, compile_seconds, batch_size, cpu_seconds, layers
+    )
 
 
 def decoder_flops(model: VAE, params: Params) -> int | None:
@@ -625,7 +793,11 @@ def make_report(
         "protocol": (
             f"importance sampling with k={k} samples from q(z|x) per example "
             "(Burda et al. 2016); ELBO = mean over the same k samples of log p(x|z) minus the "
-            "closed-form KL"
+            + (
+                "Monte Carlo KL, the mean of log q(z|x) - log p(z) over the same samples"
+                if hasattr(model, "sample_latent")
+                else "closed-form KL"
+            )
         ),
         "seconds": result.seconds,
         "compile_and_first_batch_seconds": result.compile_seconds,
@@ -637,6 +809,18 @@ def make_report(
         "decoder_flops_per_eval": flops,
         "decoder_gflops_per_second": None if flops is None else flops * evals_per_second / 1e9,
     }
+    if result.layers is not None:
+        layer_means = result.layers.mean
+        report["kl_per_layer"] = [float(v) for v in np.mean(result.layers.kl, axis=0)]
+        report["latent_dims"] = [int(m.shape[-1]) for m in layer_means]
+        report["active_units_per_layer"] = (
+            None if n < 2 else [active_units(m).num_active for m in layer_means]
+        )
+        report["per_layer"] = (
+            "layer l's KL: mean over the k samples of log q(z_l|z_{l-1}) - log p(z_l|z_{l+1}) "
+            "(bottom first, they sum to kl); its active units from E_q[z_l] estimated with the "
+            "same k samples"
+        )
     if normalised and model.likelihood == "bernoulli":
         report[f"bits_per_dim_is_k{k}"] = float(np.mean(bits_per_dim(t.log_px, num_dims)))
     elif normalised:
@@ -669,6 +853,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"  active units {report['active_units']}/{report['z_dim']}  IS >= ELBO: "
         f"{report['is_ge_elbo']} ({report['is_ge_elbo_fraction_of_examples']:.4f} of examples)"
     )
+    if "kl_per_layer" in report:
+        layers = ", ".join(f"{v:.3f}" for v in report["kl_per_layer"])
+        lines.append(
+            f"  per layer (bottom first): KL {layers}  active units "
+            f"{report['active_units_per_layer']} of {report['latent_dims']}"
+        )
     gflops = report.get("decoder_gflops_per_second")
     lines.append(
         f"  {report['seconds']:.1f} s, peak RSS {report['peak_rss_mib']:.0f} MiB, "
@@ -793,6 +983,7 @@ __all__ = [
     "DatasetResult",
     "EvaluationError",
     "ImportanceTerms",
+    "LayerTerms",
     "active_units",
     "bits_per_dim",
     "decoder_flops",
@@ -802,6 +993,7 @@ __all__ = [
     "format_report",
     "importance_log_likelihood",
     "importance_terms",
+    "layered_importance_terms",
     "make_batch_evaluator",
     "make_report",
     "write_evaluation_pictures",

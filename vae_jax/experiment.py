@@ -14,11 +14,13 @@ A work directory holds:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +30,7 @@ from vae_jax.arrays import Split, is_image_shape, to_float_np
 from vae_jax.config import ExperimentConfig, check_config
 from vae_jax.distributed import is_primary, on_primary
 from vae_jax.loop import FitResult, fit
-from vae_jax.models import VAE, decoder_mean, reconstruct
+from vae_jax.models import decoder_mean, reconstruct
 from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.sources import prepare_data
 from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
@@ -37,9 +39,11 @@ from vae_jax.workdir import workdir_lock, writable_dir, write_metrics
 
 
 def make_epoch_pictures(
-    workdir: Path, model: VAE, images: np.ndarray, labels: np.ndarray, seed: int
+    workdir: Path, model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int
 ) -> Callable[[int, TrainState], None]:
-    """A hook that writes the per-epoch PNGs; the prior samples use one fixed z throughout.
+    """A hook that writes the per-epoch PNGs; the prior samples use one fixed z throughout
+    (a model with ``sample_prior``, `vae_jax.latents`, draws them from its prior with one
+    fixed key).
 
     `images` (test images, or training images when there is no test set) give the
     reconstructions: the first 32. Values are drawn clipped to [0, 1].
@@ -64,9 +68,15 @@ def make_epoch_pictures(
 
     @jax.jit
     def pictures(params: Any):
-        samples = decoder_mean(model, params, z, sample_labels if conditional else None)
+        prior_z, prior_class_z = z, class_z
+        if hasattr(model, "sample_prior"):  # a learned prior or several stochastic layers
+            draw = functools.partial(model.apply, {"params": params}, method="sample_prior")
+            prior_z = draw(jax.random.key(seed + 1), 64)
+            one_per_class = draw(jax.random.key(seed + 2), per_class)
+            prior_class_z = jax.tree.map(lambda a: jnp.tile(a, (num_classes, 1)), one_per_class)
+        samples = decoder_mean(model, params, prior_z, sample_labels if conditional else None)
         recon = reconstruct(model, params, x, shown_labels if conditional else None)
-        by_class = decoder_mean(model, params, class_z, class_labels) if conditional else None
+        by_class = decoder_mean(model, params, prior_class_z, class_labels) if conditional else None
         return samples, recon, by_class
 
     def hook(epoch: int, state: TrainState) -> None:
