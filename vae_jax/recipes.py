@@ -7,6 +7,8 @@ are in the README's Results section (with their protocols).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
@@ -173,9 +175,9 @@ def paper_row(name: str) -> ExperimentConfig:
     return dataclasses.replace(base, objective=objective)
 
 
-RECIPES = {
+RECIPES: dict[str, Callable[[], ExperimentConfig]] = {
     "pytorch": pytorch,
     "softplus500": softplus500,
     "conv32": conv32,
-    **{name: (lambda name=name: paper_row(name)) for name in PAPER_ROWS},
+    **{name: functools.partial(paper_row, name) for name in PAPER_ROWS},
 }
