@@ -82,8 +82,10 @@ class LayerTerms(NamedTuple):
       kl: [batch, layers] each layer's share of the Monte Carlo KL,
         ``mean_i [log q(z_l|z_{l-1}) - log p(z_l|z_{l+1})]`` over the k samples (z_0 = x;
         the top layer's p is N(0, I)); summed over layers it is `ImportanceTerms.kl`.
-      mean: one [batch, d_l] array per layer, E_q[z_l] estimated from the same k samples
-        (what the per-layer active units use).
+      mean: one [batch, d_l] array per layer, E_q[z_l] estimated as the mean over the same
+        k samples of q(z_l|z_{l-1})'s mean at the sampled z_{l-1} (exact for the bottom
+        layer; for the others the noise of averaging samples themselves, Var_q / k, would
+        count as activity at small k): what the per-layer active units use.
     """
 
     kl: jax.Array
@@ -285,15 +287,16 @@ def _sampled_importance_terms(
             if layered:
                 layers = apply(x1, label1, sample_key, 1, method="sample_layers")
                 z = tuple(a[0] for a in layers.z)  # drop L = 1: [1, d_i]
-                return z, layers.log_q[:, 0], layers.log_p[:, 0]
+                mean = tuple(a[0] for a in layers.mean)
+                return z, layers.log_q[:, 0], layers.log_p[:, 0], mean
             latent = apply(x1, label1, sample_key, 1, method="sample_latent")
-            return jax.tree.map(lambda a: a[0], latent.z), latent.log_q, latent.log_p
+            return jax.tree.map(lambda a: a[0], latent.z), latent.log_q, latent.log_p, ()
 
         def body(carry, chunk):
-            running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z = carry
+            running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_mean = carry
             samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
             valid = samples < num_samples
-            z, log_q, log_p = jax.vmap(one_sample)(samples)  # z leaves [chunk, 1, ...]
+            z, log_q, log_p, mean = jax.vmap(one_sample)(samples)  # leaves [chunk, 1, ...]
             output = apply(z, label1, method="decode")
             loc = output.loc.astype(jnp.float32)  # [chunk, 1, *event_shape]
             if model.likelihood == "bernoulli":  # (the fast form, as for encode models)
@@ -318,8 +321,8 @@ def _sampled_importance_terms(
             sum_log_px_z = sum_log_px_z + keep(log_px_z)
             sum_layer_kl = sum_layer_kl + keep(log_q - log_p)  # [layers, 1]
             if layered:
-                sum_z = tuple(a + keep(b) for a, b in zip(sum_z, z, strict=True))
-            return (new_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z), None
+                sum_mean = tuple(a + keep(b) for a, b in zip(sum_mean, mean, strict=True))
+            return (new_max, running_sum, sum_log_px_z, sum_layer_kl, sum_mean), None
 
         shapes = jax.eval_shape(one_sample, jnp.zeros((), jnp.int32))
         init = (
@@ -330,10 +333,10 @@ def _sampled_importance_terms(
             tuple(jnp.zeros(a.shape, jnp.float32) for a in shapes[0]) if layered else (),
         )
         carry, _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
-        running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_z = carry
+        running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_mean = carry
         log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
         layer_kl = sum_layer_kl[:, 0] / num_samples  # [layers]
-        layer_mean = tuple(a[0] / num_samples for a in sum_z)  # [d_i] each
+        layer_mean = tuple(a[0] / num_samples for a in sum_mean)  # [d_i] each
         return log_px[0], sum_log_px_z[0] / num_samples, layer_kl, layer_mean
 
     in_axes = (0, None if labels is None else 0, 0)
@@ -818,8 +821,8 @@ def make_report(
         )
         report["per_layer"] = (
             "layer l's KL: mean over the k samples of log q(z_l|z_{l-1}) - log p(z_l|z_{l+1}) "
-            "(bottom first, they sum to kl); its active units from E_q[z_l] estimated with the "
-            "same k samples"
+            "(bottom first, they sum to kl); its active units from E_q[z_l], the mean over the "
+            "same k samples of q(z_l|z_{l-1})'s mean (exact for the bottom layer)"
         )
     if normalised and model.likelihood == "bernoulli":
         report[f"bits_per_dim_is_k{k}"] = float(np.mean(bits_per_dim(t.log_px, num_dims)))

@@ -51,11 +51,16 @@ class LayerSamples(NamedTuple):
       z: (z_1, ..., z_n), z_i [L, batch, latent_dims[i]].
       log_q: [n, L, batch] log q(z_1|x), log q(z_i|z_{i-1}) in nats.
       log_p: [n, L, batch] log p(z_i|z_{i+1}) for i < n, and log p(z_n) = log N(z_n|0, I).
+      mean: (m_1, ..., m_n), m_i [L, batch, latent_dims[i]]: the mean of q(z_i|z_{i-1}) at
+        the sampled z_{i-1} (m_1 is q(z_1|x)'s mean, the same for every sample). Averaged over
+        samples it estimates E_q[z_i] with less noise than the samples themselves (what
+        active units need: the noise of a sample mean would count as activity).
     """
 
     z: tuple[jax.Array, ...]
     log_q: jax.Array
     log_p: jax.Array
+    mean: tuple[jax.Array, ...]
 
 
 class HierarchicalVAE(nn.Module):
@@ -135,17 +140,19 @@ class HierarchicalVAE(nn.Module):
         mean, logvar = (a.astype(jnp.float32) for a in self.bottom.encode(x, label))
         z = reparameterize(keys[0], mean, logvar, num_samples)  # [L, batch, d_1]
         zs, log_q = [z], [diag_gaussian_log_prob(z, mean, logvar)]
+        means = [jnp.broadcast_to(mean[None], z.shape)]
         for up, k in zip(self.up, keys[1:], strict=True):
             mean, logvar = (a.astype(jnp.float32) for a in up(zs[-1]))  # [L, batch, d_i]
             eps = jax.random.normal(k, mean.shape, mean.dtype)
             zs.append(mean + jnp.exp(0.5 * logvar) * eps)
+            means.append(mean)
             log_q.append(diag_gaussian_log_prob(zs[-1], mean, logvar))
         log_p = []
         for down, below, above in zip(self.down, zs[:-1], zs[1:], strict=True):
             mean, logvar = (a.astype(jnp.float32) for a in down(above))
             log_p.append(diag_gaussian_log_prob(below, mean, logvar))  # log p(z_i | z_{i+1})
         log_p.append(standard_normal_log_prob(zs[-1]))
-        return LayerSamples(tuple(zs), jnp.stack(log_q), jnp.stack(log_p))
+        return LayerSamples(tuple(zs), jnp.stack(log_q), jnp.stack(log_p), tuple(means))
 
     def sample_latent(
         self, x: jax.Array, label: jax.Array | None, key: jax.Array, num_samples: int
