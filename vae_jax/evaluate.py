@@ -281,8 +281,9 @@ def _sampled_importance_terms(
         x1 = x1[None]  # [1, *event_shape]
         label1 = None if label1 is None else label1[None]
 
-        def one_sample(sample: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
-            """(z, log_q, log_p) of sample `sample`, log densities [layers, 1] (or [1, 1])."""
+        def one_sample(sample: jax.Array) -> tuple[Any, jax.Array, jax.Array, tuple[Any, ...]]:
+            """(z, log_q, log_p, layer means) of sample `sample`; log densities [layers, 1]
+            (or [1, 1]); the layer means () for a model without sample_layers."""
             sample_key = jax.random.fold_in(example_key, sample)
             if layered:
                 layers = apply(x1, label1, sample_key, 1, method="sample_layers")
