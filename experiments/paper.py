@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from vae_jax.cli import OneLineParser, _positive_int, fail
 
@@ -64,11 +65,44 @@ def differences(config: object, reference: object, prefix: str = "") -> list[str
     return names
 
 
+def comparison(recipe: str, config: Any, report: dict[str, Any]) -> str:
+    """Lines that put the evaluation `report` of a run of `config` beside the published
+    number of the paper's row `recipe`, or say why there is none to compare with."""
+    from vae_jax.recipes import PAPER_ROWS, paper_row
+
+    row = PAPER_ROWS[recipe]
+    # The paper's row with this run's length: anything else changed is another model.
+    changed = [
+        name
+        for name in differences(config, paper_row(recipe))
+        if not name.startswith(("train.epochs", "train.eval_batch_size", "train.checkpoint"))
+    ]
+    is_key = report["is_key"]
+    k, n = report["num_samples"], report["num_examples"]
+    bound = "VAE (ELBO)" if row.bound == "vae" else "IWAE"
+    lines = [
+        f"Burda et al. (2016) Table 1, {row.layers} stochastic layer"
+        f"{'s' if row.layers > 1 else ''}, {bound}, k={row.k}:",
+        f"  this run:  test NLL {report[is_key]:.2f} +- {report[is_key + '_stderr']:.2f} nats "
+        f"(IS k={k}, {n} test images; {config.train.epochs} of the schedule's 3280 epochs)",
+    ]
+    if changed:
+        lines.append(
+            f"  published: none for this configuration (it differs from the row in "
+            f"{', '.join(changed)}); the unmodified row's is {row.published_nll:.2f}"
+        )
+    else:
+        protocol = "same protocol" if (k, n) == (5000, 10_000) else "IS k=5000, 10000 test images"
+        lines.append(
+            f"  published: test NLL {row.published_nll:.2f} nats (3280 epochs, {protocol})"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from experiments.train import main as train_main
     from vae_jax.cli import build_parser as build_train_parser
     from vae_jax.cli import config_from_args
-    from vae_jax.recipes import PAPER_ROWS, paper_row
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -81,18 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(train_args)
     except ValueError as error:
         fail(parser.prog, str(error), 2)
-    row = PAPER_ROWS[args.recipe]
-    # The paper's row with this run's length: anything else changed is another model.
-    changed = [
-        name
-        for name in differences(config, paper_row(args.recipe))
-        if not name.startswith(("train.epochs", "train.eval_batch_size", "train.checkpoint"))
-    ]
     status = train_main(train_argv, prog="python -m experiments.paper")
     if status:
         return status
 
+    from vae_jax.checkpoint import CheckpointError
     from vae_jax.evaluate import EvaluationError, evaluate_checkpoint
+    from vae_jax.mnist import DataUnavailableError
 
     workdir = train_args.workdir
     try:
@@ -105,32 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             progress=not train_args.no_progress,
             pictures_dir=Path(workdir) / "images",
         )
-    except (ValueError, EvaluationError) as error:
+    except (CheckpointError, ValueError) as error:  # as python -m experiments.evaluate
+        fail(parser.prog, str(error), 2)
+    except (DataUnavailableError, EvaluationError) as error:
         fail(parser.prog, str(error), 1)
-    nll = report[report["is_key"]]
-    epochs = config.train.epochs
-    bound = "VAE (ELBO)" if row.bound == "vae" else "IWAE"
-    print(
-        f"\nBurda et al. (2016) Table 1, {row.layers} stochastic layer"
-        f"{'s' if row.layers > 1 else ''}, {bound}, k={row.k}:"
-    )
-    print(
-        f"  this run:  test NLL {nll:.2f} +- {report[report['is_key'] + '_stderr']:.2f} nats "
-        f"(IS k={report['num_samples']}, {report['num_examples']} test images; "
-        f"{epochs} of the schedule's 3280 epochs)"
-    )
-    if changed:
-        print(
-            f"  published: none for this configuration (it differs from the row in "
-            f"{', '.join(changed)}); the unmodified row's is {row.published_nll:.2f}"
-        )
-    else:
-        protocol = (
-            "same protocol"
-            if report["num_samples"] == 5000 and report["num_examples"] == 10_000
-            else "IS k=5000, 10000 test images"
-        )
-        print(f"  published: test NLL {row.published_nll:.2f} nats (3280 epochs, {protocol})")
+    except KeyboardInterrupt:
+        fail(parser.prog, "interrupted", 130)
+    print("\n" + comparison(args.recipe, config, report))
     return 0
 
 
