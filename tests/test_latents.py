@@ -390,6 +390,7 @@ def test_each_model_trains_from_the_cli_and_is_evaluated(name, tmp_path, capsys)
         ),
         (("--prior", "vamp", "--posterior", "iaf"), "prior vamp and posterior iaf cannot be"),
         (("--prior", "mixture"), "argument --prior: invalid choice: 'mixture'"),
+        (("--prior", "vamp", "--free_bits", "0.5"), "free_bits needs the per-latent KL"),
     ],
 )
 def test_bad_model_flags_are_one_line_errors_with_status_2(flags, message, tmp_path, capsys):

@@ -281,6 +281,12 @@ class ExperimentConfig:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
 
+    def __post_init__(self) -> None:
+        # The objective against the model (free bits need a diagonal-Gaussian encode()), on
+        # the stand-in shape of ModelConfig's own check, so a bad pair fails before any data.
+        side = 2 ** len(self.model.conv_channels)
+        self.objective.build(self.model.build((side, side, 1)))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
