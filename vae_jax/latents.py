@@ -178,7 +178,42 @@ class HierarchicalVAE(nn.Module):
 # ----------------------------------------------------------------------------- VampPrior
 
 
-class VampPriorVAE(nn.Module):
+class _AroundVAE(nn.Module):
+    """A module built around `base` (a `VAE`): its event shape, likelihood, labels, latent
+    size, `encode` and `decode` are `base`'s (the subclasses change the prior or q)."""
+
+    base: VAE = VAE()
+
+    def __post_init__(self) -> None:
+        check_latent_model(self)
+        super().__post_init__()
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.base.image_shape)
+
+    @property
+    def likelihood(self) -> str:
+        return self.base.likelihood
+
+    @property
+    def num_classes(self) -> int:
+        return self.base.num_classes
+
+    @property
+    def z_dim(self) -> int:
+        return self.base.z_dim
+
+    def encode(self, x: jax.Array, label: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """(mean, logvar) of `base`'s diagonal Gaussian, each [batch, z_dim]."""
+        return self.base.encode(x, label)
+
+    def decode(self, z: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
+        """The parameters of p(x|z), [..., batch, *image_shape]."""
+        return self.base.decode(z, label)
+
+
+class VampPriorVAE(_AroundVAE):
     """`base` (an unconditional `VAE`) with the VampPrior (Tomczak & Welling, 2018).
 
     ``p(z) = 1/K sum_k N(z | mean(u_k), diag(exp(logvar(u_k))))``: the mixture of the
@@ -196,28 +231,7 @@ class VampPriorVAE(nn.Module):
     ``O(L * batch * K * z_dim)``.
     """
 
-    base: VAE = VAE()
     num_pseudo_inputs: int = 500
-
-    def __post_init__(self) -> None:
-        check_latent_model(self)
-        super().__post_init__()
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.base.image_shape)
-
-    @property
-    def likelihood(self) -> str:
-        return self.base.likelihood
-
-    @property
-    def num_classes(self) -> int:
-        return 0
-
-    @property
-    def z_dim(self) -> int:
-        return self.base.z_dim
 
     def setup(self) -> None:
         shape = (self.num_pseudo_inputs, *self.base.image_shape)
@@ -239,14 +253,6 @@ class VampPriorVAE(nn.Module):
             z, mean.reshape(*lead, *mean.shape), logvar.reshape(*lead, *logvar.shape)
         )  # [..., K]
         return jax.nn.logsumexp(log_k, axis=-1) - math.log(self.num_pseudo_inputs)
-
-    def encode(self, x: jax.Array, label: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """(mean, logvar) of q(z|x), each [batch, z_dim]."""
-        return self.base.encode(x, label)
-
-    def decode(self, z: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
-        """The parameters of p(x|z), [..., batch, *image_shape]."""
-        return self.base.decode(z, label)
 
     def sample_latent(
         self, x: jax.Array, label: jax.Array | None, key: jax.Array, num_samples: int
@@ -345,7 +351,7 @@ class IAFStep(nn.Module):
         return sigma * z + (1.0 - sigma) * m, jnp.sum(jax.nn.log_sigmoid(s), axis=-1)
 
 
-class IAFVAE(nn.Module):
+class IAFVAE(_AroundVAE):
     """`base` (a `VAE`) with an inverse autoregressive flow posterior (Kingma et al., 2016).
 
     ``z_0 ~ N(mean(x), diag(exp(logvar(x))))`` from the base encoder, then `flow_depth`
@@ -361,43 +367,14 @@ class IAFVAE(nn.Module):
       flow_hidden: the hidden widths of each step's MADE network (at least one layer).
     """
 
-    base: VAE = VAE()
     flow_depth: int = 2
     flow_hidden: tuple[int, ...] = (128,)
-
-    def __post_init__(self) -> None:
-        check_latent_model(self)
-        super().__post_init__()
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.base.image_shape)
-
-    @property
-    def likelihood(self) -> str:
-        return self.base.likelihood
-
-    @property
-    def num_classes(self) -> int:
-        return self.base.num_classes
-
-    @property
-    def z_dim(self) -> int:
-        return self.base.z_dim
 
     def setup(self) -> None:
         self.steps = [
             IAFStep(tuple(self.flow_hidden), self.base.activation, self.base.dtype)
             for _ in range(self.flow_depth)
         ]
-
-    def encode(self, x: jax.Array, label: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """(mean, logvar) of the flow's base Gaussian, each [batch, z_dim]."""
-        return self.base.encode(x, label)
-
-    def decode(self, z: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
-        """The parameters of p(x|z), [..., batch, *image_shape]."""
-        return self.base.decode(z, label)
 
     def flow(self, z0: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
         """z_0 [..., z_dim] and the context [..., c] -> (z_T, sum_t log det_t [...])."""
