@@ -78,13 +78,7 @@ def iwae_paper_iwae() -> ExperimentConfig:
     Command: ``python -m experiments.mnist --recipe iwae_paper_iwae`` (``--epochs N``
     truncates the schedule).
     """
-    base = iwae_paper_vae()
-    return ExperimentConfig(
-        model=base.model,
-        objective=ObjectiveConfig(bound="iwae", num_samples=50),
-        data=base.data,
-        train=base.train,
-    )
+    return paper_row("iwae_paper_iwae")
 
 
 def iwae_paper_2layer_vae() -> ExperimentConfig:
@@ -117,13 +111,7 @@ def iwae_paper_2layer_iwae() -> ExperimentConfig:
     Command: ``python -m experiments.mnist --recipe iwae_paper_2layer_iwae`` (``--epochs N``
     truncates the schedule).
     """
-    base = iwae_paper_2layer_vae()
-    return ExperimentConfig(
-        model=base.model,
-        objective=ObjectiveConfig(bound="iwae", num_samples=50),
-        data=base.data,
-        train=base.train,
-    )
+    return paper_row("iwae_paper_2layer_iwae")
 
 
 class PaperRow(NamedTuple):
