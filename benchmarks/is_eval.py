@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.machine import describe, machine_info  # noqa: E402
 from benchmarks.speed import _median, _timeit  # noqa: E402
 from vae_jax.evaluate import decoder_flops, evaluate_dataset  # noqa: E402
 from vae_jax.models import VAE, init_params  # noqa: E402
@@ -91,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     images = (rng.random((args.examples, 28, 28, 1)) < 0.13).astype(np.uint8) * 255
     rows = args.batch_size * args.sample_chunk
+    info = machine_info()
+    print(describe(info), flush=True)
     print(
-        f"jax {jax.__version__}, {jax.devices()}; IS k={args.num_samples}, "
+        f"IS k={args.num_samples}, "
         f"{args.examples} examples per round, batch {args.batch_size} x chunk "
         f"{args.sample_chunk} = {rows} decoder rows per scan step; {flop} FLOP per decoder eval",
         flush=True,
@@ -137,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     med = statistics.median(r["fraction_of_square_ceiling"] for r in records)
     med_d = statistics.median(r["fraction_of_decoder_shapes"] for r in records)
     print(f"median: {med:.0%} of the 2048^3 ceiling, {med_d:.0%} of the decoder-shaped matmuls")
+    info["loadavg_end"] = os.getloadavg()
+    print(f"load average at the end: {info['loadavg_end']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": info, "rounds": records}, indent=2))
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import describe, machine_info  # noqa: E402
 from vae_jax.loop import fit  # noqa: E402
 from vae_jax.models import VAE  # noqa: E402
 from vae_jax.objectives import make_elbo  # noqa: E402
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2 or args.rounds < 1:
         parser.error("need --epochs >= 2 (epoch 1 includes compilation) and --rounds >= 1")
     info = machine_info()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['jax_devices']}", flush=True)
+    print(describe(info), flush=True)
     images = np.random.default_rng(0).integers(0, 256, (60000, 28, 28, 1), dtype=np.uint8)
     times: dict[str, list[float]] = {"device": [], "host": []}
     for r in range(args.rounds):
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         f"median s/epoch: device {median['device']:.2f}, host {median['host']:.2f}; "
         f"host / device = {ratio:.2f}"
     )
+    info["loadavg_end"] = os.getloadavg()
+    print(f"load average at the end: {info['loadavg_end']}")
     if args.json:
         report = {"machine": info, "seconds": times, "median": median, "ratio": ratio}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
