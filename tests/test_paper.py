@@ -56,6 +56,11 @@ def test_every_cell_of_table_1_is_a_recipe_with_its_protocol():
         assert model.activation == "tanh"
 
 
+def test_paper_row_refuses_a_name_that_is_not_a_row():
+    with pytest.raises(ValueError, match="'pytorch' is not a row of the IWAE paper's Table 1"):
+        paper_row("pytorch")
+
+
 def _report(nll: float, k: int, n: int) -> dict:
     return {"is_key": f"nll_is_k{k}", f"nll_is_k{k}": nll, f"nll_is_k{k}_stderr": 0.25,
             "num_samples": k, "num_examples": n}  # fmt: skip

@@ -101,17 +101,7 @@ class HierarchicalVAE(nn.Module):
         return self.latent_dims[0]
 
     def setup(self) -> None:
-        # The bottom layer is a `VAE`: q(z_1|x) and p(x|z_1) with the chosen likelihood.
-        self.bottom = VAE(
-            image_shape=self.image_shape,
-            z_dim=self.latent_dims[0],
-            hidden=tuple(self.hidden[0]),
-            activation=self.activation,
-            likelihood=self.likelihood,
-            obs_std=self.obs_std,
-            num_classes=self.num_classes,
-            dtype=self.dtype,
-        )
+        self.bottom = _bottom_vae(self)
         dims, hidden = self.latent_dims, self.hidden
         # up[i]: q(z_{i+2} | z_{i+1}); down[i]: p(z_{i+1} | z_{i+2}).
         self.up = [
@@ -173,6 +163,21 @@ class HierarchicalVAE(nn.Module):
 
     def __call__(self, x: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
         return self.bottom(x, label)
+
+
+def _bottom_vae(model: HierarchicalVAE) -> VAE:
+    """`model`'s bottom layer as a `VAE`: q(z_1|x) and p(x|z_1) with its likelihood (a plain
+    function, not a method: a module built inside a method call would be bound to `model`)."""
+    return VAE(
+        image_shape=model.image_shape,
+        z_dim=model.latent_dims[0],
+        hidden=tuple(model.hidden[0]),
+        activation=model.activation,
+        likelihood=model.likelihood,
+        obs_std=model.obs_std,
+        num_classes=model.num_classes,
+        dtype=model.dtype,
+    )
 
 
 # ----------------------------------------------------------------------------- VampPrior
@@ -422,17 +427,7 @@ def check_latent_model(model: nn.Module) -> None:
             raise ValueError(
                 f"each upper layer needs hidden widths >= 1, got {tuple(model.hidden[1:])}"
             )
-        check_model(
-            VAE(
-                image_shape=model.image_shape,
-                z_dim=model.latent_dims[0],
-                hidden=tuple(model.hidden[0]),
-                activation=model.activation,
-                likelihood=model.likelihood,
-                obs_std=model.obs_std,
-                num_classes=model.num_classes,
-            )
-        )
+        check_model(_bottom_vae(model))
         return
     base = getattr(model, "base", None)
     if not isinstance(base, VAE):

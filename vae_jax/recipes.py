@@ -156,6 +156,8 @@ def paper_row(name: str) -> ExperimentConfig:
     paper's protocol and prints the result beside the published number (``--epochs N``
     truncates the schedule).
     """
+    if name not in PAPER_ROWS:
+        raise ValueError(f"{name!r} is not a row of the IWAE paper's Table 1: {sorted(PAPER_ROWS)}")
     row = PAPER_ROWS[name]
     base = iwae_paper_vae() if row.layers == 1 else iwae_paper_2layer_vae()
     bound = "iwae" if row.bound == "iwae" else "elbo"
