@@ -193,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--is_chunk", type=int, default=100, help="IS samples per scan step")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
-    batches = [int(b) for b in args.batches.split(",")]
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches takes comma-separated integers, got {args.batches!r}")
+    if min(batches) < 1 or args.rounds < 1 or args.is_batch < 1 or args.is_chunk < 1:
+        parser.error("--batches, --rounds, --is_batch and --is_chunk must be >= 1")
     n, n_test, k, rounds = 60_000, 10_000, 5000, args.rounds
     if args.quick:
         n, n_test, k, rounds, batches = 2_000, 200, 50, 1, batches[:2]
