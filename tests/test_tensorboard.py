@@ -81,7 +81,7 @@ def test_a_run_writes_metrics_and_grids_per_epoch_and_a_resume_repeats_no_step(
     for tag in ("samples", "reconstructions"):
         assert [i.step for i in events.Images(tag)] == [1, 2]
     # The image is the grid the epoch's PNG shows (there upscaled 2x below a title band).
-    grid = decode(events.Images("samples")[-1])[..., 0]  # (grey, stored as RGB)
+    grid = decode(events.Images("samples")[-1])  # (grey: [H, W])
     assert grid.shape == (8 * 28 + 9 * 2,) * 2
     png = np.asarray(Image.open(workdir / "images" / "samples_epoch002.png"))
     np.testing.assert_array_equal(png[-2 * grid.shape[0] :: 2, ::2], grid)
@@ -129,17 +129,19 @@ def record(epoch: int) -> dict:
 def test_a_new_writer_writes_only_steps_past_those_on_disk(tmp_path):
     """A run killed after writing epochs 1-2 but checkpointed at epoch 0 redoes them: they
     are not written twice; a damaged tail (killed while writing) is ignored."""
-    grid = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    TensorBoardWriter(tmp_path).write(2, [record(1), record(2)], {"samples": grid})
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    colour = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
+    grids = {"samples": grey, "colour": colour}
+    TensorBoardWriter(tmp_path).write(2, [record(1), record(2)], grids)
     (path,) = (tmp_path / SUBDIR).iterdir()
     with open(path, "ab") as file:
         file.write(b"\x40\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # a cut-off record
     assert last_step_written(tmp_path / SUBDIR) == 2
     resumed = TensorBoardWriter(tmp_path)
-    resumed.write(1, [record(1)], {"samples": grid})
-    resumed.write(2, [record(1), record(2)], {"samples": grid})
+    resumed.write(1, [record(1)], grids)
+    resumed.write(2, [record(1), record(2)], grids)
     assert len(list((tmp_path / SUBDIR).iterdir())) == 1  # (nothing new: no file)
-    resumed.write(3, [record(1), record(2), record(3)], {"samples": grid})
+    resumed.write(3, [record(1), record(2), record(3)], grids)
     events = read(tmp_path / SUBDIR)
     assert set(events.Tags()["scalars"]) == {
         "train_loss", "kl_per_layer/0", "kl_per_layer/1", "skipped_updates"
@@ -149,7 +151,8 @@ def test_a_new_writer_writes_only_steps_past_those_on_disk(tmp_path):
     ]  # fmt: skip
     assert [s.value for s in events.Scalars("kl_per_layer/1")] == [0.25] * 3
     assert [i.step for i in events.Images("samples")] == [2, 3]
-    np.testing.assert_array_equal(decode(events.Images("samples")[0])[..., 0], grid)
+    np.testing.assert_array_equal(decode(events.Images("samples")[0]), grey)
+    np.testing.assert_array_equal(decode(events.Images("colour")[1]), colour)
 
 
 def test_a_symlinked_tensorboard_entry_is_refused(tmp_path):

@@ -21,21 +21,23 @@ Each write opens the run's event file, appends whole records and closes it: no t
 queue, nothing to close, and what a run killed afterwards leaves is complete.
 
 Why tensorboardX (2.6.5, 0.7 MB; needs numpy, packaging and protobuf, which vae_jax already
-has; protobuf 7 works): it writes the event protocol buffers and PNG summaries without
-TensorFlow; this module adds only the synchronous append (tensorboardX's own `SummaryWriter`
-runs a writer thread with a multiprocessing queue, registers an atexit hook per writer and
-flushes every 120 s). Measured on the 2-core dev machine (`python -X importtime`, shared,
-so rough): ``import tensorboardX`` takes about 40 ms, but it imports PyTorch when PyTorch is
-installed (about 1.8 s, once per process; hence the import here is deferred to the first
-write, and ``--tensorboard false`` avoids it). The alternatives: clu's `metric_writers`
-writes TensorBoard files through TensorFlow (`tf.summary`) or PyTorch, and brings
-ml_collections, etils and wrapt; TensorBoard's own writer
-(`tensorboard.summary.writer`) imports in about 150 ms but needs about 50 MB of
+has; protobuf 7 works): its compiled event and summary protocol buffers, scalar summaries and
+record CRC write TensorBoard's format without TensorFlow. This module adds the synchronous
+append (tensorboardX's `SummaryWriter` runs a writer thread with a multiprocessing queue,
+registers an atexit hook per writer and flushes every 120 s) and writes grey grids as grey
+PNGs (its `summary.image` stores them as RGB: twice the bytes). Measured on the 2-core dev
+machine (`python -X importtime`, shared, so rough): ``import tensorboardX`` takes about
+40 ms, but it imports PyTorch when PyTorch is installed (about 1.8 s, once per process), so
+the import here waits for the first write, and ``--tensorboard false`` avoids it. The
+alternatives: clu's `metric_writers` writes TensorBoard files through TensorFlow
+(`tf.summary`) or PyTorch, and brings ml_collections, etils and wrapt; TensorBoard's own
+writer (`tensorboard.summary.writer`) imports in about 150 ms but needs about 50 MB of
 dependencies (grpcio, tensorboard-data-server, werkzeug, markdown).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import socket
@@ -47,6 +49,7 @@ from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
+from PIL import Image
 
 from vae_jax.distributed import is_primary
 from vae_jax.workdir import WorkdirError, writable_dir
@@ -97,10 +100,7 @@ class TensorBoardWriter:
                 values = [summary.scalar(k, v).value[0] for k, v in numbers(record).items()]
                 events.append(Event(step=record["epoch"], summary=Summary(value=values)))
         if grids and epoch > self._last_step:
-            images = []
-            for tag, grid in grids.items():
-                layout = "HW" if grid.ndim == 2 else "HWC"
-                images.append(summary.image(tag, grid, dataformats=layout).value[0])
+            images = [_image(Summary, tag, grid) for tag, grid in grids.items()]
             events.append(Event(step=epoch, summary=Summary(value=images)))
         if not events:
             return
@@ -134,6 +134,22 @@ class TensorBoardWriter:
         first.wall_time = time.time()
         _append(path, [first.SerializeToString()])
         return path
+
+
+def _image(summary: Any, tag: str, grid: np.ndarray) -> Any:
+    """An image summary value: `grid` (uint8 ``[H, W]`` or ``[H, W, 3]``) as a PNG.
+
+    (tensorboardX's `summary.image` stores a grey image as RGB: twice the bytes.)
+    """
+    if grid.dtype != np.uint8 or not (grid.ndim == 2 or (grid.ndim == 3 and grid.shape[2] == 3)):
+        raise ValueError(f"grid {tag!r} must be uint8 [H, W] or [H, W, 3], got {grid.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    height, width = grid.shape[:2]
+    colorspace = 1 if grid.ndim == 2 else 3
+    image = summary.Image(height=height, width=width, colorspace=colorspace)
+    image.encoded_image_string = buffer.getvalue()
+    return summary.Value(tag=tag, image=image)
 
 
 def numbers(record: Mapping[str, Any]) -> dict[str, float]:
