@@ -155,15 +155,23 @@ def test_a_new_writer_writes_only_steps_past_those_on_disk(tmp_path):
     np.testing.assert_array_equal(decode(events.Images("colour")[1]), colour)
 
 
-def test_a_symlinked_tensorboard_entry_is_refused(tmp_path):
+def test_a_symlinked_tensorboard_entry_is_refused_before_training(tiny_mnist, tmp_path, capsys):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / SUBDIR).symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(WorkdirError, match="is a symbolic link") as error:
-        TensorBoardWriter(workdir).write(1, [record(1)])
-    assert "\n" not in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny_mnist, workdir, "--epochs", "1")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "tensorboard is a symbolic link" in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "checkpoints").exists() and list(elsewhere.iterdir()) == []
+    # (and again at the first write, should it appear during the run)
+    writer = TensorBoardWriter(tmp_path)
+    (tmp_path / SUBDIR).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(WorkdirError, match="is a symbolic link"):
+        writer.write(1, [record(1)])
     assert list(elsewhere.iterdir()) == []
 
 

@@ -1,8 +1,8 @@
 """TensorBoard event files for a run: each epoch's numbers and picture grids, no TensorFlow.
 
 `TensorBoardWriter(workdir).write(epoch, records, grids)` appends, on the primary process
-only (`vae_jax.distributed.is_primary`), to one event file per run in
-``<workdir>/tensorboard/``; view it with ``tensorboard --logdir runs/``. One step per epoch
+only (`vae_jax.distributed.is_primary`), to an event file in ``<workdir>/tensorboard/`` (one
+per run; each resumption adds one); view it with ``tensorboard --logdir runs/``. One step per epoch
 (the step is the epoch number, from 1). What is written:
 
 - scalars: every number of each epoch record, under its ``metrics.jsonl`` key (train_loss,
@@ -15,7 +15,8 @@ only (`vae_jax.distributed.is_primary`), to one event file per run in
 
 A resumed run does not repeat a step: the first write reads the largest step already in the
 directory's event files and writes only the records after it (the epochs a resumed run
-redoes have the values written before, bitwise, apart from the seconds). `--overwrite`
+redoes keep the values written first: the same numbers, resumption being exact, apart from
+the seconds). `--overwrite`
 discards the directory with the rest of the run's outputs (`vae_jax.workdir.claim`).
 Each write opens the run's event file, appends whole records and closes it: no thread, no
 queue, nothing to close, and what a run killed afterwards leaves is complete.
@@ -62,13 +63,18 @@ class TensorBoardWriter:
     """Appends epoch records and picture grids to ``<workdir>/tensorboard/``.
 
     Nothing is created or read until the first `write` (so it may be made before the run
-    claims the work directory).
+    claims the work directory); a symbolic link in place of the directory is refused now
+    (before training) and again then.
+
+    Raises:
+      WorkdirError: ``<workdir>/tensorboard`` is a symbolic link.
     """
 
     def __init__(self, workdir: str | os.PathLike) -> None:
         self.directory = Path(workdir) / SUBDIR
         self._file: Path | None = None
         self._last_step: int | None = None  # the largest step written (None: not read yet)
+        self._refuse_link()
 
     def write(
         self,
@@ -111,12 +117,15 @@ class TensorBoardWriter:
         _append(self._file, [event.SerializeToString() for event in events])
         self._last_step = max(self._last_step, *(event.step for event in events))
 
-    def _checked_directory(self) -> Path:
+    def _refuse_link(self) -> None:
         if self.directory.is_symlink():
             raise WorkdirError(
                 f"{self.directory} is a symbolic link; TensorBoard files are written only "
                 "inside the work directory (remove it, or --tensorboard false)"
             )
+
+    def _checked_directory(self) -> Path:
+        self._refuse_link()
         return writable_dir(self.directory)
 
     def _create_file(self, first: Any) -> Path:
