@@ -75,7 +75,9 @@ def comparison(recipe: str, config: Any, report: dict[str, Any]) -> str:
     changed = [
         name
         for name in differences(config, paper_row(recipe))
-        if not name.startswith(("train.epochs", "train.eval_batch_size", "train.checkpoint"))
+        if not name.startswith(
+            ("train.epochs", "train.eval_batch_size", "train.checkpoint", "train.tensorboard")
+        )
     ]
     is_key = report["is_key"]
     k, n = report["num_samples"], report["num_examples"]

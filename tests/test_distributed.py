@@ -112,7 +112,9 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
         "config.json",
         "images",
         "metrics.jsonl",
+        "tensorboard",
     ]
+    assert len(list((reference / "tensorboard").iterdir())) == 1  # (process 0's)
     assert _steps(reference) == [16, 18]
     assert not [p for p in reference.rglob("*") if p.name.endswith(".tmp")]
 

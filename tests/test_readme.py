@@ -53,7 +53,7 @@ def test_readme_own_data_and_own_model_examples_run_as_written(capsys):
 def test_readme_latent_models_example_runs_as_written(capsys):
     """ "More latent layers, a learned prior, a flow posterior": each model trains and gets a
     finite importance-sampled log-likelihood, at least its test ELBO."""
-    (block,) = python_blocks()[3:]
+    block = python_blocks()[3]
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
     out = capsys.readouterr().out.splitlines()  # (fit's epoch lines, then each result)

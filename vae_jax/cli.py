@@ -78,6 +78,12 @@ def _dataset(text: str) -> str:
     return str(Path(text).expanduser().absolute()) if is_file_spec(text) else text
 
 
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def _positive_float(text: str) -> float:
     return _float(text, positive=True)
 
@@ -216,6 +222,14 @@ FLAGS: dict[str, _Flag] = {
         _nonnegative_int,
         None,
         "devices for data parallelism (0 = all local devices)",
+    ),
+    "tensorboard": (
+        "train",
+        "tensorboard",
+        _bool,
+        None,
+        "also write TensorBoard event files in WORKDIR/tensorboard/ (view them with "
+        "tensorboard --logdir runs/): true or false",
     ),
     "architecture": ("model", "architecture", str, ARCHITECTURES, "encoder/decoder family"),
     "hidden": (
@@ -396,6 +410,8 @@ def build_parser(prog: str = "python -m experiments.train") -> argparse.Argument
         default = getattr(getattr(defaults, section), field)
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
+        if isinstance(default, bool):
+            default = str(default).lower()
         if choices is not None:
             text += f"; one of {', '.join(map(str, choices))}"
         group.add_argument(

@@ -247,6 +247,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     keep_checkpoints: int = 3
     num_devices: int = 0  # data-parallel devices (0 = all local devices)
+    tensorboard: bool = True  # also write TensorBoard event files (vae_jax.tensorboard)
 
     def __post_init__(self) -> None:
         _check_floats(self)
@@ -322,11 +323,13 @@ class ExperimentConfig:
         """What must match for a work directory's checkpoints to be resumed by this config.
 
         Everything except the number of epochs (a run may be extended; not with the cosine
-        schedule, whose length it sets), the checkpoint cadence, the device count and the
-        evaluation batch size (it changes only the test ELBO's noise draws, not training).
+        schedule, whose length it sets), the checkpoint cadence, the device count, the
+        evaluation batch size (it changes only the test ELBO's noise draws, not training) and
+        whether TensorBoard files are written.
         """
         d = self.to_dict()
-        for key in ("checkpoint_every", "keep_checkpoints", "num_devices", "eval_batch_size"):
+        run_only = ("checkpoint_every", "keep_checkpoints", "num_devices", "eval_batch_size")
+        for key in (*run_only, "tensorboard"):
             d["train"].pop(key)
         if self.train.schedule != "cosine":
             d["train"].pop("epochs")

@@ -9,6 +9,7 @@ A work directory holds:
   images/reconstructions_epochNNN.png  32 test images above their reconstructions
   images/class_samples_epochNNN.png    conditional models: one row per digit
   images/training_curves.png           train and test loss per epoch
+  tensorboard/events.out.tfevents.*    the numbers and grids per epoch (`vae_jax.tensorboard`)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from vae_jax.loop import FitResult, fit
 from vae_jax.models import decoder_mean, reconstruct
 from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.sources import prepare_data
+from vae_jax.tensorboard import TensorBoardWriter
 from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
 from vae_jax.train import TrainState, steps_per_epoch
 from vae_jax.workdir import workdir_lock, writable_dir, write_metrics
@@ -40,10 +42,10 @@ from vae_jax.workdir import workdir_lock, writable_dir, write_metrics
 
 def make_epoch_pictures(
     workdir: Path, model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int
-) -> Callable[[int, TrainState], None]:
-    """A hook that writes the per-epoch PNGs; the prior samples use one fixed z throughout
-    (a model with ``sample_prior``, `vae_jax.latents`, draws them from its prior with one
-    fixed key).
+) -> Callable[[int, TrainState], dict[str, np.ndarray]]:
+    """A hook that writes the per-epoch PNGs and returns their uint8 grids by name (none on
+    other processes than the primary); the prior samples use one fixed z throughout (a model
+    with ``sample_prior``, `vae_jax.latents`, draws them from its prior with one fixed key).
 
     `images` (test images, or training images when there is no test set) give the
     reconstructions: the first 32. Values are drawn clipped to [0, 1].
@@ -79,11 +81,11 @@ def make_epoch_pictures(
         by_class = decoder_mean(model, params, prior_class_z, class_labels) if conditional else None
         return samples, recon, by_class
 
-    def hook(epoch: int, state: TrainState) -> None:
+    def hook(epoch: int, state: TrainState) -> dict[str, np.ndarray]:
         # (every process computes them: the parameters may span several processes' devices)
         samples, recon, by_class = jax.device_get(pictures(state.params))
         if not is_primary():
-            return
+            return {}
         visualize.save_image_grid(
             images_dir / f"samples_epoch{epoch:03d}.png",
             samples,
@@ -105,6 +107,11 @@ def make_epoch_pictures(
                 per_class=per_class,
                 title=f"class-conditional samples, epoch {epoch}",
             )
+        grids = {"samples": visualize.image_grid(samples, ncols=8)}
+        grids["reconstructions"] = visualize.reconstruction_grid(np.asarray(x), recon, ncols=8)
+        if by_class is not None:
+            grids["class_samples"] = visualize.image_grid(by_class, ncols=per_class)
+        return grids
 
     return hook
 
@@ -121,7 +128,8 @@ def run_experiment(
     log: Callable[[str], None] = print,
     **run: Any,
 ) -> FitResult:
-    """Train `config` on its data set into `workdir`: checkpoints, metrics.jsonl and PNGs.
+    """Train `config` on its data set into `workdir`: checkpoints, metrics.jsonl, PNGs and
+    (unless ``config.train.tensorboard`` is False) TensorBoard event files.
 
     The data set is ``config.data.dataset`` (`vae_jax.sources.load_dataset`: "mnist", a
     prepared TFDS name, or a .npz/.npy path). `run` holds the `FitOptions` that are not
@@ -163,11 +171,14 @@ def run_experiment(
                 f"no per-epoch pictures: examples of shape {config.data.image_shape} are not images"
             )
 
+        board = TensorBoardWriter(path) if config.train.tensorboard else None
+
         def on_epoch_end(epoch: int, state: TrainState, records: list[dict[str, Any]]) -> None:
-            if pictures is not None:
-                pictures(epoch, state)
+            grids = pictures(epoch, state) if pictures is not None else {}
             if primary:
                 write_metrics(path, records)
+            if board is not None:
+                board.write(epoch, records, grids)
 
         result = fit(
             config.objective.build(model),

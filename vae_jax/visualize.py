@@ -41,6 +41,7 @@ __all__ = [
     "interpolate_latents",
     "latent_manifold",
     "project_2d",
+    "reconstruction_grid",
     "save_class_conditional_grid",
     "save_image_grid",
     "save_interpolations",
@@ -282,6 +283,39 @@ def save_reconstructions(
     Returns:
         The path written.
     """
+    padding = 2
+    grid = reconstruction_grid(originals, reconstructions, ncols=ncols, padding=padding)
+    n, h = np.shape(originals)[:2]
+    blocks = math.ceil(n / min(ncols, n))
+    explanation = "rows labelled input: test images; the row below each: their reconstructions"
+    return _write_grid_png(
+        path,
+        grid,
+        scale=scale,
+        title=f"{title}\n{explanation}" if title else explanation,
+        row_labels=["input", "recon."] * blocks,
+        row_centres=_row_centres(2 * blocks, h, padding),
+    )
+
+
+def reconstruction_grid(
+    originals: ArrayLike, reconstructions: ArrayLike, *, ncols: int = 8, padding: int = 2
+) -> np.ndarray:
+    """The grid `save_reconstructions` draws, without labels, title or upscaling.
+
+    Rows alternate: `ncols` originals, then their `ncols` reconstructions, then the next
+    `ncols` originals, and so on; a partial last block is filled with white tiles.
+
+    Args:
+        originals: `[N, H, W(, C)]` images, float in [0, 1] or `uint8`.
+        reconstructions: Same shape as `originals`.
+        ncols: Pairs per row block (at least 1).
+        padding: Pixels of white between tiles and around the border.
+
+    Returns:
+        `uint8` grid: `[H', W']` for single-channel input, `[H', W', 3]` for RGB (see
+        `image_grid`).
+    """
     if np.shape(originals) != np.shape(reconstructions):
         raise ValueError(
             "originals and reconstructions must have the same shape; got "
@@ -299,17 +333,7 @@ def save_reconstructions(
         b, j = divmod(i, cols)
         tiles[2 * b * cols + j] = x[i]
         tiles[(2 * b + 1) * cols + j] = y[i]
-    padding = 2
-    grid = image_grid(tiles, ncols=cols, padding=padding)
-    explanation = "rows labelled input: test images; the row below each: their reconstructions"
-    return _write_grid_png(
-        path,
-        grid,
-        scale=scale,
-        title=f"{title}\n{explanation}" if title else explanation,
-        row_labels=["input", "recon."] * blocks,
-        row_centres=_row_centres(2 * blocks, h, padding),
-    )
+    return image_grid(tiles, ncols=cols, padding=padding)
 
 
 def save_class_conditional_grid(

@@ -166,7 +166,7 @@ def _discard_outputs(path: Path) -> None:
     trash = path / ".discarded"
     shutil.rmtree(trash, ignore_errors=True)
     trash.mkdir()
-    for name in (CHECKPOINT_SUBDIR, "metrics.jsonl", "images", CONFIG_FILE):
+    for name in (CHECKPOINT_SUBDIR, "metrics.jsonl", "images", "tensorboard", CONFIG_FILE):
         if (path / name).exists():
             (path / name).rename(trash / name)
     shutil.rmtree(trash, ignore_errors=True)
