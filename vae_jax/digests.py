@@ -101,7 +101,7 @@ def check_tree(
     if root.is_symlink() or not root.is_dir():
         raise DigestError(f"{root} is missing (or not a directory)")
     paths = {name: check_name(root, name) for name in sorted(expected)}
-    present = list_files(root, exclude=exclude)  # (also: no link anywhere under root)
+    present = set(list_files(root, exclude=exclude))  # (also: no link anywhere under root)
     for name, path in paths.items():
         if name not in present:
             raise DigestError(f"{path} is missing")
@@ -113,6 +113,6 @@ def check_tree(
                 f"{path} is damaged: its SHA-256 differs from the one recorded at save time "
                 f"({size} bytes now)"
             )
-    extra = [name for name in present if name not in expected]
+    extra = sorted(name for name in present if name not in expected)
     if extra and not extra_ok:
         raise DigestError(f"{root / extra[0]} was not written by save (an unexpected file)")

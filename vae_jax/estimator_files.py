@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ class SavedEstimatorError(ValueError):
 def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) -> Path:
     """Write a fitted `VAEEstimator` to the directory `path` (see the module docstring).
 
-    The save is written into a new sibling directory (``.<name>.*.saving``) and swapped in
+    The save is written into a new sibling directory (``.<name>.<random>.saving``) and swapped in
     with one rename (`vae_jax.workdir.replace_dir`), so a save killed at any point leaves
     the previous save at `path` whole and loadable (and, at worst, that sibling behind).
     `overwrite` replaces only a directory that is a saved estimator (it holds an
@@ -72,7 +72,8 @@ def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) 
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         _check_is_saved_estimator(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".saving", dir=path.parent))
+    new = path.with_name(f".{path.name}.{secrets.token_hex(4)}.saving")
+    new.mkdir()  # (a new directory, the usual permissions; never an existing one or a link)
     try:
         _write(estimator, new)
         replace_dir(new, path)
