@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -686,3 +687,21 @@ def test_bad_dataset_is_a_one_line_error_with_status_2(tmp_path, capsys, case):
     assert status == 2, err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_tfds_dataset_naming_a_class_of_its_own_runs_no_code(tmp_path, capsys, monkeypatch):
+    """features.json names ``evil.Pwn`` and ``evil.py`` lies in the current directory (before:
+    TFDS imported it, running the data's code)."""
+    from tests.test_safety import write_hostile_tfds
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data_dir = write_hostile_tfds(tmp_path)
+    flags = ["--dataset", "hostile", "--data_dir", data_dir, "--workdir", tmp_path / "run"]
+    try:
+        status, err = _cli([*flags, *BASE], capsys)
+    finally:
+        sys.modules.pop("evil", None)
+    assert status == 2 and "names the feature class 'evil.Pwn'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()

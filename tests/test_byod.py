@@ -239,7 +239,7 @@ def test_fit_from_pieces_records_them_resumes_and_loads(tmp_path):
     final = jax.tree.leaves(longer.state.params)
     for a, b in zip(jax.tree.leaves(loaded.params), final, strict=True):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(vae_jax.CheckpointError, match="load_checkpoint.workdir, model=..., tx="):
+    with pytest.raises(vae_jax.CheckpointError, match=r"load_checkpoint.workdir, model=\.\.\.\)"):
         vae_jax.load_checkpoint(workdir)
 
 
@@ -278,10 +278,12 @@ def test_fit_takes_a_checked_split_as_it_is(monkeypatch):
         run(split, np.zeros(32, np.int32))
 
 
-def test_load_checkpoint_needs_both_the_module_and_the_optimizer(tmp_path):
-    with pytest.raises(ValueError, match="pass both model and tx .the ones the run was trained"):
+def test_load_checkpoint_needs_the_module_only(tmp_path):
+    """(Before: the module and the exact optimizer; test_safety.py reads the parameters of
+    a run trained with another optimizer.)"""
+    with pytest.raises(vae_jax.CheckpointError, match="holds no checkpoint"):
         vae_jax.load_checkpoint(tmp_path, model=MeanOnly())
-    with pytest.raises(ValueError, match="pass both model and tx"):
+    with pytest.raises(vae_jax.CheckpointError, match="has no config.json"):
         vae_jax.load_checkpoint(tmp_path, tx=optax.adam(1e-3))
 
 

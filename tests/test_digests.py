@@ -43,3 +43,37 @@ def test_flipped_byte_truncation_missing_and_added_files_are_named(tree):
         check_tree(root, digests)
     with pytest.raises(DigestError, match="missing"):
         check_tree(root / "nope", digests)
+
+
+@pytest.mark.parametrize(
+    "name", ["../outside.txt", "/etc/hostname", "d/../../x", "./a.bin", "d//b"]
+)
+def test_a_file_list_naming_a_path_out_of_the_directory_is_refused_before_reading(
+    tree, tmp_path, name
+):
+    """(Before: ``../..`` entries were read, and an outside file's size was printed.)"""
+    root, digests = tree
+    (tmp_path / "outside.txt").write_text("secret")
+    with pytest.raises(DigestError, match="not a plain name inside it") as error:
+        check_tree(root, {**digests, name: "0" * 64})
+    assert "bytes" not in str(error.value)
+
+
+def test_a_symbolic_link_in_a_saved_directory_is_refused(tree, tmp_path):
+    root, digests = tree
+    (tmp_path / "outside.txt").write_text("secret")
+    (root / "a.bin").unlink()
+    (root / "a.bin").symlink_to(tmp_path / "outside.txt")
+    with pytest.raises(DigestError, match="is a symbolic link"):
+        check_tree(root, digests)
+
+
+def test_sizes_are_compared_and_extra_files_may_be_allowed(tree):
+    root, digests = tree
+    sizes = {"a.bin": 256, "d/b.json": 8}
+    check_tree(root, digests, sizes=sizes)
+    with pytest.raises(DigestError, match=r"a\.bin has 256 bytes, 255 were written"):
+        check_tree(root, digests, sizes={**sizes, "a.bin": 255})
+    (root / "list.json").write_text("{}")
+    check_tree(root, digests, exclude=["list.json"])
+    check_tree(root, digests, extra_ok=True)

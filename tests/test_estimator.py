@@ -352,9 +352,93 @@ def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_
     v1 = {"format": meta["format"], "version": 1, "hyperparameters": {**old, "verbose": False}}
     v1.update(feature_shape=meta["feature_shape"], history=meta["fitted"]["history_"])
     (path / "estimator.json").write_text(json.dumps(v1))
+    with pytest.raises(SavedEstimatorError, match="version 1 save has no digests.*allow_unv"):
+        VAEEstimator.load(path)  # (before: loaded, every check skipped, with a warning only)
     with pytest.warns(UserWarning, match="version 1 save has no digests"):
-        loaded = VAEEstimator.load(path)
+        loaded = VAEEstimator.load(path, allow_unverified=True)
     assert loaded.max_epochs == 15 and loaded.early_stopping is False and loaded.random_state == 0
     np.testing.assert_array_equal(
         loaded.transform(digits[0][:50]), fitted.transform(digits[0][:50])
     )
+
+
+# ----------------------------------------------------------------------------- safe saves
+
+
+def _listing(directory):
+    return sorted(
+        (p.relative_to(directory).as_posix(), p.read_bytes())
+        for p in directory.rglob("*")
+        if p.is_file()
+    )
+
+
+@pytest.mark.parametrize("kind", ["source tree", "link to a directory", "file"])
+def test_overwrite_replaces_only_a_saved_estimator(fitted, tmp_path, kind):
+    """(Before: ``save(path, overwrite=True)`` deleted whatever directory `path` was.)"""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    path = {"source tree": project, "file": project / "src" / "main.py"}.get(kind)
+    if path is None:
+        path = tmp_path / "link"
+        path.symlink_to(project)
+    before = _listing(project)
+    with pytest.raises(FileExistsError) as error:
+        fitted.save(path, overwrite=True)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+    assert _listing(project) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["project", *(["link"] if kind == "link to a directory" else [])]
+    )  # (no temporary directory left)
+
+
+def test_a_save_failing_half_way_leaves_the_previous_save(fitted, saved, tmp_path, monkeypatch):
+    from vae_jax import estimator_files
+
+    path = shutil.copytree(saved, tmp_path / "vae")
+    before = _listing(path)
+
+    def dies(*args):
+        raise KeyboardInterrupt  # (the parameters are written; estimator.json is not)
+
+    monkeypatch.setattr(estimator_files, "write_json", dies)
+    with pytest.raises(KeyboardInterrupt):
+        fitted.save(path, overwrite=True)
+    assert _listing(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
+    VAEEstimator.load(path)
+
+
+def test_a_save_killed_mid_write_leaves_the_previous_save_loadable(saved, digits, tmp_path):
+    """SIGKILL once the new parameters are written (before: no loadable estimator in 6 of
+    6 tries)."""
+    path = shutil.copytree(saved, tmp_path / "vae")
+    code = (
+        "import os, signal\n"
+        "from vae_jax import estimator_files\n"
+        "from vae_jax.estimator import VAEEstimator\n"
+        f"vae = VAEEstimator.load({str(path)!r})\n"
+        "estimator_files.write_json = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"vae.save({str(path)!r}, overwrite=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+    loaded = VAEEstimator.load(path)
+    x = digits[0][:20]
+    np.testing.assert_array_equal(loaded.transform(x), VAEEstimator.load(saved).transform(x))
+
+
+@pytest.mark.parametrize("name", ["../../outside.txt", "/etc/hostname", "params/../x"])
+def test_a_file_list_naming_files_outside_the_save_is_refused_unread(saved, tmp_path, name):
+    """(Before: a ``../..`` entry was read, and the outside file's size printed.)"""
+    from vae_jax.estimator_files import _meta_digest
+
+    path = shutil.copytree(saved, tmp_path / "copy")
+    (tmp_path / "outside.txt").write_text("private")
+    meta = json.loads((path / "estimator.json").read_text())
+    meta["files"][name] = "0" * 64
+    meta["sha256"] = _meta_digest(meta)  # (consistent: damage by design, not by accident)
+    (path / "estimator.json").write_text(json.dumps(meta))
+    with pytest.raises(SavedEstimatorError, match="not a plain name inside it") as error:
+        VAEEstimator.load(path)
+    assert "\n" not in str(error.value) and "bytes" not in str(error.value)

@@ -35,8 +35,9 @@ from tests.idx_files import write_idx_files
 from tests.kill_helpers import TMP_SUFFIX, _entries, _kill_when, _steps, _writing, start_cli
 from vae_jax import VAE, FitOptions, fit, load_checkpoint, make_elbo
 from vae_jax import mnist as data
-from vae_jax.checkpoint import Checkpointer, CheckpointError
+from vae_jax.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError
 from vae_jax.loop import Preempted
+from vae_jax.optim import make_optimizer
 from vae_jax.train import init_train_state, make_keys
 from vae_jax.workdir import CHECKPOINT_SUBDIR, WorkdirError, read_config
 
@@ -338,13 +339,27 @@ DAMAGE = {
 def test_damaged_latest_checkpoint_is_skipped_with_a_warning(reference, tmp_path, damage):
     workdir = _copy(reference, tmp_path)
     DAMAGE[damage](workdir / CHECKPOINT_SUBDIR / "16")
+    tx = make_optimizer(read_config(workdir).train, steps_per_epoch=1)
     with pytest.warns(RuntimeWarning, match="checkpoint at step 16 .* is unreadable"):
-        loaded = load_checkpoint(workdir)
+        loaded = load_checkpoint(workdir, tx=tx)  # the whole state, as a resume reads it
     assert loaded.step == 14
     assert (workdir / CHECKPOINT_SUBDIR / "16").is_dir()  # a reader moves nothing
+    # The parameters alone: skipped too, unless the damage lies only in the optimizer's
+    # state (flipped bytes land there or in the parameters); then they are intact.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        params_only = load_checkpoint(workdir)
+    assert params_only.step in (14, 16)
+    if params_only.step == 16:
+        expected = jax.tree.leaves(load_checkpoint(reference).params)
+        got = jax.tree.leaves(params_only.params)
+        assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
 
 
-def test_checkpoint_of_other_shapes_is_skipped(reference, tmp_path):
+def test_checkpoint_of_other_shapes_is_refused_and_kept(tiny_mnist, reference, tmp_path, capsys):
+    """A checkpoint that does not fit the model (here: the module's code changed its width)
+    is no damaged checkpoint: one line saying what differs, nothing set aside (before: every
+    good checkpoint was moved to .unreadable, and --overwrite advised)."""
     workdir = _copy(reference, tmp_path)
     shutil.rmtree(workdir / CHECKPOINT_SUBDIR / "16")
     config = read_config(workdir)
@@ -353,8 +368,18 @@ def test_checkpoint_of_other_shapes_is_skipped(reference, tmp_path):
     checkpointer = Checkpointer(workdir)
     checkpointer.save(16, state.replace(step=state.step + 16), {"epoch": 2})
     checkpointer.close()
-    with pytest.warns(RuntimeWarning, match="step 16 .* unreadable .*the model's is"):
-        assert load_checkpoint(workdir).step == 14
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_checkpoint(workdir)
+    message = str(error.value)
+    assert "the checkpoint at step 16" in message and "does not fit this model" in message
+    assert "params/decoder/Dense_0/bias is (16,) float32 there, (32,) float32 expected" in message
+    with pytest.raises(SystemExit) as exit_info:  # resuming: the same, status 2
+        mnist.main(_argv(tiny_mnist, workdir))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "does not fit this model" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert _steps(workdir) == [12, 14, 16]
+    assert not (workdir / CHECKPOINT_SUBDIR / ".unreadable").exists()
 
 
 def test_training_continues_from_the_previous_checkpoint_and_matches(

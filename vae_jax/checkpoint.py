@@ -3,7 +3,9 @@
 A work directory holds ``config.json`` (the `ExperimentConfig` that made it) and
 ``checkpoints/<step>/`` written by an Orbax `CheckpointManager`: ``state`` (the `TrainState`
 arrays, tensorstore/OCDBT) and ``meta`` (JSON: epoch, per-epoch records, partial-epoch
-sums, the configuration and a SHA-256 ``digest`` of the arrays and the rest of the meta).
+sums, the configuration, the run's ``identity`` when the writer has one, a SHA-256
+``digest`` of the arrays and the rest of the meta, and a ``params_digest`` of the parameters
+and the meta, checked when the parameters alone are read).
 
 Failure modes and what they leave:
 - killed while writing: Orbax writes ``<step>.orbax-checkpoint-tmp/`` and renames it to
@@ -16,7 +18,12 @@ Failure modes and what they leave:
   SHA-256 (``vae_jax_files.json``, written once the checkpoint is complete), checked before
   reading; the digest of the restored arrays is checked after. A damaged checkpoint is
   skipped with a `RuntimeWarning` and the previous one is used (a writer also moves it to
-  ``checkpoints/.unreadable/<step>`` so it is never tried again, nor deleted).
+  ``checkpoints/.unreadable/<step>`` so it is never tried again, nor deleted). Only
+  damaged bytes count: a checkpoint that is intact but does not fit the model (parameter
+  paths or shapes) or the run (its identity) is refused in one line
+  (`CheckpointMismatchError`) and nothing is moved.
+- links: nothing is written, renamed or deleted through a symbolic link that leads out of the
+  work directory (`vae_jax.workdir.check_entries`, `remove_tree`).
 
 Nothing is pickled: arrays are tensorstore/zarr chunks, everything else is JSON.
 """
@@ -29,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,23 +49,27 @@ import optax
 import orbax.checkpoint as ocp
 
 from vae_jax.config import ExperimentConfig
+from vae_jax.digests import DigestError, check_tree, file_digest, list_files
 from vae_jax.distributed import is_primary
-from vae_jax.optim import make_optimizer
+from vae_jax.models import init_params
 from vae_jax.train import TrainState, init_train_state
 from vae_jax.workdir import (
     CHECKPOINT_SUBDIR,
     CONFIG_FILE,
+    TRASH_SUBDIR,
     UNREADABLE_SUBDIR,
     WorkdirError,
-    atomic_write_text,
+    atomic_write,
+    check_entries,
+    describe_difference,
     one_line,
     read_config,
     read_record,
+    remove_tree,
 )
 
 log = logging.getLogger("vae_jax.checkpoint")
 
-TRASH_SUBDIR = ".trash"  # pruned checkpoints are renamed here, then deleted
 FILES_MANIFEST = "vae_jax_files.json"  # in each checkpoint: {path: [size, sha256]}
 
 
@@ -71,6 +81,12 @@ class NoReadableCheckpointError(CheckpointError):
     """A work directory has checkpoints and none of them can be read."""
 
 
+class CheckpointMismatchError(WorkdirError):
+    """A checkpoint is intact but is not one of this run: its parameters do not fit the
+    model (a path or a shape differs), or its recorded identity (configuration, data) differs
+    from the current one. Nothing is set aside; the message says what differs."""
+
+
 class Checkpointer:
     """Saves and restores `TrainState` plus JSON metadata under ``workdir/checkpoints``.
 
@@ -79,17 +95,37 @@ class Checkpointer:
       max_to_keep: how many of the newest checkpoints a writer keeps.
       read_only: only restore (never create, prune, clean up or move anything); what
         `load_checkpoint` uses, so that reading a directory a run is writing is safe.
+      identity: what makes a checkpoint one of this run, as a JSON-able dict (the caller,
+        `fit`, passes the run's recorded configuration and a fingerprint of its data).
+        When given, it is stored in every checkpoint's metadata (``meta["identity"]``), and
+        `restore` refuses a checkpoint whose stored identity differs from it:
+        `CheckpointMismatchError`, one line naming the differing fields
+        (`vae_jax.workdir.describe_difference`), nothing set aside. A checkpoint without a
+        stored identity (written by an older vae_jax, or with ``identity=None``) is
+        accepted; so is any checkpoint when ``identity`` is None.
+
+    Contract of `restore`: only bytes that fail their digest or do not deserialise are
+    "unreadable" (skipped with a warning, and set aside by a writer). A checkpoint that is
+    intact but does not fit (its parameter paths or shapes differ from the model's, or its
+    identity differs) is not damaged: `CheckpointMismatchError`, nothing moved.
     """
 
     def __init__(
-        self, workdir: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False
+        self,
+        workdir: str | os.PathLike,
+        *,
+        max_to_keep: int = 3,
+        read_only: bool = False,
+        identity: dict[str, Any] | None = None,
     ) -> None:
         self.directory = Path(workdir).absolute() / CHECKPOINT_SUBDIR
         self.read_only = read_only
+        self.identity = _jsonable_identity(identity)
         self._after_failure = contextlib.ExitStack()
         if read_only:  # (Orbax's own read_only option logs warnings on every use)
             options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
         else:
+            check_entries(workdir)  # (no checkpoints/, .trash or .unreadable linking out)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 create=True,
@@ -121,10 +157,15 @@ class Checkpointer:
     def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
         """Write a checkpoint for `step`, atomically; raise `CheckpointError` on failure.
 
-        `meta` must be JSON-serializable; a ``digest`` entry is added to it.
+        `meta` must be JSON-serializable; added to it: ``identity`` (when the checkpointer
+        has one), ``params_digest`` (of the parameters and the meta, checked when the
+        parameters alone are read) and ``digest`` (of the whole state and the meta).
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
+        if self.identity is not None:
+            meta = {**meta, "identity": self.identity}
+        meta = {**meta, "params_digest": params_digest(state.params, meta)}
         meta = {**meta, "digest": state_digest(state, meta)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         quiet = contextlib.ExitStack()
@@ -154,24 +195,42 @@ class Checkpointer:
         if self.owner:
             try:
                 _write_manifest(self.directory / str(step))
-            except OSError as error:  # the checkpoint itself is complete: it is just unlisted
+            except (OSError, DigestError) as error:  # the checkpoint is complete, just unlisted
                 log.warning("could not list the files of checkpoint %d: %s", step, error)
             self._empty_trash()
 
     def restore(
         self,
-        target: TrainState,
+        target: Any,
         step: int | None = None,
         *,
-        check: Callable[[TrainState, dict[str, Any]], None] | None = None,
-    ) -> tuple[TrainState, dict[str, Any], int] | None:
+        check: Callable[[Any, dict[str, Any]], None] | None = None,
+        params_only: bool = False,
+    ) -> tuple[Any, dict[str, Any], int] | None:
         """Restore the newest readable checkpoint (or exactly `step`), shaped like `target`.
 
-        A checkpoint that fails to load (truncated, garbled or missing files, a digest that
-        does not match, a different structure, or `check(state, meta)` raising) is skipped
-        with a `RuntimeWarning` and the previous one is tried; a writer also moves it to
-        ``checkpoints/.unreadable/``. Returns (state, meta, step), or None when there is no
-        checkpoint at all.
+        Args:
+          target: a `TrainState` (concrete, or from `jax.eval_shape`) giving the structure,
+            shapes, dtypes and placement; with `params_only`, the parameter tree alone.
+          step: a specific checkpoint; default the newest readable one.
+          check: called as ``check(state, meta)`` on what was read; raising marks the
+            checkpoint unreadable.
+          params_only: read only the parameters (no optimizer needed); their own digest
+            (``params_digest``) is checked, and the file list when there is one.
+
+        A checkpoint whose bytes are damaged (its file list's sizes or SHA-256, truncated,
+        garbled or missing files, metadata that does not parse, a digest that does not
+        match, or `check` raising) is skipped with a `RuntimeWarning` and the previous one
+        is tried; a writer also moves it to ``checkpoints/.unreadable/``.
+
+        Returns:
+          (state, meta, step), or None when there is no checkpoint at all; with
+          `params_only`, (params, meta, step).
+
+        Raises:
+          CheckpointMismatchError: a checkpoint is intact but not of this run (identity,
+            parameter paths or shapes differ); nothing is set aside.
+          NoReadableCheckpointError: checkpoints exist and none can be read.
         """
         steps = self.steps()
         if step is not None:
@@ -180,32 +239,31 @@ class Checkpointer:
                 raise CheckpointError(f"no checkpoint at step {step} in {self.directory}")
         abstract = jax.tree.map(_abstract_here, target)
         for candidate in reversed(steps):
-            args = ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            )
+            directory = self.directory / str(candidate)
             try:
-                _check_manifest(self.directory / str(candidate))
-                _check_stored_like(self.directory / str(candidate) / "state", abstract)
-                restored = self.manager.restore(candidate, args=args)
-                state, meta = restored.state, restored.meta
-                _check_like(state, target)
-                _check_digest(state, meta, candidate)
+                _check_manifest(directory)
+                meta = self._restore_meta(candidate)
+                stored = _stored_arrays(directory / "state")
+            except Exception as error:  # damaged bytes: fall back, loudly
+                self._unreadable(candidate, error)
+                continue
+            # intact, but perhaps not of this run: that is no damage, and nothing is moved
+            self._check_identity(candidate, meta)
+            where = f"at step {candidate} in {self.directory}"
+            _check_fits(where, stored, abstract, params_only=params_only)
+            try:
+                if params_only:
+                    state = self._restore_params(candidate, abstract)
+                    _check_params_digest(state, meta, candidate)
+                else:
+                    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                    state = self.manager.restore(candidate, args=args).state
+                    _check_like(state, target)
+                    _check_digest(state, meta, candidate)
                 if check is not None:
                     check(state, meta)
-            except Exception as error:  # corrupt or incompatible: fall back, loudly
-                # A failed Orbax restore leaves coroutines behind; collect them now, so that
-                # what they report is not attributed to whatever runs next.
-                gc.collect()
-                # (moved aside only by a single writer: with several processes, another
-                # one may still be reading it)
-                alone = self.owner and jax.process_count() == 1
-                moved = self._set_aside(candidate) if alone else ""
-                message = (
-                    f"checkpoint at step {candidate} in {self.directory} is unreadable "
-                    f"({type(error).__name__}: {one_line(error)[:200]}){moved}; "
-                    "trying the previous one"
-                )
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            except Exception as error:  # corrupt: fall back, loudly
+                self._unreadable(candidate, error)
                 continue
             return state, meta, candidate
         if steps:
@@ -222,13 +280,67 @@ class Checkpointer:
         finally:
             self._after_failure.close()
 
-    def _set_aside(self, step: int) -> str:
-        """Move an unreadable checkpoint out of the way (renamed, not deleted)."""
-        source = self.directory / str(step)
-        destination = self.directory / UNREADABLE_SUBDIR / str(step)
+    def _restore_meta(self, step: int) -> dict[str, Any]:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if not isinstance(meta, dict):
+            raise ValueError("its metadata is not a JSON object")
+        return meta
+
+    def _restore_params(self, step: int, abstract_params: Any) -> Any:
+        """The parameter subtree of the checkpoint's state alone (Orbax partial restore)."""
+        item = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        )
+        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
         try:
-            destination.parent.mkdir(exist_ok=True)
-            shutil.rmtree(destination, ignore_errors=True)
+            restored = checkpointer.restore(self.directory / str(step) / "state", args=args)
+        finally:
+            checkpointer.close()
+        return restored["params"]
+
+    def _check_identity(self, step: int, meta: dict[str, Any]) -> None:
+        stored = meta.get("identity")
+        if self.identity is None or stored is None or stored == self.identity:
+            return
+        if isinstance(stored, dict):
+            diff = describe_difference(stored, self.identity)
+        else:
+            diff = f"identity: {stored!r} there"
+        raise CheckpointMismatchError(
+            f"the checkpoint at step {step} in {self.directory} is of another run ({diff}); "
+            "it is kept as it is: run with what made it, or use another --workdir (or "
+            "--overwrite to start afresh there)"
+        )
+
+    def _unreadable(self, step: int, error: Exception) -> None:
+        """Warn that the checkpoint at `step` cannot be read; a single writer sets it aside."""
+        # A failed Orbax restore leaves coroutines behind; collect them now, so that what
+        # they report is not attributed to whatever runs next.
+        gc.collect()
+        # (moved aside only by a single writer: with several processes, another one may
+        # still be reading it)
+        alone = self.owner and jax.process_count() == 1
+        moved = self._set_aside(step) if alone else ""
+        message = (
+            f"checkpoint at step {step} in {self.directory} is unreadable "
+            f"({type(error).__name__}: {one_line(error)[:200]}){moved}; "
+            "trying the previous one"
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _set_aside(self, step: int) -> str:
+        """Move an unreadable checkpoint out of the way (renamed, not deleted). Nothing is
+        done through a link: ``.unreadable`` (or its ``<step>``) being one is refused with
+        a one-line `WorkdirError`."""
+        source = self.directory / str(step)
+        aside = self.directory / UNREADABLE_SUBDIR
+        destination = aside / str(step)
+        remove_tree(destination, root=self.directory, ignore_errors=True)  # (refuses links)
+        try:
+            aside.mkdir(exist_ok=True)
             source.rename(destination)
             self.manager.reload()
         except OSError:
@@ -236,7 +348,7 @@ class Checkpointer:
         return f"; moved to {destination}"
 
     def _empty_trash(self) -> None:
-        shutil.rmtree(self.directory / TRASH_SUBDIR, ignore_errors=True)
+        remove_tree(self.directory / TRASH_SUBDIR, root=self.directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -273,49 +385,39 @@ def _abstract_here(x: Any) -> jax.ShapeDtypeStruct:
     return abstract
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_manifest(directory: Path) -> None:
     """List every file of a complete checkpoint with its size and SHA-256 (atomically)."""
+    names = list_files(directory, exclude=[FILES_MANIFEST])
     files = {
-        p.relative_to(directory).as_posix(): [p.stat().st_size, _file_sha256(p)]
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != FILES_MANIFEST
+        name: [(directory / name).stat().st_size, file_digest(directory / name)] for name in names
     }
-    atomic_write_text(directory / FILES_MANIFEST, json.dumps({"files": files}, indent=1))
+    atomic_write(directory / FILES_MANIFEST, json.dumps({"files": files}, indent=1))
 
 
 def _check_manifest(directory: Path) -> None:
-    """Raise ValueError if a file listed in the checkpoint's manifest is missing or differs.
+    """Raise ValueError if a file listed in the checkpoint's manifest is missing or differs
+    (`vae_jax.digests.check_tree`; names outside the checkpoint are refused unread).
 
     (A checkpoint without a manifest, from a run killed just after writing it, is read as
     is: the digest of its arrays is still checked.)
     """
     path = directory / FILES_MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
     try:
+        if path.is_symlink():
+            raise ValueError("it is a symbolic link")
         files = json.loads(path.read_text())["files"]
-        items = [(name, int(size), str(sha)) for name, (size, sha) in files.items()]
+        items = {name: (int(size), str(sha)) for name, (size, sha) in files.items()}
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ValueError(f"its file list {FILES_MANIFEST} is damaged ({error})") from None
-    for name, size, sha in items:
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ValueError(f"its file list {FILES_MANIFEST} names {name!r}, outside it")
-        file = directory / name
-        if not file.is_file():
-            raise ValueError(f"its file {name} is missing")
-        actual = file.stat().st_size
-        if actual != size:
-            raise ValueError(f"its file {name} has {actual} bytes, {size} were written")
-        if _file_sha256(file) != sha:
-            raise ValueError(f"its file {name} has changed since it was written (SHA-256)")
+    check_tree(
+        directory,
+        {name: sha for name, (_, sha) in items.items()},
+        sizes={name: size for name, (size, _) in items.items()},
+        exclude=[FILES_MANIFEST],
+        extra_ok=True,
+    )
 
 
 def _host_array(x: Any) -> np.ndarray:
@@ -360,30 +462,93 @@ def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_stored_like(directory: Path, target: Any) -> None:
-    """Raise ValueError unless the arrays stored in `directory` (from their metadata) have
-    `target`'s paths, shapes and dtypes; checked before reading any array."""
+def _leaf_specs(tree: Any) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
+    return {
+        _path_names(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def _stored_arrays(directory: Path) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
+    """{path: (shape, dtype)} of the arrays stored in `directory`, from their metadata (no
+    array is read); raises if the metadata cannot be read (damage)."""
     from etils import epath
 
-    stored = ocp.StandardCheckpointHandler().metadata(epath.Path(directory))
-    have = {
-        _path_names(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
-        for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
-    }
-    want = {
-        _path_names(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
-        for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]
-    }
-    if set(have) != set(want):
-        missing = sorted("/".join(p) for p in set(want) - set(have))[:3]
-        raise ValueError(f"checkpoint has a different structure than this model (lacks {missing})")
-    for path, (shape, dtype) in sorted(want.items()):
-        if have[path] != (shape, dtype):
-            stored_shape, stored_dtype = have[path]
-            raise ValueError(
-                f"checkpoint array {'/'.join(path)} is {stored_shape} {stored_dtype}, "
-                f"the model's is {shape} {dtype}"
+    return _leaf_specs(ocp.StandardCheckpointHandler().metadata(epath.Path(directory)))
+
+
+def _check_fits(
+    where: str,
+    stored: dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]],
+    target: Any,
+    *,
+    params_only: bool,
+) -> None:
+    """Raise `CheckpointMismatchError` (one line: the first differing paths, the stored
+    shape against the expected one) unless the stored arrays have `target`'s paths, shapes
+    and dtypes (with `params_only`, the ``params`` subtree against `target`). The parameters'
+    differences are named first."""
+    if params_only:
+        want = {("params", *path): spec for path, spec in _leaf_specs(target).items()}
+        have = {path: spec for path, spec in stored.items() if path[:1] == ("params",)}
+    else:
+        want, have = _leaf_specs(target), stored
+    differences = []
+    for path in sorted(set(want) | set(have), key=lambda path: (path[:1] != ("params",), path)):
+        name = "/".join(path)
+        if path not in have:
+            differences.append(f"{name} is in the model, not in the checkpoint")
+        elif path not in want:
+            differences.append(f"{name} is in the checkpoint, not in the model")
+        elif have[path] != want[path]:
+            (stored_shape, stored_dtype), (shape, dtype) = have[path], want[path]
+            differences.append(
+                f"{name} is {stored_shape} {stored_dtype} there, {shape} {dtype} expected"
             )
+    if differences:
+        more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        raise CheckpointMismatchError(
+            f"the checkpoint {where} does not fit this model: "
+            f"{'; '.join(differences[:3])}{more}; it is intact and kept as it is: load it "
+            "with the model (and, to resume, the optimizer) that wrote it, or use another "
+            "--workdir"
+        )
+
+
+def params_digest(params: Any, meta: dict[str, Any]) -> str:
+    """SHA-256 over `meta` (canonical JSON, without its digests) and the parameter arrays
+    (path, dtype, shape and bytes, in path order): what reading the parameters alone checks."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in meta.items() if k not in ("digest", "params_digest")}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in sorted(leaves, key=lambda item: _path_names(item[0])):
+        array = np.ascontiguousarray(_host_array(leaf))
+        h.update(f"{'/'.join(_path_names(path))} {array.dtype.str} {array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _check_params_digest(params: Any, meta: dict[str, Any], step: int) -> None:
+    if "params_digest" not in meta:  # an older checkpoint: its file list was checked
+        log.info("checkpoint at step %d has no digest of its parameters alone", step)
+        return
+    if params_digest(params, meta) != meta["params_digest"]:
+        raise ValueError("its parameters or metadata do not match the digest written with them")
+
+
+def _jsonable_identity(identity: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`identity` as it reads back from a checkpoint's JSON (tuples become lists)."""
+    if identity is None:
+        return None
+    if not isinstance(identity, dict):
+        raise TypeError(f"identity must be a dict, got {type(identity).__name__}")
+    try:
+        value = json.loads(json.dumps(identity, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"identity must be JSON-able: {one_line(error)}") from None
+    assert isinstance(value, dict)
+    return value
 
 
 def _check_like(state: Any, target: Any) -> None:
@@ -420,44 +585,53 @@ def load_checkpoint(
       >>> mean, logvar = loaded.model.apply(
       ...     {"params": loaded.params}, images, method="encode")
 
+    Only the parameters are read (no optimizer is needed, whatever the run trained with),
+    after the checkpoint's file list (SHA-256 of every file) and the parameters' own digest
+    are checked.
+
     Args:
       workdir: the directory given to the experiment (`--workdir`) or to `fit`.
       step: a specific checkpoint; default the newest readable one.
-      model, tx: for a run that `fit` made from your own pieces (no `ExperimentConfig`
-        recorded): the module and the optimizer it was trained with (the optimizer gives
-        the shapes of its state). By default both come from the recorded configuration.
+      model: for a run that `fit` made from your own pieces (no `ExperimentConfig`
+        recorded): the module it trained. By default it comes from the recorded
+        configuration.
+      tx: optional, the optimizer the run trained with: then the whole train state is read
+        (the optimizer's state too) and the digest of all of it checked, as a resume does.
 
     Raises:
       CheckpointError: no configuration, no checkpoint, or none readable.
+      CheckpointMismatchError (a ValueError): the checkpoint's parameters do not fit
+        `model` (one line: the parameter path, the stored shape and the expected one);
+        nothing is set aside.
     """
     config = None
-    if (model is None) != (tx is None):
-        raise ValueError("pass both model and tx (the ones the run was trained with), or neither")
     if model is None:
         try:
             config = read_config(workdir)
         except WorkdirError as error:
             raise CheckpointError(
-                f"{one_line(error)} (a run that fit made from your own model and optimizer "
-                "loads with load_checkpoint(workdir, model=..., tx=...))"
+                f"{one_line(error)} (a run that fit made from your own model loads with "
+                "load_checkpoint(workdir, model=...))"
             ) from None
         if config is None:
             raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a vae_jax work directory")
         model = config.model.build(config.data.image_shape)
-        tx = make_optimizer(config.train, steps_per_epoch=1)  # (for the state's shapes only)
-    assert tx is not None
     example = None
     if not getattr(model, "image_shape", None):
         record = read_record(workdir) or {}
         example = np.zeros((1, *record.get("event_shape", ())), np.float32)
     key = jax.random.key(0)  # (shapes only)
-    target = jax.eval_shape(lambda: init_train_state(model, tx, key, example=example))
+    if tx is None:
+        target = jax.eval_shape(lambda: init_params(model, key, example))
+    else:
+        target = jax.eval_shape(lambda: init_train_state(model, tx, key, example=example))
     checkpointer = Checkpointer(workdir, read_only=True)
     try:
-        restored = checkpointer.restore(target, step)
+        restored = checkpointer.restore(target, step, params_only=tx is None)
     finally:
         checkpointer.close()
     if restored is None:
         raise CheckpointError(f"{workdir} holds no checkpoint")
     state, meta, found = restored
-    return LoadedModel(model, state.params, config, found, meta)
+    params = state if tx is None else state.params
+    return LoadedModel(model, params, config, found, meta)

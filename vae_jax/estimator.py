@@ -551,21 +551,23 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         every parameter file and of its own content (`vae_jax.estimator_files`).
 
         Raises:
-          FileExistsError: `path` exists and `overwrite` is False.
+          FileExistsError: `path` exists and `overwrite` is False, or `path` is not a saved
+            estimator (overwrite replaces only one; the new save is swapped in atomically).
         """
         check_is_fitted(self)
         return save_estimator(self, path, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> VAEEstimator:
-        """Read an estimator written by `save`, after checking every file's digest.
+    def load(cls, path: str | os.PathLike, *, allow_unverified: bool = False) -> VAEEstimator:
+        """Read an estimator written by `save`, after checking every file's digest
+        (a version 1 save, which has none, only with ``allow_unverified=True``).
 
         Raises:
           FileNotFoundError: `path` holds no ``estimator.json``.
           SavedEstimatorError (a ValueError): a damaged, truncated, incomplete or foreign
             directory; one line naming the file.
         """
-        estimator = load_estimator(cls, path)
+        estimator = load_estimator(cls, path, allow_unverified=allow_unverified)
         assert isinstance(estimator, cls)
         return estimator
 

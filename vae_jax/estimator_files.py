@@ -9,17 +9,24 @@ A saved estimator is a directory::
 `load_estimator` checks the JSON's digest, then every file's (`vae_jax.digests`), before
 Orbax reads anything, so a damaged, truncated, incomplete, added-to or foreign directory is a
 one-line `SavedEstimatorError` naming the file instead of an Orbax traceback or, worse,
-parameters that load and give NaN. Version 1 directories (written before the digests) still
-load, with a warning that they cannot be checked.
+parameters that load and give NaN. Version 1 directories (written before the digests) load
+only when the caller says so (``allow_unverified=True``), with a warning that they cannot be
+checked. The file list names files inside ``params/`` only (`vae_jax.digests.check_name`).
+A save writes a new sibling directory and swaps it in with one rename, so a save killed at
+any point leaves the previous one loadable.
+
+The digests find accidental damage; they are no signature: whoever can write the directory
+can change a file and its digest together (docs/robustness.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import shutil
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,9 +35,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vae_jax.digests import DigestError, check_tree, tree_digests
+from vae_jax.digests import DigestError, check_tree, list_files, tree_digests
 from vae_jax.models import init_params
-from vae_jax.workdir import one_line, write_json
+from vae_jax.workdir import one_line, remove_tree, replace_dir, write_json
 
 FORMAT = "vae_jax.VAEEstimator"
 FORMAT_VERSION = 2  # 2: SHA-256 digests of every file; 1 (no digests) still loads
@@ -43,13 +50,41 @@ class SavedEstimatorError(ValueError):
 
 
 def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) -> Path:
-    """Write a fitted `VAEEstimator` to the directory `path` (see the module docstring)."""
+    """Write a fitted `VAEEstimator` to the directory `path` (see the module docstring).
+
+    The save is written into a new sibling directory (``.<name>.<random>.saving``) and swapped in
+    with one rename (`vae_jax.workdir.replace_dir`), so a save killed at any point leaves
+    the previous save at `path` whole and loadable (and, at worst, that sibling behind).
+    `overwrite` replaces only a directory that is a saved estimator (it holds an
+    ``estimator.json`` written by save); anything else, or a symbolic link, is refused.
+
+    Raises:
+      FileExistsError: `path` exists and `overwrite` is False, or `path` is not a saved
+        estimator (one line; nothing is touched).
+    """
     path = Path(path).absolute()
+    if path.is_symlink():
+        raise FileExistsError(
+            f"{path} is a symbolic link; save writes a directory there, never through a link"
+        )
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+        _check_is_saved_estimator(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = path.with_name(f".{path.name}.{secrets.token_hex(4)}.saving")
+    new.mkdir()  # (a new directory, the usual permissions; never an existing one or a link)
+    try:
+        _write(estimator, new)
+        replace_dir(new, path)
+    except BaseException:
+        remove_tree(new, ignore_errors=True)
+        raise
+    return path
+
+
+def _write(estimator: Any, path: Path) -> None:
+    """The files of a save, into the (new, empty) directory `path`."""
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     try:
         checkpointer.save(path / PARAMS_DIR, args=ocp.args.StandardSave(estimator.params_))
@@ -74,11 +109,31 @@ def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) 
     }
     meta["sha256"] = _meta_digest(meta)
     write_json(path / META_FILE, meta)
-    return path
 
 
-def load_estimator(cls: type, path: str | os.PathLike) -> Any:
-    """An instance of `cls` (`VAEEstimator`) read from `path`, every digest checked first."""
+def _check_is_saved_estimator(path: Path) -> None:
+    """Raise FileExistsError (one line) unless `path` is a directory holding an
+    ``estimator.json`` (a regular file) that says it was written by save."""
+    meta_path = path / META_FILE
+    format_ = None
+    if path.is_dir() and meta_path.is_file() and not meta_path.is_symlink():
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            meta = json.loads(meta_path.read_text())
+            format_ = meta.get("format") if isinstance(meta, dict) else None
+    if format_ != FORMAT:
+        raise FileExistsError(
+            f"{path} exists and is not a saved VAEEstimator (no {META_FILE} written by save); "
+            "overwrite=True replaces only a saved estimator: choose another path, or remove "
+            "it yourself"
+        )
+
+
+def load_estimator(cls: type, path: str | os.PathLike, *, allow_unverified: bool = False) -> Any:
+    """An instance of `cls` (`VAEEstimator`) read from `path`, every digest checked first.
+
+    A version 1 save (written before the digests) cannot be checked: it loads only with
+    `allow_unverified` (and a warning), else a one-line `SavedEstimatorError`.
+    """
     path = Path(path).absolute()
     meta_path = path / META_FILE
     if not meta_path.is_file():
@@ -90,7 +145,16 @@ def load_estimator(cls: type, path: str | os.PathLike) -> Any:
             check_tree(params_dir, meta["files"])
         except DigestError as error:
             raise SavedEstimatorError(str(error)) from None
+    elif not allow_unverified:
+        raise SavedEstimatorError(
+            f"{meta_path}: a version 1 save has no digests, so its files cannot be checked; "
+            "load it with allow_unverified=True if you trust it, then save it again to add them"
+        )
     else:
+        try:
+            list_files(params_dir)  # (no link out of the directory, even unverified)
+        except DigestError as error:
+            raise SavedEstimatorError(str(error)) from None
         warnings.warn(
             f"{meta_path}: a version 1 save has no digests; its files are not checked "
             "(save it again to add them)",

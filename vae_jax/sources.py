@@ -127,9 +127,10 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import file_adapters
 
-    from vae_jax.tfds_io import read_split, resolve_data_dir
+    from vae_jax.tfds_io import check_feature_classes, read_split, resolve_data_dir
 
     root = resolve_data_dir(data_dir)
+    check_feature_classes(name, root)  # (before TFDS reads it: no class named by data imported)
     how = (
         f"prepare it on a machine with TensorFlow (`tfds build {name} "
         f"--file_format=array_record --data_dir DIR`) and pass that DIR as --data_dir (or "

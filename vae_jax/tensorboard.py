@@ -53,9 +53,9 @@ from google.protobuf.message import DecodeError
 from PIL import Image
 
 from vae_jax.distributed import is_primary
-from vae_jax.workdir import WorkdirError, writable_dir
+from vae_jax.workdir import TENSORBOARD_SUBDIR, WorkdirError, writable_dir
 
-SUBDIR = "tensorboard"  # in the work directory
+SUBDIR = TENSORBOARD_SUBDIR  # in the work directory
 _SKIPPED_KEYS = ("epoch", "step")  # the x axis, and the train-step count (not a metric)
 
 

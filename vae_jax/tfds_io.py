@@ -4,14 +4,22 @@
 images are inflated and unfiltered here in vectorized numpy (several times faster than
 decoding example by example, and than PIL), anything else through the TFDS features' own
 decoders. `vae_jax.mnist` prepares MNIST; `vae_jax.sources` reads other datasets by name.
+
+No code is run from data: a prepared dataset's ``features.json`` (and the ``features`` of its
+``dataset_info.json``) names Python classes, and TFDS imports the module of any class it does
+not know (``FeatureConnector.cls_from_name``). `check_feature_classes` reads those files
+first, as plain JSON, and refuses every class name that is not one of TFDS's own feature
+classes in `ALLOWED_FEATURE_CLASSES`; `builder` and `read_split` call it before TFDS sees
+the directory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,100 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
     return Path(data_dir).expanduser().absolute()
+
+
+# The feature classes a prepared dataset may name: TFDS's own, already imported with TFDS.
+# Any other name would make TFDS import the module it names, from wherever Python finds it
+# (the current directory included): code chosen by the data.
+_FEATURES = "tensorflow_datasets.core.features."
+ALLOWED_FEATURE_CLASSES = frozenset(
+    _FEATURES + name
+    for name in (
+        "features_dict.FeaturesDict",
+        "image_feature.Image",
+        "class_label_feature.ClassLabel",
+        "tensor_feature.Tensor",
+        "feature.Tensor",  # (the name older TFDS versions wrote)
+        "scalar.Scalar",
+        "text_feature.Text",
+    )
+)
+_CLASS_KEYS = ("pythonClassName", "python_class_name", "type")  # where TFDS reads a class
+_MAX_INFO_BYTES = 64 << 20  # a dataset_info.json of many splits is a few MB
+_MAX_DEPTH = 3  # <data_dir>/<name>[/<config>]/<version>/features.json
+
+
+def check_feature_classes(name: str, data_dir: str | os.PathLike | None) -> None:
+    """Raise ValueError (one line) unless every feature class named by the prepared copies of
+    dataset `name` in `data_dir` (``features.json``, and the ``features`` entry of
+    ``dataset_info.json``, in every config and version) is in `ALLOWED_FEATURE_CLASSES`.
+
+    The files are read as JSON; nothing is imported. Call it before ``tfds.builder``.
+    """
+    base = name.split(":", 1)[0].split("/", 1)[0]
+    root = resolve_data_dir(data_dir)
+    if not base or base in (".", "..") or os.sep in base:
+        raise ValueError(f"{name!r} is not a TFDS dataset name")
+    for path in _info_files(root / base):
+        try:
+            if path.stat().st_size > _MAX_INFO_BYTES:
+                raise ValueError(f"it has over {_MAX_INFO_BYTES >> 20} MiB")
+            value = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError) as error:
+            raise ValueError(
+                f"{path} cannot be read as JSON ({type(error).__name__}: "
+                f"{' '.join(str(error).split())[:200]})"
+            ) from None
+        if path.name == "dataset_info.json":
+            value = value.get("features") if isinstance(value, dict) else None
+        for class_name in _class_names(value):
+            if class_name not in ALLOWED_FEATURE_CLASSES:
+                allowed = ", ".join(sorted(c.rsplit(".", 1)[1] for c in ALLOWED_FEATURE_CLASSES))
+                raise ValueError(
+                    f"{path} names the feature class {class_name!r}, which vae_jax does not "
+                    f"read (only TFDS's own {allowed}): TFDS would import and run the code it "
+                    "names"
+                )
+
+
+def _info_files(directory: Path, depth: int = 0) -> Iterator[Path]:
+    """The ``features.json`` and ``dataset_info.json`` files under `directory`, at most
+    `_MAX_DEPTH` levels down."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name in ("features.json", "dataset_info.json"):
+            yield Path(entry.path)
+        elif depth + 1 < _MAX_DEPTH and entry.is_dir():
+            yield from _info_files(Path(entry.path), depth + 1)
+
+
+def _class_names(value: Any) -> Iterator[Any]:
+    """Every value TFDS could read as a feature class name in a features JSON: those of
+    the keys ``pythonClassName`` / ``python_class_name`` and, in the legacy form, a dotted
+    ``type``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in _CLASS_KEYS:
+                if key in item and (key != "type" or "." in str(item[key])):
+                    yield item[key]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def builder(name: str, data_dir: str | os.PathLike | None) -> Any:
+    """``tfds.builder(name, data_dir=...)`` after `check_feature_classes`: a prepared
+    dataset that names a class TFDS would import is refused (ValueError) before TFDS reads
+    it."""
+    import tensorflow_datasets as tfds
+
+    check_feature_classes(name, data_dir)
+    return tfds.builder(name, data_dir=os.fspath(resolve_data_dir(data_dir)))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -180,7 +282,8 @@ def read_split(
     source's own decoding (no TensorFlow either way).
 
     Args:
-        name: TFDS dataset name, e.g. ``"mnist"``, or a TFDS builder.
+        name: TFDS dataset name, e.g. ``"mnist"`` (its feature classes are checked first:
+            `check_feature_classes`), or a TFDS builder.
         split: Split name, e.g. ``"train"`` (TFDS split slicing syntax also works).
         data_dir: TFDS data directory (``None``: env ``TFDS_DATA_DIR``, else
             ``~/tensorflow_datasets``); unused when `name` is a builder.
@@ -192,11 +295,8 @@ def read_split(
     """
     import tensorflow_datasets as tfds
 
-    if isinstance(name, str):
-        builder = tfds.builder(name, data_dir=os.fspath(resolve_data_dir(data_dir)))
-    else:
-        builder = name
-    features = builder.info.features
+    dataset = builder(name, data_dir) if isinstance(name, str) else name
+    features = dataset.info.features
     image_feature = features[image_key]
     shape = tuple(image_feature.shape)
     fast = (
@@ -210,11 +310,11 @@ def read_split(
         and hasattr(tfds.decode, "DeserializeMethod")
     )
     if not fast:
-        return _read_split_decoded(builder.as_data_source(split=split), image_key, label_key)
+        return _read_split_decoded(dataset.as_data_source(split=split), image_key, label_key)
 
     from tensorflow_datasets.proto import tf_example_pb2
 
-    source = builder.as_data_source(
+    source = dataset.as_data_source(
         split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
     )
     n = len(source)

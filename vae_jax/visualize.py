@@ -769,12 +769,8 @@ def _save_figure(fig: Figure, path: PathLike) -> pathlib.Path:
 
 
 def _write_atomically(path: PathLike, write: Callable[[BinaryIO], object]) -> pathlib.Path:
-    """`write` the file into a temporary name beside `path`, then rename it: a run killed
-    meanwhile leaves the previous picture (or none), never a truncated one."""
-    out = pathlib.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, out)
-    return out
+    """`write` the picture with `vae_jax.workdir.atomic_write`: a run killed meanwhile
+    leaves the previous picture (or none), never a truncated one, and no link is followed."""
+    from vae_jax.workdir import atomic_write
+
+    return atomic_write(path, write)

@@ -9,7 +9,9 @@ A work directory holds:
 
 `claim` decides whether a configuration may use a directory (resume, refuse, or with
 ``overwrite`` start afresh); `fit` calls it (and so `run_experiment`). Every file written here
-is written atomically (`atomic_write_text`).
+is written atomically (`atomic_write`), and nothing
+the library writes or deletes there is reached through a symbolic link that leads out of it
+(`check_entries`).
 """
 
 from __future__ import annotations
@@ -19,30 +21,122 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vae_jax.config import ExperimentConfig, check_config
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = ".unreadable"  # in CHECKPOINT_SUBDIR: unreadable checkpoints, kept
+TRASH_SUBDIR = ".trash"  # in CHECKPOINT_SUBDIR: pruned checkpoints, renamed here then deleted
+METRICS_FILE = "metrics.jsonl"
+IMAGES_SUBDIR = "images"
+TENSORBOARD_SUBDIR = "tensorboard"  # TensorBoard event files (vae_jax.tensorboard)
+LOCK_FILE = ".lock"
+PROBE_FILE = ".write_test"
+DISCARDED_SUBDIR = ".discarded"  # a previous run's outputs, renamed here then deleted
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically: a temporary file beside it, then a rename, so a
-    reader (or a run killed meanwhile) sees the old file or the new one, never half."""
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (POSIX; 0 elsewhere)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], object]) -> Path:
+    """Write a file atomically: a reader, or a run killed meanwhile, sees the old file or the
+    new one, never half of one. The one function every file the library writes goes through
+    (configuration, metrics, reports, pictures, file lists, saved estimators).
+
+    The bytes go to ``<name>.tmp`` beside `path`, created inside the parent directory's file
+    descriptor with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a stale temporary file, or a symbolic
+    link planted under that name, is unlinked first: the link, never its target), then
+    renamed over `path` within that directory. A symbolic link at `path` itself is replaced
+    by the file, and what it pointed to is not touched. The parent directory is created if
+    missing.
+
+    Args:
+      path: the file to write.
+      data: its bytes, its text (UTF-8), or a function that writes into the open binary file.
+
+    Returns:
+      `path` as a `Path`.
+    """
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path.name}.tmp"
+    directory = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=directory)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+        fd = os.open(tmp, flags, 0o666, dir_fd=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if callable(data):
+                    data(handle)
+                else:
+                    handle.write(data.encode() if isinstance(data, str) else data)
+            os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=directory)
+            raise
+    finally:
+        os.close(directory)
     return path
 
 
+def replace_dir(new: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put the directory `new` in the place of `path` (a sibling of it) with one atomic
+    rename, then delete what was at `path`: a process killed at any point leaves either
+    the old directory or the new one at `path`, whole.
+
+    On Linux an existing `path` is swapped with `new` by ``renameat2(RENAME_EXCHANGE)``;
+    where that is missing, `path` is first renamed beside itself, then `new` into its place
+    (a kill between the two leaves the old directory under ``<new>.old``). Nothing is
+    followed through a link: a link at `path` is refused (`WorkdirError`).
+    """
+    new, path = Path(new), Path(path)
+    if path.is_symlink():
+        raise WorkdirError(f"{path} is a symbolic link; it is not replaced through the link")
+    if not path.exists():
+        os.rename(new, path)
+        return
+    if not _exchange(new, path):
+        old = new.with_name(f"{new.name}.old")
+        os.rename(path, old)
+        os.rename(new, path)
+        new = old
+    remove_tree(new, ignore_errors=True)  # (the old contents, now under the new name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where
+    the system or the file system cannot."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(b))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` of `text` (UTF-8)."""
+    return atomic_write(path, text)
+
+
 def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """`atomic_write_text` of `value` as indented, key-sorted JSON."""
-    return atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    """`atomic_write` of `value` as indented, key-sorted JSON."""
+    return atomic_write(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 class WorkdirError(ValueError):
@@ -136,19 +230,100 @@ def read_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def writable_dir(workdir: str | os.PathLike) -> Path:
+    """Create `workdir` if needed and check that the library may write there: its entries
+    are not links out of it (`check_entries`) and a probe file can be created (without
+    following a link). Returns it as a `Path`.
+
+    Raises:
+      WorkdirError: one line saying why not.
+    """
     if not os.fspath(workdir):
         raise WorkdirError("the work directory is an empty path")
     path = Path(workdir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+    except OSError as error:
+        raise WorkdirError(
+            f"work directory {path} is not writable: {error.strerror or error}"
+        ) from error
+    check_entries(path)
+    try:
+        directory = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(PROBE_FILE, dir_fd=directory)  # (a link: the link goes, not its target)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+            os.close(os.open(PROBE_FILE, flags, 0o666, dir_fd=directory))
+            os.unlink(PROBE_FILE, dir_fd=directory)
+        finally:
+            os.close(directory)
     except OSError as error:
         raise WorkdirError(
             f"work directory {path} is not writable: {error.strerror or error}"
         ) from error
     return path
+
+
+# The entries of a work directory that the library writes, renames or deletes.
+WRITTEN_ENTRIES = (
+    CONFIG_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    IMAGES_SUBDIR,
+    TENSORBOARD_SUBDIR,
+    CHECKPOINT_SUBDIR,
+    PROBE_FILE,
+    DISCARDED_SUBDIR,
+    f"{CHECKPOINT_SUBDIR}/{UNREADABLE_SUBDIR}",
+    f"{CHECKPOINT_SUBDIR}/{TRASH_SUBDIR}",
+)
+
+
+def check_entries(workdir: str | os.PathLike) -> None:
+    """Raise `WorkdirError` (one line) if an entry of `workdir` that the library writes
+    (`WRITTEN_ENTRIES`: checkpoints/, images/, config.json, metrics.jsonl, .lock, ...) is a
+    symbolic link leading out of `workdir`: writing, renaming or deleting through it would
+    change files elsewhere. (`workdir` itself may be a link: the user named it.)"""
+    root = os.path.realpath(workdir)
+    for name in WRITTEN_ENTRIES:
+        entry = Path(workdir, name)
+        if not entry.is_symlink():
+            continue
+        target = os.path.realpath(entry)
+        if os.path.commonpath([root, target]) != root or target == root:
+            raise WorkdirError(
+                f"{entry} is a symbolic link to {target}, outside the work directory; vae_jax "
+                "never writes or deletes through a link out of it: remove the link, or use "
+                "another --workdir"
+            )
+
+
+def remove_tree(
+    path: str | os.PathLike,
+    *,
+    root: str | os.PathLike | None = None,
+    ignore_errors: bool = False,
+) -> None:
+    """Delete the directory `path` and everything in it, never through a symbolic link.
+
+    `path` itself, and every directory between `root` (when given) and it, must not be a
+    link: a link is refused with a one-line `WorkdirError` and nothing is deleted. Links
+    inside `path` are removed, not followed (`shutil.rmtree`). A missing `path` is no error;
+    with `ignore_errors`, neither is a failure to delete (a link is still refused).
+    """
+    path = Path(path)
+    parts = [path]
+    if root is not None:
+        relative = path.relative_to(root)
+        parts = [Path(root, *relative.parts[: i + 1]) for i in range(len(relative.parts))]
+    for part in parts:
+        if part.is_symlink():
+            raise WorkdirError(
+                f"{part} is a symbolic link; vae_jax deletes only directories it made, never "
+                "through a link"
+            )
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def _checkpoint_steps(path: Path, subdir: str = CHECKPOINT_SUBDIR) -> list[int]:
@@ -162,26 +337,36 @@ def _checkpoint_steps(path: Path, subdir: str = CHECKPOINT_SUBDIR) -> list[int]:
 
 def _discard_outputs(path: Path) -> None:
     """Delete a previous run's outputs: moved aside first (atomic renames), then deleted,
-    so a run killed meanwhile leaves either the old outputs or none, never half of them."""
-    trash = path / ".discarded"
-    shutil.rmtree(trash, ignore_errors=True)
+    so a run killed meanwhile leaves either the old outputs or none, never half of them.
+    (Links among them are removed, never followed: `check_entries` refused links out.)"""
+    trash = path / DISCARDED_SUBDIR
+    if trash.is_symlink():
+        trash.unlink()
+    remove_tree(trash, ignore_errors=True)
     trash.mkdir()
-    for name in (CHECKPOINT_SUBDIR, "metrics.jsonl", "images", "tensorboard", CONFIG_FILE):
-        if (path / name).exists():
+    for name in (CHECKPOINT_SUBDIR, METRICS_FILE, IMAGES_SUBDIR, TENSORBOARD_SUBDIR, CONFIG_FILE):
+        if (path / name).exists() or (path / name).is_symlink():
             (path / name).rename(trash / name)
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_tree(trash, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def workdir_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path/.lock`` (released when the process dies, even by
-    SIGKILL), so two runs never write the same work directory."""
+    SIGKILL), so two runs never write the same work directory. The lock file is opened
+    without following a link (a link there is refused)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
         yield
         return
-    with open(path / ".lock", "a+") as handle:
+    lock = path / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+    except OSError as error:
+        why = "a symbolic link" if lock.is_symlink() else (error.strerror or str(error))
+        raise WorkdirError(f"cannot open the lock file {lock}: {why}") from None
+    with os.fdopen(fd, "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -285,4 +470,4 @@ def describe_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") 
 def write_metrics(workdir: Path, records: list[dict[str, Any]]) -> Path:
     """Rewrite metrics.jsonl (one record per line) atomically."""
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    return atomic_write_text(workdir / "metrics.jsonl", lines)
+    return atomic_write(workdir / METRICS_FILE, lines)
