@@ -337,8 +337,8 @@ def test_npy_streamed_from_host_memory_trains_from_the_cli(tmp_path, capsys):
 
 def test_auto_placement_keeps_data_that_fit_on_the_device():
     mesh = vae_jax.make_mesh()
-    assert vae_jax.loop.default_placement(10**6, mesh) == "device"
-    assert vae_jax.loop.default_placement(2**62, mesh) == "host"
+    assert vae_jax.trainer.default_placement(10**6, mesh) == "device"
+    assert vae_jax.trainer.default_placement(2**62, mesh) == "host"
     with pytest.raises(ValueError, match="placement must be 'auto', 'device' or 'host', got 'gpu'"):
         vae_jax.FitOptions(placement="gpu")
 
