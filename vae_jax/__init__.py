@@ -38,7 +38,6 @@ from vae_jax.optim import make_optimizer, make_schedule
 from vae_jax.options import FitOptions
 from vae_jax.recipes import RECIPES
 from vae_jax.sources import Dataset, load_dataset
-from vae_jax.trainer import Trainer
 from vae_jax.train import (
     DivergenceError,
     NonFiniteError,
@@ -47,6 +46,7 @@ from vae_jax.train import (
     make_mesh,
     make_train_call,
 )
+from vae_jax.trainer import Trainer
 
 __all__ = [
     "LIKELIHOODS",
