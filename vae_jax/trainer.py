@@ -16,7 +16,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -49,6 +49,15 @@ FULL_HASH_BYTES = 2**30  # `data_fingerprint` hashes every byte of a split up to
 SAMPLE_ROWS = 65_536  # and this many evenly spaced rows of a larger one
 
 
+class EpochTiming(NamedTuple):
+    """`Trainer.train_epoch`'s result: wall seconds, the mean train loss (nats per example)
+    and the number of steps run."""
+
+    seconds: float
+    loss: float
+    steps: int
+
+
 class Trainer:
     """Everything one run trains with, built and checked once.
 
@@ -56,7 +65,7 @@ class Trainer:
 
         trainer = Trainer(make_elbo(model), optax.adam(1e-3), Split(images, labels),
                           options=FitOptions(batch_size=128))
-        seconds, loss = trainer.train_epoch(0)
+        seconds, loss, steps = trainer.train_epoch(0)
 
     Args:
       objective: what to maximise (`make_elbo` / `make_iwae` of a model).
@@ -123,8 +132,8 @@ class Trainer:
         self.step_loop = opts.step_loop
         if self.step_loop == "auto":
             self.step_loop = step_loop_for(objective, mesh, self.event_shape)
-        # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
-        self.state: TrainState = replicate(jax.jit(init)(self.keys.init), mesh)
+        self._init = jax.jit(init)  # (one compiled call: eager Flax init goes op by op)
+        self.state: TrainState = self.initial_state()
         self.call = make_train_call(
             objective,
             tx,
@@ -154,6 +163,11 @@ class Trainer:
     def streamed(self) -> bool:
         """Whether the training set stays in host memory (``placement == "host"``)."""
         return self.placement == "host"
+
+    def initial_state(self) -> TrainState:
+        """A fresh initial state from ``keys.init`` (what `state` starts as), replicated
+        over `mesh`: bitwise the parameters of an eager ``init_train_state``."""
+        return replicate(self._init(self.keys.init), self.mesh)
 
     def restore(self, state: TrainState) -> None:
         """Continue from `state` (a restored checkpoint), replicated over the mesh."""
@@ -200,17 +214,18 @@ class Trainer:
                 out["test_kl"] = float(values["kl"])
         return out
 
-    def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[float, float]:
-        """Epoch `epoch` as `fit` runs it (no divergence checks, no checkpoints), or its
-        whole calls up to `max_steps` steps: (seconds, mean train loss in nats per example)."""
-        start, total, count = time.perf_counter(), 0.0, 0.0
-        for begin, _, inputs in self.batches(epoch):
-            if max_steps is not None and begin >= max_steps:
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> EpochTiming:
+        """Epoch `epoch` as `fit` runs it (its calls, metrics fetched after each; no
+        divergence checks, no checkpoints), or its whole calls until `max_steps` steps ran."""
+        start, total, count, steps = time.perf_counter(), 0.0, 0.0, 0
+        for begin, stop, inputs in self.batches(epoch):
+            if max_steps is not None and steps >= max_steps:
                 break
             metrics = self.run(inputs)
             total += float(np.sum(metrics["loss"] * metrics["weight"]))
             count += float(np.sum(metrics["weight"]))
-        return time.perf_counter() - start, total / max(count, 1.0)
+            steps += stop - begin
+        return EpochTiming(time.perf_counter() - start, total / max(count, 1.0), steps)
 
     def parameter_structure(self) -> dict[str, str]:
         """{"encoder/Dense_0/kernel": "float32[784, 400]", ...}: every parameter's path,
