@@ -55,7 +55,7 @@ model = ModelConfig(hidden=(32,), z_dim=4).build((8, 8, 1))
 tx = optax.adam(1e-3)
 keys = make_keys(0)
 state = init_train_state(model, tx, keys.init, mesh)
-call = make_train_call(make_elbo(model), tx, mesh)
+call = make_train_call(make_elbo(model), tx, mesh, event_shape=(8, 8, 1))
 data = to_device(images, labels, mesh)
 index, weight = epoch_order(90, {BATCH}, seed=0, epoch=0)
 
