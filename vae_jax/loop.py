@@ -1,9 +1,11 @@
 """The epoch loop: resume, train in compiled chunks, evaluate, checkpoint, report.
 
 `fit` is what the experiments and the estimator call, with the pieces: an objective (which
-holds the model), an optax optimizer, arrays and `FitOptions`. It owns no model code and
-writes nothing but ``config.json`` and checkpoints; images and metrics files are the
-caller's `on_epoch_end` hook.
+holds the model), an optax optimizer, arrays and `FitOptions`. It builds one
+`vae_jax.trainer.Trainer` (state, compiled call, mesh, evaluators, data placement) and runs
+the epochs around it. It owns no model code and writes nothing but ``config.json`` (claimed
+once, `RunDir`) and checkpoints; images and metrics files are the caller's `on_epoch_end`
+hook.
 
 Resuming is exact: a checkpoint holds the step, the parameters, the optimizer state, the
 skip counter and the epoch's partial sums (JSON floats round-trip exactly). Everything

@@ -1,4 +1,4 @@
-"""Training: the state, the jitted train step, evaluation, and the epoch loop.
+"""Training: the state, the jitted train step and call, evaluation (the loop: `vae_jax.loop`).
 
 Design (each choice measured in docs/benchmarks.md):
 - The data set lives on the device (uint8 stays uint8, floats are float32); each step
@@ -6,9 +6,9 @@ Design (each choice measured in docs/benchmarks.md):
   dynamically binarized data, binarizes it inside the compiled step.
 - `steps_per_call` train steps run as one `lax.scan` inside one `jax.jit` call with the
   train state donated: no host round trip per step. (`chunks` rounds it to a divisor of
-  the epoch's steps when one is near, so one compiled program serves the whole epoch. Conv
-  VAEs on CPU dispatch their steps one compiled call each instead, since XLA:CPU
-  convolutions are slow inside loops.)
+  the epoch's steps when one is near, so one compiled program serves the whole epoch. On
+  CPU, a model whose program has convolutions dispatches its steps one compiled call each
+  instead, since XLA:CPU convolutions are slow inside loops: `step_loop_for`.)
 - Every step's key is ``fold_in(train_key, step)`` and every epoch's order is a permutation
   from ``np.random.default_rng((seed, epoch))``: a run resumed at a step draws exactly the
   randomness an uninterrupted run draws.
