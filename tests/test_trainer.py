@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -140,3 +141,22 @@ def test_the_cli_refuses_a_resume_on_a_replaced_npz_with_status_2(tmp_path, caps
     assert status == 2
     assert "data.train.shape: [64, 6] there, [80, 6] here" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_trainer_epoch_is_fits_epoch():
+    """What the benchmarks time (`Trainer.train_epoch`) is what `fit` runs: the same loss
+    and the same parameters after one epoch, bitwise."""
+    x = np.random.default_rng(3).integers(0, 256, (72, 4, 4, 1), dtype=np.uint8)
+    model = vae_jax.VAE(image_shape=(4, 4, 1), hidden=(8,), z_dim=2)
+    options = vae_jax.FitOptions(epochs=1, batch_size=16, steps_per_call=2, log=lambda _: None)
+    objective, tx = vae_jax.make_elbo(model), optax.adam(1e-3)
+    result = vae_jax.fit(objective, tx, x, options=options, progress=False)
+    trainer = vae_jax.Trainer(
+        objective, tx, vae_jax.Split(x, np.zeros(72, np.int32)), options=options
+    )
+    seconds, loss, steps = trainer.train_epoch(0)
+    assert steps == 5 and seconds > 0 and loss == result.records[0]["train_loss"]
+    for a, b in zip(
+        jax.tree.leaves(trainer.state.params), jax.tree.leaves(result.state.params), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
