@@ -15,7 +15,7 @@ import numpy as np
 
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
 PLACEMENTS = ("auto", "device", "host")
-STEP_LOOPS = ("auto", "scan", "host")  # (as `vae_jax.train.STEP_LOOPS`)
+STEP_LOOPS = ("auto", "scan", "host")  # ("auto": `vae_jax.train.step_loop_for` decides)
 
 
 @dataclasses.dataclass(frozen=True)
