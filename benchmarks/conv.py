@@ -1,6 +1,6 @@
 """Train-step speed of the convolutional VAEs: XLA's transposed convolution vs sub-pixel form.
 
-Times the library's train call (`make_train_call`, as `vae_jax.loop.fit` runs it: ``--steps``
+Times the library's train call (`vae_jax.Trainer`, as `vae_jax.loop.fit` runs it: ``--steps``
 steps per call, state donated, XLA:CPU options included; on CPU a conv VAE's steps are
 dispatched one compiled step at a time) for a conv VAE whose decoder computes every
 transposed convolution
@@ -12,7 +12,7 @@ transposed convolution
 - ``vae_jax_scan``: as ``vae_jax``, but the steps inside one `lax.scan`, as the library runs
   every other model (XLA:CPU convolutions are slow inside loops: jax-ml/jax#12868);
 - ``xla_scan``: `lax.conv_transpose` inside one `lax.scan`: the library before
-  `vae_jax.conv` and `vae_jax.train._host_loop`.
+  `vae_jax.conv` and the host loop (`vae_jax.train.step_loop_for`).
 
 The variants compute the same function with the same parameters; they are timed in turn,
 chunk by chunk (interleaved), so machine load hits all of them alike; medians are reported.
@@ -46,31 +46,26 @@ import numpy as np
 import optax  # noqa: E402
 
 import vae_jax.conv  # noqa: E402
-import vae_jax.train  # noqa: E402
 from benchmarks.machine import describe, machine_info  # noqa: E402
+from vae_jax.arrays import Split  # noqa: E402
 from vae_jax.config import ModelConfig  # noqa: E402
 from vae_jax.objectives import make_elbo  # noqa: E402
-from vae_jax.train import (  # noqa: E402
-    epoch_order,
-    init_train_state,
-    make_keys,
-    make_mesh,
-    make_train_call,
-    steps_per_epoch,
-    to_device,
-)
+from vae_jax.options import FitOptions  # noqa: E402
+from vae_jax.train import epoch_order, steps_per_epoch  # noqa: E402
+from vae_jax.trainer import Trainer  # noqa: E402
 
 MNIST_TRAIN = 60_000  # examples per epoch, for the per-epoch estimate
 
 # Per variant: the sub-pixel threshold it traces with (`ConvTranspose4x4` reads it when
-# traced) and whether its steps run as a host loop (the library's choice on CPU) or inside
-# one `lax.scan` (the library's choice elsewhere, and for the MLPs).
+# traced) and its `FitOptions.step_loop`: "host" (a host loop of compiled steps: what
+# `step_loop_for` picks on CPU for a program with convolutions) or "scan" (one `lax.scan`:
+# the choice elsewhere, and for the MLPs).
 VARIANTS = {
-    "xla": (10**9, True),
-    "vae_jax": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, True),
-    "subpixel": (1, True),
-    "vae_jax_scan": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, False),
-    "xla_scan": (10**9, False),
+    "xla": (10**9, "host"),
+    "vae_jax": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, "host"),
+    "subpixel": (1, "host"),
+    "vae_jax_scan": (vae_jax.conv.SUBPIXEL_MIN_FEATURES, "scan"),
+    "xla_scan": (10**9, "scan"),
 }
 MODELS = {
     "conv32": (32, (32, 64, 128)),  # the conv32 recipe: 32x32, 32-64-128
@@ -112,39 +107,36 @@ def time_model(
     rng = np.random.default_rng(0)
     n = batch * steps
     images = (rng.random((n, size, size, 1)) < 0.13).astype(np.uint8) * 255
-    mesh = make_mesh(1)
-    data = to_device(images, np.zeros(n, np.int32), mesh)
+    split = Split(images, np.zeros(n, np.int32))
     tx = optax.adam(1e-3)
-    keys = make_keys(0)
     index, weight = epoch_order(n, batch, seed=0, epoch=0)
-    calls, states, times = {}, {}, {}
-    threshold0, host_loop = vae_jax.conv.SUBPIXEL_MIN_FEATURES, vae_jax.train._host_loop
+    trainers, times = {}, {}
+    threshold0 = vae_jax.conv.SUBPIXEL_MIN_FEATURES
     try:
         for variant in variants:
-            threshold, on_host = VARIANTS[variant]
+            threshold, step_loop = VARIANTS[variant]
             vae_jax.conv.SUBPIXEL_MIN_FEATURES = threshold
-            vae_jax.train._host_loop = lambda model, mesh, on_host=on_host: on_host
-            call = make_train_call(make_elbo(model), tx, mesh)
-            state = init_train_state(model, tx, keys.init, mesh)
+            # `fit`'s Trainer: seed 0, one device, the data on it; each call runs every step
+            options = FitOptions(batch_size=batch, num_devices=1, step_loop=step_loop)
+            trainer = Trainer(make_elbo(model), tx, split, options=options)
             # Compile (tracing reads the threshold now) and warm up.
-            state, metrics = call(state, data, index, weight, keys.train)
-            jax.block_until_ready(metrics)
-            calls[variant], states[variant], times[variant] = call, state, []
+            trainer.run((trainer.train_data, index, weight))
+            trainers[variant], times[variant] = trainer, []
     finally:
-        vae_jax.conv.SUBPIXEL_MIN_FEATURES, vae_jax.train._host_loop = threshold0, host_loop
+        vae_jax.conv.SUBPIXEL_MIN_FEATURES = threshold0
     losses = {}
     torch_runs: dict = {}
     if torch_threads is not None:
         torch_runs = torch_trainers(images, channels, batch=batch, threads=torch_threads)
     for trainer in torch_runs.values():
         trainer.train_steps(2)  # warm up (oneDNN primitives are created on first use)
-    params = {"vae_jax": sum(int(np.size(p)) for p in jax.tree.leaves(init_state_params(states)))}
+    first = next(iter(trainers.values()))  # (all variants have the same parameter shapes)
+    params = {"vae_jax": sum(int(np.size(p)) for p in jax.tree.leaves(first.state.params))}
     params.update({n: t.num_params() for n, t in torch_runs.items()})
     for _ in range(chunks):
-        for variant, call in calls.items():
+        for variant, trainer in trainers.items():
             start = time.perf_counter()
-            states[variant], metrics = call(states[variant], data, index, weight, keys.train)
-            jax.block_until_ready(metrics)
+            metrics = trainer.run((trainer.train_data, index, weight))
             times[variant].append((time.perf_counter() - start) / steps)
             losses[variant] = float(metrics["loss"][-1])
         for variant, trainer in torch_runs.items():
@@ -168,11 +160,6 @@ def time_model(
         "torch_threads": torch_threads if torch_runs else None,
         "last_loss": losses,
     }
-
-
-def init_state_params(states: dict) -> object:
-    """The parameters of any one variant's train state (all have the same shapes)."""
-    return next(iter(states.values())).params
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ On whatever device JAX uses (it prints its name first), in one process:
    ``python -m experiments.evaluate``) at k = 5000 on 10,000 test images for the same model:
    seconds, compilation included and not.
 
-Each training measurement runs the library's train call (`make_train_call`) as
-`vae_jax.loop.fit` does: chunks of ``steps_per_call`` steps, metrics fetched after each call.
+Each training measurement runs `vae_jax.loop.fit`'s `Trainer` as `fit` does: chunks of
+``steps_per_call`` steps, metrics fetched after each call.
 Speed does not depend on the pixel values or the parameters, so the data are random uint8
 images (60,000 train, 10,000 test) and the models freshly initialised. The targets of issue
 #14 on one H100/H200-class GPU: seed recipe >= 1M examples/s, the paper's 3,280 epochs in
@@ -44,20 +44,13 @@ import numpy as np
 
 from benchmarks.machine import describe, machine_info  # noqa: E402
 from vae_jax import recipes  # noqa: E402
+from vae_jax.arrays import Split  # noqa: E402
 from vae_jax.config import ExperimentConfig  # noqa: E402
 from vae_jax.evaluate import evaluate_dataset  # noqa: E402
 from vae_jax.models import init_params  # noqa: E402
 from vae_jax.optim import make_optimizer  # noqa: E402
-from vae_jax.train import (  # noqa: E402
-    chunks,
-    epoch_order,
-    init_train_state,
-    make_keys,
-    make_mesh,
-    make_train_call,
-    steps_per_epoch,
-    to_device,
-)
+from vae_jax.train import steps_per_epoch  # noqa: E402
+from vae_jax.trainer import Trainer  # noqa: E402
 
 PAPER_EPOCHS = 3280
 
@@ -66,42 +59,37 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-class Trainer:
-    """The library's train path for one recipe on random images, timed by epoch or by step."""
+class Timed:
+    """`fit`'s `Trainer` for one recipe on random images (seed 0, one device, the data on
+    it), timed by epoch or by its first steps."""
 
     def __init__(
         self, config: ExperimentConfig, images: np.ndarray, batch: int, steps_per_call: int
     ):
-        self.mesh = make_mesh(1)
-        self.model = config.model.build(tuple(images.shape[1:]))
-        self.n, self.batch, self.steps_per_call = len(images), batch, steps_per_call
-        self.steps = steps_per_epoch(self.n, batch)
-        self.tx = make_optimizer(config.train, self.steps)
-        self.keys = make_keys(0)
-        self.state = init_train_state(self.model, self.tx, self.keys.init, self.mesh)
-        binarize = config.data.binarize == "dynamic"
-        objective = config.objective.build(self.model)
-        self.call = make_train_call(objective, self.tx, self.mesh, binarize=binarize)
-        self.data = to_device(images, np.zeros(self.n, np.int32), self.mesh)
+        self.steps = steps_per_epoch(len(images), batch)
+        options = config.fit_options(
+            batch_size=batch,
+            steps_per_call=steps_per_call,
+            seed=0,
+            num_devices=1,
+            placement="device",
+        )
+        self.trainer = Trainer(
+            config.objective.build(config.model.build(tuple(images.shape[1:]))),
+            make_optimizer(config.train, self.steps),
+            Split(images, np.zeros(len(images), np.int32)),
+            options=options,
+        )
         self.epoch = 0
 
     def run(self, max_steps: int | None = None) -> tuple[float, int]:
-        """One epoch (or its first `max_steps` steps, whole calls): (seconds, steps run)."""
-        index, weight = epoch_order(self.n, self.batch, seed=0, epoch=self.epoch)
+        """One epoch (or its first whole calls up to `max_steps` steps): (seconds, steps run)."""
+        seconds, _, steps = self.trainer.train_epoch(self.epoch, max_steps)
         self.epoch += 1
-        start, done = time.perf_counter(), 0
-        for lo, hi in chunks(self.steps, self.steps_per_call):
-            if max_steps is not None and done >= max_steps:
-                break
-            self.state, metrics = self.call(
-                self.state, self.data, index[lo:hi], weight[lo:hi], self.keys.train
-            )
-            jax.device_get(metrics)
-            done += hi - lo
-        return time.perf_counter() - start, done
+        return seconds, steps
 
 
-def timed(trainer: Trainer, rounds: int, max_steps: int | None = None) -> float:
+def timed(trainer: Timed, rounds: int, max_steps: int | None = None) -> float:
     """Median seconds per step over `rounds` timed runs, after a compiling one."""
     trainer.run(max_steps)
     per_step = []
@@ -115,7 +103,7 @@ def seed_recipe(images: np.ndarray, batches: list[int], rounds: int) -> dict[str
     out: dict[str, Any] = {}
     for batch in batches:
         config = recipes.pytorch()
-        trainer = Trainer(config, images, batch, config.train.steps_per_call)
+        trainer = Timed(config, images, batch, config.train.steps_per_call)
         step_s = timed(trainer, rounds)
         out[batch] = len(images) / (step_s * trainer.steps)
         _say(f"  seed recipe, batch {batch:6d}: {out[batch]:13,.0f} examples/s")
@@ -125,7 +113,7 @@ def seed_recipe(images: np.ndarray, batches: list[int], rounds: int) -> dict[str
 
 def conv32(images32: np.ndarray, rounds: int, steps: int) -> float:
     config = recipes.conv32()
-    trainer = Trainer(config, images32, 128, config.train.steps_per_call)
+    trainer = Timed(config, images32, 128, config.train.steps_per_call)
     ms = 1e3 * timed(trainer, rounds, max_steps=steps)
     _say(f"  conv32, batch 128: {ms:.2f} ms per step")
     return ms
@@ -137,7 +125,7 @@ def iwae_paper(images: np.ndarray, rounds: int) -> dict[str, Any]:
     steps = steps_per_epoch(len(images), 20)
     mnist_steps = steps_per_epoch(60_000, 20)  # the paper's epoch, whatever `images` holds
     for name, per_call in (("default", config.train.steps_per_call), ("one_call", steps)):
-        trainer = Trainer(config, images, 20, per_call)
+        trainer = Timed(config, images, 20, per_call)
         epoch_s = timed(trainer, rounds) * mnist_steps
         out[name] = {"steps_per_call": per_call, "epoch_s": epoch_s}
         _say(

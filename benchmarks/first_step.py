@@ -1,8 +1,9 @@
 """Time to the first trained step in a fresh process, phase by phase.
 
 Run by ``benchmarks/speed.py`` in a subprocess (so nothing is imported or compiled yet):
-import the library, read the prepared MNIST, build the default recipe's state, compile
-the train call and run the first compiled call (``steps_per_call`` steps, as `fit` does).
+import the library, read the prepared MNIST, build the default recipe's `Trainer` (state,
+data on the device), compile its train call and run the first compiled call
+(``steps_per_call`` steps, as `fit` does).
 Prints one JSON line of cumulative seconds since this module started executing.
 """
 
@@ -33,15 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vae_jax.config import ExperimentConfig
     from vae_jax.mnist import load_mnist
-    from vae_jax.train import (
-        chunks,
-        epoch_order,
-        init_train_state,
-        make_keys,
-        make_mesh,
-        make_train_call,
-        to_device,
-    )
+    from vae_jax.trainer import Trainer
 
     t["import"] = time.perf_counter() - START
     splits = load_mnist(args.data_dir, mnist_dir=args.mnist_dir)
@@ -49,30 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     t["data"] = time.perf_counter() - START
 
     config = ExperimentConfig()  # the seed recipe (`--recipe pytorch`)
-    tc = config.train
-    mesh = make_mesh(tc.num_devices)
     model = config.model.build(tuple(train.image.shape[1:]))
     objective = config.objective.build(model)
-    tx = optax.adam(tc.learning_rate)
-    keys = make_keys(tc.seed)
-    state = init_train_state(model, tx, keys.init, mesh)
-    call = make_train_call(objective, tx, mesh)
-    data = to_device(train.image, train.label, mesh)
-    index, weight = epoch_order(len(train.image), tc.batch_size, seed=tc.seed, epoch=0)
-    _, stop = next(chunks(len(index), tc.steps_per_call))  # the first call, as `fit` makes it
-    chunk = (index[:stop], weight[:stop])
+    tx = optax.adam(config.train.learning_rate)
+    trainer = Trainer(objective, tx, train, options=config.fit_options(placement="device"))
+    _, stop, inputs = next(trainer.batches(0))  # the first call, as `fit` makes it
     t["setup"] = time.perf_counter() - START
 
-    compiled = call.lower(state, data, *chunk, keys.train).compile()
+    compiled = trainer.call.lower(trainer.state, *inputs, trainer.keys.train).compile()
     t["compile"] = time.perf_counter() - START
-    state, metrics = compiled(state, data, *chunk, keys.train)
+    _, metrics = compiled(trainer.state, *inputs, trainer.keys.train)
     loss = jax.device_get(metrics["loss"])
     t["first_call"] = time.perf_counter() - START
     result = {
         "cumulative_s": t,
-        "steps_in_first_call": int(len(chunk[0])),
+        "steps_in_first_call": int(stop),
         "first_call_loss": float(loss[0]),
-        "devices": len(mesh.devices.flat),
+        "devices": len(trainer.mesh.devices.flat),
     }
     print(json.dumps(result))
     return 0

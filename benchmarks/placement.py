@@ -40,9 +40,10 @@ def _quiet(line: str) -> None:
 
 def epoch_seconds(images: np.ndarray, placement: str, epochs: int) -> list[float]:
     """Training seconds of epochs 2..`epochs` of one `fit` run (no test set)."""
-    options = FitOptions(epochs=epochs, placement=placement)  # the seed recipe's batch, 128
-    objective = make_elbo(VAE(image_shape=images.shape[1:]))  # the seed recipe's MLP
-    result = fit(objective, optax.adam(1e-3), images, options=options, progress=False, log=_quiet)
+    # (the seed recipe's batch, 128, and MLP)
+    options = FitOptions(epochs=epochs, placement=placement, log=_quiet)
+    objective = make_elbo(VAE(image_shape=images.shape[1:]))
+    result = fit(objective, optax.adam(1e-3), images, options=options, progress=False)
     return [r["seconds"] for r in result.records[1:]]
 
 

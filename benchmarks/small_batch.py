@@ -9,7 +9,7 @@ wall time is the per-step cost of a small step. This benchmark measures, in one 
    (it reads parameters, gradients and both moments and writes three of them back: 7
    arrays of the parameter count, in float32) at the bandwidth of a streaming
    ``y = a + s * y`` over arrays of the same size, measured in the same way.
-2. **The step** through the library's train call (`make_train_call`, ``--steps`` steps per
+2. **The step** through the library's train call (`vae_jax.Trainer`, ``--steps`` steps per
    compiled call, as `vae_jax.loop.fit` runs them), and variants that remove one piece
    each, interleaved call by call so that the machine's load hits all alike (medians):
    ``library`` (the recipe: Adam with the `iwae_paper` schedule, dynamic binarization),
@@ -48,17 +48,12 @@ import optax  # noqa: E402
 from benchmarks.machine import describe, machine_info  # noqa: E402
 from benchmarks.speed import time_dot  # noqa: E402
 from vae_jax import recipes  # noqa: E402
+from vae_jax.arrays import Split  # noqa: E402
 from vae_jax.objectives import make_elbo, make_iwae  # noqa: E402
 from vae_jax.optim import make_optimizer  # noqa: E402
-from vae_jax.train import (  # noqa: E402
-    _CPU_COMPILER_OPTIONS,
-    epoch_order,
-    init_train_state,
-    make_keys,
-    make_mesh,
-    make_train_call,
-    to_device,
-)
+from vae_jax.options import FitOptions  # noqa: E402
+from vae_jax.train import CPU_COMPILER_OPTIONS, epoch_order  # noqa: E402
+from vae_jax.trainer import Trainer  # noqa: E402
 
 N = 60_000  # MNIST's training set: 3,000 steps per epoch at batch 20
 PAPER_EPOCHS = 3280
@@ -91,7 +86,7 @@ def dots_floor_ms(layers: list[tuple[int, int, bool]], batch: int, k: int, reps:
         for kind in kinds:
             total += min(
                 time_dot(kind, rows, a, b, reps=reps, options=opts, n=128)
-                for opts in (None, _CPU_COMPILER_OPTIONS)
+                for opts in (None, CPU_COMPILER_OPTIONS)
             )
     return 1e3 * total
 
@@ -103,7 +98,7 @@ def stream_gbps(size: int, reps: int, n: int = 256) -> float:
     def run(a: jax.Array, y: jax.Array) -> jax.Array:
         return jax.lax.fori_loop(0, n, lambda i, y: a + 0.999 * y, y)
 
-    fn = jax.jit(run, compiler_options=_CPU_COMPILER_OPTIONS)
+    fn = jax.jit(run, compiler_options=CPU_COMPILER_OPTIONS)
     y = jnp.zeros(size, jnp.float32)
     fn(a, y).block_until_ready()
     times = []
@@ -125,7 +120,7 @@ def isolated_adam(params: Any, tx: optax.GradientTransformation, steps: int) -> 
 
         return jax.lax.scan(body, (params, opt_state), None, length=steps)[0]
 
-    return jax.jit(run, donate_argnums=(0, 1), compiler_options=_CPU_COMPILER_OPTIONS)
+    return jax.jit(run, donate_argnums=(0, 1), compiler_options=CPU_COMPILER_OPTIONS)
 
 
 def measure(k: int, *, steps: int, rounds: int, reps: int) -> dict[str, Any]:
@@ -135,10 +130,7 @@ def measure(k: int, *, steps: int, rounds: int, reps: int) -> dict[str, Any]:
     model = config.model.build((28, 28, 1))
     objective = make_elbo(model) if k == 1 else make_iwae(model, num_samples=k)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (N, 28, 28, 1), dtype=np.uint8)
-    mesh = make_mesh(1)
-    data = to_device(images, np.zeros(N, np.int32), mesh)
-    keys = make_keys(0)
+    split = Split(rng.integers(0, 256, (N, 28, 28, 1), dtype=np.uint8), np.zeros(N, np.int32))
     index, weight = epoch_order(N, tc.batch_size, seed=0, epoch=0)
     index, weight = jax.device_put((index[:steps], weight[:steps]))
     schedule_tx = make_optimizer(tc, N // tc.batch_size)
@@ -150,15 +142,15 @@ def measure(k: int, *, steps: int, rounds: int, reps: int) -> dict[str, Any]:
     }
     if k > 1:
         variants = {"library": variants["library"]}
-    runs: dict[str, list[Any]] = {}
+    runs: dict[str, tuple[Trainer, list[float]]] = {}
     for name, (tx, binarize) in variants.items():
-        call = make_train_call(objective, tx, mesh, binarize=binarize)
-        state = init_train_state(model, tx, keys.init, mesh)
+        # `fit`'s Trainer (seed 0, one device, the data on it); every call runs `steps` steps
+        options = FitOptions(batch_size=tc.batch_size, num_devices=1, binarize=binarize)
+        trainer = Trainer(objective, tx, split, options=options)
         for _ in range(2):  # compile (the second call sees the first's output placement)
-            state, metrics = call(state, data, index, weight, keys.train)
-            jax.block_until_ready(metrics)
-        runs[name] = [call, state, []]
-    params = runs["library"][1].params
+            trainer.run((trainer.train_data, index, weight))
+        runs[name] = (trainer, [])
+    params = runs["library"][0].state.params
     num_params = sum(int(np.size(p)) for p in jax.tree.leaves(params))
     adam = isolated_adam(params, schedule_tx, steps)
     adam_carry = (jax.tree.map(jnp.copy, params), schedule_tx.init(params))
@@ -168,18 +160,16 @@ def measure(k: int, *, steps: int, rounds: int, reps: int) -> dict[str, Any]:
         jax.block_until_ready(adam_carry)
     adam_times: list[float] = []
     for _ in range(rounds):
-        for run in runs.values():
-            call, state, times = run
+        for trainer, times in runs.values():
             start = time.perf_counter()
-            run[1], metrics = call(state, data, index, weight, keys.train)
-            jax.block_until_ready(metrics)
+            trainer.run((trainer.train_data, index, weight))  # (metrics fetched: done)
             times.append((time.perf_counter() - start) / steps)
         if k == 1:
             start = time.perf_counter()
             adam_carry = adam(*adam_carry, grads)
             jax.block_until_ready(adam_carry)
             adam_times.append((time.perf_counter() - start) / steps)
-    step_ms = {name: _median_ms(run[2]) for name, run in runs.items()}
+    step_ms = {name: _median_ms(times) for name, (_, times) in runs.items()}
     if adam_times:
         step_ms["isolated_adam"] = _median_ms(adam_times)
     layers = dense_layers(tuple(config.model.hidden), config.model.z_dim)
@@ -195,7 +185,7 @@ def measure(k: int, *, steps: int, rounds: int, reps: int) -> dict[str, Any]:
         "steps_per_call": steps,
         "rounds": rounds,
         "step_ms": step_ms,
-        "step_ms_all": {name: [1e3 * t for t in run[2]] for name, run in runs.items()},
+        "step_ms_all": {name: [1e3 * t for t in times] for name, (_, times) in runs.items()},
         "dots_floor_ms": dots_ms,
         "stream_gbps": gbps,
         "adam_traffic_floor_ms": adam_floor_ms,

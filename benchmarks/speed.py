@@ -7,7 +7,7 @@ even when absolute numbers drift with the machine's load):
    train step at its own shape), hence the floor of an epoch;
 2. the input pipeline alone (host `epoch_order`, then the on-device gather, scale and cast
    of every batch) and the compiled train step alone (a whole epoch in one call);
-3. one epoch through the library's train path (`make_train_call` in chunks of
+3. one epoch through the library's train path (`vae_jax.Trainer`, in chunks of
    ``steps_per_call``, as `vae_jax.loop.fit` runs it), interleaved epoch by epoch with the
    PyTorch eager reference (`benchmarks/torch_vae.py`); medians;
 4. the time to the first trained step in a fresh process (`benchmarks/first_step.py`);
@@ -47,20 +47,11 @@ import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from benchmarks.machine import describe, machine_info  # noqa: E402
+from vae_jax.arrays import Split  # noqa: E402
 from vae_jax.config import ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
 from vae_jax.mnist import load_mnist  # noqa: E402
-from vae_jax.train import (  # noqa: E402
-    _CPU_COMPILER_OPTIONS,
-    _batch_x,
-    chunks,
-    epoch_order,
-    init_train_state,
-    make_keys,
-    make_mesh,
-    make_train_call,
-    steps_per_epoch,
-    to_device,
-)
+from vae_jax.train import CPU_COMPILER_OPTIONS, batch_x, epoch_order, steps_per_epoch  # noqa: E402
+from vae_jax.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "vae_jax_bench" / "tfds"
@@ -167,7 +158,7 @@ def matmul_ceiling(model: ModelConfig, batch: int, *, reps: int) -> dict[str, An
     Each is timed with XLA:CPU's default dot emitter (YNNPACK) and with the options
     vae_jax compiles with on CPU (XLA's Eigen dots); the ceiling takes the faster.
     """
-    backends = {"xla_default": None, "vae_jax_cpu": _CPU_COMPILER_OPTIONS}
+    backends = {"xla_default": None, "vae_jax_cpu": CPU_COMPILER_OPTIONS}
     size = 2048
     a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
     square = {}
@@ -213,47 +204,39 @@ def matmul_ceiling(model: ModelConfig, batch: int, *, reps: int) -> dict[str, An
 
 
 class JaxRecipe:
-    """The library's train path for one configuration, as `vae_jax.loop.fit` runs it."""
+    """The library's train path for one configuration: the `vae_jax.Trainer` that
+    `vae_jax.loop.fit` builds (data on the device), timed epoch by epoch."""
 
     def __init__(self, config: ExperimentConfig, images: np.ndarray, labels: np.ndarray):
         tc = config.train
         self.config = config
-        self.mesh = make_mesh(tc.num_devices)
         model = config.model.build(tuple(images.shape[1:]))
-        self.tx = optax.adam(tc.learning_rate)
-        self.keys = make_keys(tc.seed)
-        self.state = init_train_state(model, self.tx, self.keys.init, self.mesh)
-        self.call = make_train_call(config.objective.build(model), self.tx, self.mesh)
-        self.data = to_device(images, labels, self.mesh)
-        self.n = len(images)
-        self.steps = steps_per_epoch(self.n, tc.batch_size)
+        self.trainer = Trainer(
+            config.objective.build(model),
+            optax.adam(tc.learning_rate),
+            Split(images, labels),
+            options=config.fit_options(placement="device"),
+        )
+        self.mesh, self.tx, self.keys = self.trainer.mesh, self.trainer.tx, self.trainer.keys
+        self.call, self.data = self.trainer.call, self.trainer.train_data
+        self.n, self.steps = self.trainer.num_examples, self.trainer.steps_per_epoch
         self.epoch = 0
 
     def train_epoch(self) -> tuple[float, float]:
-        """One epoch exactly as `fit` runs it (chunks, metrics fetched after each call).
+        """One epoch exactly as `fit` runs it (`Trainer.train_epoch`: its chunks, metrics
+        fetched after each call).
 
         Returns:
           (seconds, mean train loss in nats per example).
         """
-        tc = self.config.train
-        start = time.perf_counter()
-        index, weight = epoch_order(self.n, tc.batch_size, seed=tc.seed, epoch=self.epoch)
-        total, count = 0.0, 0.0
-        for lo, hi in chunks(self.steps, tc.steps_per_call):
-            self.state, metrics = self.call(
-                self.state, self.data, index[lo:hi], weight[lo:hi], self.keys.train
-            )
-            metrics = jax.device_get(metrics)
-            total += float(np.sum(metrics["loss"] * metrics["weight"]))
-            count += float(np.sum(metrics["weight"]))
+        seconds, loss, _ = self.trainer.train_epoch(self.epoch)
         self.epoch += 1
-        return time.perf_counter() - start, total / count
+        return seconds, loss
 
     def train_epoch_one_call(self, index: jax.Array, weight: jax.Array) -> float:
         """Seconds of one whole epoch as a single compiled call, inputs already on device."""
         start = time.perf_counter()
-        self.state, metrics = self.call(self.state, self.data, index, weight, self.keys.train)
-        jax.block_until_ready(metrics)
+        self.trainer.run((self.data, index, weight))
         return time.perf_counter() - start
 
 
@@ -261,7 +244,7 @@ def input_pipeline(recipe: JaxRecipe, *, reps: int) -> dict[str, Any]:
     """The input pipeline alone: host batch order, then the on-device batch gather.
 
     The device part runs, for every step of an epoch, what the train step does to get its
-    batch (`vae_jax.train._batch_x`: gather the uint8 rows, scale to [0, 1], cast), in one
+    batch (`vae_jax.train.batch_x`: gather the uint8 rows, scale to [0, 1], cast), in one
     `lax.scan`; with dynamic binarization it also derives the step's key and draws the
     Bernoulli sample.
     """
@@ -284,7 +267,7 @@ def input_pipeline(recipe: JaxRecipe, *, reps: int) -> dict[str, Any]:
         def body(_: jax.Array, xs: tuple[jax.Array, jax.Array]):
             step, idx = xs
             data_key, _ = jax.random.split(jax.random.fold_in(key, step))
-            return _batch_x(data, idx, sharding, data_key, binarize=binarize), None
+            return batch_x(data, idx, sharding, data_key, binarize=binarize), None
 
         steps_ = jnp.arange(index.shape[0], dtype=jnp.int32)
         init = jnp.zeros((index.shape[1], *data.image.shape[1:]), jnp.float32)
@@ -319,14 +302,11 @@ def xla_options_ab(recipe: JaxRecipe, *, chunks_n: int) -> dict[str, Any]:
     """
     tc = recipe.config.train
     steps = tc.steps_per_call
-    variants = {
+    variants = {  # (the Trainer's own call, and the same function compiled with XLA's defaults)
         "vae_jax_cpu_options": recipe.call,
         "xla_defaults": jax.jit(recipe.call.__wrapped__, donate_argnums=0),
     }
-    model = recipe.config.model.build(tuple(recipe.data.image.shape[1:]))
-    states = {
-        name: init_train_state(model, recipe.tx, recipe.keys.init, recipe.mesh) for name in variants
-    }
+    states = {name: recipe.trainer.initial_state() for name in variants}
     index, weight = epoch_order(recipe.n, tc.batch_size, seed=tc.seed, epoch=0)
     n_chunks = recipe.steps // steps
     times: dict[str, list[float]] = {name: [] for name in variants}

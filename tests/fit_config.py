@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vae_jax.config import ExperimentConfig
-from vae_jax.loop import FitResult, fit
+from vae_jax.loop import FitResult, RunDir, fit
 from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.train import steps_per_epoch
 
@@ -29,8 +29,12 @@ def fit_config(
     **kwargs: Any,
 ) -> FitResult:
     """`fit(...)` for `config`; `model` / `tx` replace the configured ones; `kwargs` holds
-    `fit`'s keyword arguments and the run-only `FitOptions` (RUN_OPTIONS)."""
-    run = {name: kwargs.pop(name) for name in RUN_OPTIONS if name in kwargs}
+    `fit`'s keyword arguments (with `workdir`: `RunDir`'s resume and overwrite) and the
+    run-only `FitOptions` (RUN_OPTIONS, and log)."""
+    run = {name: kwargs.pop(name) for name in (*RUN_OPTIONS, "log") if name in kwargs}
+    if kwargs.get("workdir") is not None:  # (claimed for `config`, as `run_experiment` does)
+        resume, overwrite = kwargs.pop("resume", True), kwargs.pop("overwrite", False)
+        kwargs["workdir"] = RunDir(kwargs["workdir"], config, resume=resume, overwrite=overwrite)
     if not config.data.image_shape:
         data = dataclasses.replace(config.data, event_shape=tuple(np.shape(x_train)[1:]))
         config = dataclasses.replace(config, data=data)
@@ -46,6 +50,5 @@ def fit_config(
         x_train,
         *arrays,
         options=config.fit_options(**run),
-        record=config,
         **kwargs,
     )

@@ -573,7 +573,9 @@ def _outlier_run(tmp_path, skip_nonfinite):
     index, _ = epoch_order(64, 16, seed=0, epoch=0)
     x[index[2, 0]] = 1e5  # (epoch 2's order differs: it is met again there)
     model = VAE(image_shape=(4,), hidden=(8,), z_dim=2, likelihood="gaussian")
-    options = FitOptions(epochs=2, batch_size=16, steps_per_call=1, skip_nonfinite=skip_nonfinite)
+    options = FitOptions(
+        epochs=2, batch_size=16, steps_per_call=1, skip_nonfinite=skip_nonfinite, log=lambda _: None
+    )
     return fit(
         make_elbo(model),
         optax.adam(1e-3),
@@ -581,7 +583,6 @@ def _outlier_run(tmp_path, skip_nonfinite):
         options=options,
         workdir=tmp_path / f"skip{skip_nonfinite}",
         progress=False,
-        log=lambda _: None,
     )
 
 

@@ -182,9 +182,8 @@ def test_values_below_one_grey_level_are_used_as_given_not_quantized():
         vae_jax.make_elbo(MeanOnly()),
         optax.adam(optax.cosine_decay_schedule(1e-3, decay_steps=100 * 4)),
         x,
-        options=vae_jax.FitOptions(epochs=100, batch_size=32),
+        options=vae_jax.FitOptions(epochs=100, batch_size=32, log=lambda _: None),
         progress=False,
-        log=lambda _: None,
     )
     reconstruction = vae_jax.reconstruct(result.model, result.state.params, jnp.asarray(x))
     np.testing.assert_allclose(reconstruction[0], x.mean(axis=0), atol=1e-6)
@@ -194,10 +193,8 @@ def test_fit_takes_any_optax_transformation_and_float_images():
     rng = np.random.default_rng(2)
     x = rng.random((64, 4, 4, 2)).astype(np.float64)  # float64 in [0, 1]: float32, as given
     model = vae_jax.VAE(image_shape=(4, 4, 2), hidden=(8,), z_dim=2)
-    options = vae_jax.FitOptions(epochs=2, batch_size=16)
-    sgd = vae_jax.fit(
-        vae_jax.make_elbo(model), optax.sgd(0.0), x, options=options, progress=False, log=print
-    )
+    options = vae_jax.FitOptions(epochs=2, batch_size=16, log=print)
+    sgd = vae_jax.fit(vae_jax.make_elbo(model), optax.sgd(0.0), x, options=options, progress=False)
     init = vae_jax.init_params(sgd.model, vae_jax.train.make_keys(0).init)
     for a, b in zip(jax.tree.leaves(sgd.state.params), jax.tree.leaves(init), strict=True):
         np.testing.assert_array_equal(a, b)  # a zero step: nothing moved, Adam was not used
@@ -216,10 +213,9 @@ def test_fit_from_pieces_records_them_resumes_and_loads(tmp_path):
             vae_jax.make_elbo(model),
             optax.adam(1e-2),
             x,
-            options=vae_jax.FitOptions(epochs=epochs, batch_size=16),
+            options=vae_jax.FitOptions(epochs=epochs, batch_size=16, log=lambda _: None),
             workdir=workdir,
             progress=False,
-            log=lambda _: None,
         )
 
     first = run(MeanOnly(), epochs=1)
@@ -250,11 +246,10 @@ def test_an_epoch_hook_that_returns_true_stops_fit_there(tmp_path):
         vae_jax.make_elbo(MeanOnly()),
         optax.adam(1e-2),
         x,
-        options=vae_jax.FitOptions(epochs=5, batch_size=16),
+        options=vae_jax.FitOptions(epochs=5, batch_size=16, log=lambda _: None),
         workdir=tmp_path / "run",
         on_epoch_end=lambda epoch, state, records: epoch == 2,
         progress=False,
-        log=lambda _: None,
     )
     assert [r["epoch"] for r in result.records] == [1, 2] and int(result.state.step) == 8
     assert (
@@ -269,9 +264,9 @@ def test_fit_takes_a_checked_split_as_it_is(monkeypatch):
     split = vae_jax.arrays.check_split(x, name="x")
     monkeypatch.setattr(vae_jax.loop, "check_split", None)  # (would fail if called)
     objective, tx = vae_jax.make_elbo(MeanOnly()), optax.adam(1e-2)
-    options = vae_jax.FitOptions(epochs=1, batch_size=16)
+    options = vae_jax.FitOptions(epochs=1, batch_size=16, log=lambda _: None)
     run = functools.partial(vae_jax.fit, objective, tx, options=options, progress=False)
-    assert int(run(split, log=lambda _: None).state.step) == 2
+    assert int(run(split).state.step) == 2
     with pytest.raises(ValueError, match="training data: examples are .3,., expected .4,."):
         run(split._replace(image=x[:, :3]))
     with pytest.raises(ValueError, match="a Split carries its labels; pass None as its y"):
@@ -339,8 +334,8 @@ def test_npy_streamed_from_host_memory_trains_from_the_cli(tmp_path, capsys):
 
 def test_auto_placement_keeps_data_that_fit_on_the_device():
     mesh = vae_jax.make_mesh()
-    assert vae_jax.loop.default_placement(10**6, mesh) == "device"
-    assert vae_jax.loop.default_placement(2**62, mesh) == "host"
+    assert vae_jax.trainer.default_placement(10**6, mesh) == "device"
+    assert vae_jax.trainer.default_placement(2**62, mesh) == "host"
     with pytest.raises(ValueError, match="placement must be 'auto', 'device' or 'host', got 'gpu'"):
         vae_jax.FitOptions(placement="gpu")
 

@@ -101,7 +101,7 @@ def test_conv_decoder_parameters_have_flax_names(key):
     assert decoder["ConvTranspose_1"]["kernel"].shape == (4, 4, 32, 1)
 
 
-def test_conv_steps_run_as_a_host_loop_on_cpu_and_match_the_scan(key, monkeypatch):
+def test_conv_steps_run_as_a_host_loop_on_cpu_and_match_the_scan(key):
     """On CPU a conv VAE's train call and evaluation loop on the host (XLA:CPU convolutions
     are slow inside loops); the numbers are those of the `lax.scan` path, which every other
     model and backend uses."""
@@ -112,8 +112,8 @@ def test_conv_steps_run_as_a_host_loop_on_cpu_and_match_the_scan(key, monkeypatc
     labels = rng.integers(0, 10, 40).astype(np.int32)
     model = VAE(image_shape=(8, 8, 1), architecture="conv", conv_channels=(4, 8), z_dim=3)
     mesh = train.make_mesh(1)
-    assert train._host_loop(model, mesh)
-    assert not train._host_loop(VAE(), mesh)
+    assert train.step_loop_for(make_elbo(model), mesh, (8, 8, 1)) == "host"
+    assert train.step_loop_for(make_elbo(VAE()), mesh, (28, 28, 1)) == "scan"
     # SGD, not Adam: Adam normalises each update, so a bias whose gradient is zero up to
     # rounding (conv biases before a GroupNorm of one channel per group) moves by +-lr either
     # way; SGD keeps rounding-level gradient differences rounding-level.
@@ -124,9 +124,9 @@ def test_conv_steps_run_as_a_host_loop_on_cpu_and_match_the_scan(key, monkeypatc
     elbo = make_elbo(model)
 
     def run(host: bool):
-        monkeypatch.setattr(train, "_host_loop", lambda model, mesh: host)
-        call = train.make_train_call(elbo, tx, mesh)
-        evaluate = train.make_evaluate(elbo, mesh, batch_size=16)
+        loop = "host" if host else "scan"
+        call = train.make_train_call(elbo, tx, mesh, event_shape=(8, 8, 1), step_loop=loop)
+        evaluate = train.make_evaluate(elbo, mesh, batch_size=16, step_loop=loop)
         state = train.init_train_state(model, tx, keys.init, mesh)
         state, metrics = call(state, data, index, weight, keys.train)
         return state, jax.device_get(metrics), evaluate(state.params, data, keys.eval)

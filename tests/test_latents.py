@@ -303,10 +303,9 @@ def test_fit_trains_and_resumes_exactly(name, tmp_path):
             optax.adam(1e-2),
             x[:24],
             x_test=x[24:],
-            options=vae_jax.FitOptions(epochs=epochs, batch_size=8),
+            options=vae_jax.FitOptions(epochs=epochs, batch_size=8, log=lambda _: None),
             workdir=workdir,
             progress=False,
-            log=lambda _: None,
         )
 
     straight = run(tmp_path / "straight", 2)

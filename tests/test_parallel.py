@@ -42,7 +42,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 from vae_jax.config import ModelConfig
 from vae_jax.objectives import make_elbo
 from vae_jax.train import (
-    _batch_x, chunks, epoch_order, init_train_state, make_keys, make_mesh,
+    batch_x, chunks, epoch_order, init_train_state, make_keys, make_mesh,
     make_train_call, to_device,
 )
 
@@ -55,13 +55,13 @@ model = ModelConfig(hidden=(32,), z_dim=4).build((8, 8, 1))
 tx = optax.adam(1e-3)
 keys = make_keys(0)
 state = init_train_state(model, tx, keys.init, mesh)
-call = make_train_call(make_elbo(model), tx, mesh)
+call = make_train_call(make_elbo(model), tx, mesh, event_shape=(8, 8, 1))
 data = to_device(images, labels, mesh)
 index, weight = epoch_order(90, {BATCH}, seed=0, epoch=0)
 
 # How the batch is laid out: the train step's own gather helper, and the compiled call.
 batch = jax.jit(
-    lambda i: _batch_x(data, i, NamedSharding(mesh, PartitionSpec("data")), None, binarize=False)
+    lambda i: batch_x(data, i, NamedSharding(mesh, PartitionSpec("data")), None, binarize=False)
 )(index[0])
 hlo = call.lower(
     state, data, index[:{STEPS_PER_CALL}], weight[:{STEPS_PER_CALL}], keys.train
@@ -162,7 +162,7 @@ config = ExperimentConfig(
 model = config.model.build((8, 8, 1))
 result = vae_jax.fit(
     config.objective.build(model), vae_jax.make_optimizer(config.train, 4), x,
-    options=config.fit_options(), record=config, workdir=workdir, progress=False,
+    options=config.fit_options(), workdir=vae_jax.RunDir(workdir, config), progress=False,
 )
 leaves = jax.tree.leaves(result.state.params)
 assert len(leaves[0].sharding.device_set) == jax.device_count() == 4

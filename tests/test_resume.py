@@ -224,11 +224,10 @@ def test_a_preemption_signal_after_an_epoch_stops_fit_and_resumes_bitwise(tmp_pa
             optax.adam(1e-3),
             x,
             x_test=x[:16],
-            options=FitOptions(epochs=3, batch_size=16, eval_batch_size=16),
+            options=FitOptions(epochs=3, batch_size=16, eval_batch_size=16, log=lambda _: None),
             workdir=workdir,
             on_epoch_end=hook,
             progress=False,
-            log=lambda _: None,
         )
 
     def signal_after_epoch_1(epoch, state, records):

@@ -12,7 +12,7 @@ from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveC
 from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
 from vae_jax.experiment import run_experiment
 from vae_jax.latents import IAFVAE, HierarchicalVAE, VampPriorVAE
-from vae_jax.loop import FitResult, Preempted, fit
+from vae_jax.loop import FitResult, Preempted, RunDir, fit
 from vae_jax.mnist import DataUnavailableError, load_mnist, prepare_mnist
 from vae_jax.models import (
     LIKELIHOODS,
@@ -46,6 +46,7 @@ from vae_jax.train import (
     make_mesh,
     make_train_call,
 )
+from vae_jax.trainer import Trainer
 
 __all__ = [
     "LIKELIHOODS",
@@ -71,9 +72,11 @@ __all__ = [
     "Objective",
     "ObjectiveConfig",
     "Preempted",
+    "RunDir",
     "Split",
     "TrainConfig",
     "TrainState",
+    "Trainer",
     "VAEEstimator",
     "VampPriorVAE",
     "bernoulli_log_likelihood",

@@ -326,6 +326,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             eval_batch_size=eval_batch,
             binarize=settings.binarize,
             data_variant=f"array [{'x'.join(map(str, x_train.shape[1:]))}], {variant}",
+            log=print if self.verbose else _quiet,
         )
         stopper = None
         if x_val is not None:
@@ -338,7 +339,6 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             options=options,
             on_epoch_end=stopper,
             progress=bool(self.verbose),
-            log=print if self.verbose else _quiet,
         )
         if stopper is not None:
             return stopper.trained()

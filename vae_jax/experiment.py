@@ -15,6 +15,7 @@ A work directory holds:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from vae_jax import visualize
 from vae_jax.arrays import Split, is_image_shape, to_float_np
 from vae_jax.config import ExperimentConfig, check_config
 from vae_jax.distributed import is_primary, on_primary
-from vae_jax.loop import FitResult, fit
+from vae_jax.loop import FitResult, RunDir, fit
 from vae_jax.models import decoder_mean, reconstruct
 from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.sources import prepare_data
@@ -185,14 +186,11 @@ def run_experiment(
             make_optimizer(config.train, n_steps_epoch),
             train,  # (Splits: checked once, by prepare_data)
             x_test=test,
-            options=options,
-            workdir=path,  # (claimed there, once the model is known to fit)
-            record=config,
-            resume=resume,
-            overwrite=overwrite,
+            options=dataclasses.replace(options, log=log),
+            # (claimed there, once, when the data and the model are known to fit)
+            workdir=RunDir(path, record=config, resume=resume, overwrite=overwrite),
             on_epoch_end=on_epoch_end,
             progress=progress,
-            log=log,
         )
         if not primary:
             return result

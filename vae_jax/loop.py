@@ -1,9 +1,11 @@
 """The epoch loop: resume, train in compiled chunks, evaluate, checkpoint, report.
 
 `fit` is what the experiments and the estimator call, with the pieces: an objective (which
-holds the model), an optax optimizer, arrays and `FitOptions`. It owns no model code and
-writes nothing but ``config.json`` and checkpoints; images and metrics files are the
-caller's `on_epoch_end` hook.
+holds the model), an optax optimizer, arrays and `FitOptions`. It builds one
+`vae_jax.trainer.Trainer` (state, compiled call, mesh, evaluators, data placement) and runs
+the epochs around it. It owns no model code and writes nothing but ``config.json`` (claimed
+once, `RunDir`) and checkpoints; images and metrics files are the caller's `on_epoch_end`
+hook.
 
 Resuming is exact: a checkpoint holds the step, the parameters, the optimizer state, the
 skip counter and the epoch's partial sums (JSON floats round-trip exactly). Everything
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
+import inspect
+import json
 import os
 import signal
 import threading
@@ -33,33 +36,15 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax.arrays import Split, check_split, to_float_np
+from vae_jax.arrays import Split, check_split
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.config import ExperimentConfig
 from vae_jax.distributed import any_process, on_primary
-from vae_jax.objectives import Objective, make_elbo, make_iwae
+from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
-from vae_jax.train import (
-    NO_BOUND,
-    DivergenceError,
-    HostBatches,
-    NonFiniteError,
-    TrainState,
-    all_finite,
-    chunks,
-    epoch_order,
-    gather_batches,
-    init_train_state,
-    make_evaluate,
-    make_host_evaluate,
-    make_keys,
-    make_mesh,
-    make_train_call,
-    replicate,
-    steps_per_epoch,
-    to_device,
-)
-from vae_jax.workdir import claim
+from vae_jax.train import NO_BOUND, DivergenceError, NonFiniteError, TrainState, all_finite
+from vae_jax.trainer import Trainer, data_fingerprint
+from vae_jax.workdir import WorkdirError, claim, describe_difference
 
 # Whether the parameters and optimizer state are finite (checked before each checkpoint).
 _state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)))
@@ -67,7 +52,6 @@ _state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)
 # on_epoch_end(epoch, state, records); returning True stops training after this epoch.
 EpochHook = Callable[[int, TrainState, list[dict[str, Any]]], bool | None]
 
-MAX_STEPS = 2**31 - 1  # TrainState.step is int32
 # What schedulers send before they kill a job: SIGTERM (Kubernetes, `timeout`, SLURM at the
 # time limit), SIGUSR1 (SLURM's `--signal=USR1@SECONDS`, sent ahead of the time limit).
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -79,7 +63,6 @@ class Preempted(Exception):
     run."""
 
 
-PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")
 DIVERGENCE_FACTOR = 1000.0  # `divergence_bound`
 
 
@@ -98,6 +81,29 @@ class FitResult(NamedTuple):
     records: list[dict[str, Any]]
 
 
+class RunDir(NamedTuple):
+    """A work directory for `fit` and how to claim it (`vae_jax.workdir.claim`, once).
+
+    ``fit(..., workdir=path)`` is ``workdir=RunDir(path)``.
+
+    Attributes:
+      path: the directory: ``config.json`` and the checkpoints go there.
+      record: the `ExperimentConfig` the run was made from, recorded as ``config.json``
+        (what the experiments and `load_checkpoint` use). None records the objective, the
+        model's class and fields and the options instead; `tx` cannot be recorded, so
+        resuming with another optimizer is refused only when its state's shapes differ.
+      resume: continue from the newest readable checkpoint, if any. With False, a
+        directory that already holds checkpoints is refused (nothing is deleted).
+      overwrite: where the directory would be refused, delete its checkpoints, metrics and
+        pictures and start afresh instead.
+    """
+
+    path: str | os.PathLike
+    record: ExperimentConfig | None = None
+    resume: bool = True
+    overwrite: bool = False
+
+
 def fit(
     objective: Objective,
     tx: optax.GradientTransformation,
@@ -107,13 +113,9 @@ def fit(
     y_test: np.ndarray | None = None,
     *,
     options: FitOptions | None = None,
-    workdir: str | Path | None = None,
-    record: ExperimentConfig | None = None,
-    resume: bool = True,
-    overwrite: bool = False,
+    workdir: str | os.PathLike | RunDir | None = None,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
 ) -> FitResult:
     """Train ``objective.model`` by maximising `objective` with `tx`; return the final state.
 
@@ -125,48 +127,29 @@ def fit(
         params = result.state.params
 
     Args:
-      objective: what to maximise: `make_elbo(model, ...)` or `make_iwae(model, ...)`, for a
-        `VAE` or any module that follows the model protocol (README, "Your own model").
-      tx: any `optax.GradientTransformation` (`vae_jax.optim.make_optimizer` builds the
-        CLI's); its schedule counts update steps.
-      x_train: ``[N, *event_shape]`` examples (`vae_jax.arrays`): uint8 levels
-        (scaled by 1/255 in the step) or real values used exactly as given (float32);
-        values in [0, 1] for a Bernoulli likelihood or dynamic binarization (which
-        happens inside the train step). Vectors ``[N, D]`` or images ``[N, H, W, C]``
-        for the MLP, images for the conv VAE; the event shape must be the model's
-        ``image_shape`` when it has one.
-        A `vae_jax.arrays.Split` (what `check_split` and `vae_jax.sources.prepare_data`
-        return, with its labels; `y_train` None) is taken as checked: only its shape is
-        looked at again, so a large (memory-mapped) split is not read twice.
+      objective: `make_elbo(model, ...)` or `make_iwae(model, ...)` of a `VAE` or any module
+        that follows the model protocol (README, "Your own model").
+      tx: any `optax.GradientTransformation`; its schedule counts update steps.
+      x_train: ``[N, *event_shape]`` examples (`vae_jax.arrays`): uint8 levels (scaled by
+        1/255 in the step) or real values used exactly as given (float32); in [0, 1] for a
+        Bernoulli likelihood or dynamic binarization. The event shape must be the model's
+        ``image_shape`` when it has one. A `vae_jax.arrays.Split` (with its labels; `y_train`
+        None) is taken as checked: only its shape is looked at again.
       y_train: int ``[N]`` labels, or None (needed by a conditional model).
-      x_test, y_test: evaluated after every epoch (single-sample ELBO with a fixed
-        key; also the IWAE bound when training with IWAE). Already binarized if binarized.
-      options: batches, epochs, seed, devices, data placement, checkpoints (`FitOptions`;
-        None = its defaults).
-        With ``placement="host"`` the training set stays in host memory (a memory-mapped
-        .npy works) and each call's batches are gathered there and sent to the device ahead
-        of use: the same batches and random streams as on the device, exact resume too, and
-        numbers equal to float rounding, not bitwise (XLA compiles the two programs
-        differently: MNIST's first-epoch train loss 152.657 against 152.658). The test
-        split is placed like the training set.
-      workdir: where ``config.json`` and the checkpoints go (none if None); claimed with
-        `vae_jax.workdir.claim`: a directory of another run is refused.
-      record: the `ExperimentConfig` this run was made from, recorded in the work
-        directory (what the experiments and `load_checkpoint` use). None records the
-        objective, the model's class and fields, and `options` instead; `tx` cannot be recorded, so
-        resuming with another optimizer is refused only when its state's shapes differ.
-      resume: continue from the newest readable checkpoint in `workdir`, if any. With
-        False, a `workdir` that already holds checkpoints is refused (nothing is deleted).
-      overwrite: where `workdir` would be refused, delete its checkpoints, metrics and
-        pictures and start afresh instead (`vae_jax.workdir.claim`).
-      on_epoch_end: called as ``hook(epoch, state, records)`` after each epoch, with all
-        the records so far (those restored from a checkpoint included), before that
-        epoch's checkpoint is written (so a run killed in between redoes the epoch). If it
-        returns True, training stops there (early stopping): that epoch is checkpointed and
-        `fit` returns. (`state` is donated to the next step: copy what you keep of it,
-        e.g. ``jax.device_get(state.params)``.)
+      x_test, y_test: evaluated after every epoch (single-sample ELBO with a fixed key; also
+        the IWAE bound when training with IWAE), placed like the training set.
+      options: `FitOptions` (None = its defaults): batches, epochs, seed, devices, data
+        placement (``"host"`` streams batches from host memory: the same batches and random
+        streams, numbers equal to float rounding), step loop, checkpoints, `log`.
+      workdir: a path or a `RunDir`: where ``config.json`` and the checkpoints go (none if
+        None). It is claimed once the data and the model are known to fit: a directory of
+        another run is refused, and so is a resume whose data (`data_fingerprint` of both
+        splits), configuration or parameter shapes differ from the checkpoint's.
+      on_epoch_end: called as ``hook(epoch, state, records)`` after each epoch, with all the
+        records so far, before that epoch's checkpoint is written. Returning True stops
+        training there (that epoch is checkpointed). (`state` is donated to the next step:
+        copy what you keep, e.g. ``jax.device_get(state.params)``.)
       progress: show a progress bar per epoch.
-      log: where the one-line epoch summaries go.
 
     Returns:
       A `FitResult`. Each record holds epoch, step, train_loss (minus the training
@@ -175,18 +158,282 @@ def fit(
       bound and the data variant.
 
     Raises:
-      ValueError: invalid options or data (one-line message).
-      WorkdirError (a ValueError): `workdir` belongs to another run, or holds
-        checkpoints while `resume` is False.
-      CheckpointError: `workdir` has no readable checkpoint, or a checkpoint cannot be
-        written (the message names the checkpoint that is intact).
-      NonFiniteError: a non-finite loss or gradient (the message names the step).
-      DivergenceError: a loss above `divergence_bound` (NonFiniteError is a kind of it).
+      ValueError: invalid options or data (one-line message); `WorkdirError` (a ValueError)
+        for a work directory of another run or other data.
+      CheckpointError: no readable checkpoint, or one cannot be written.
+      NonFiniteError, DivergenceError: a non-finite loss or gradient, or a loss above
+        `divergence_bound` (the message names the step).
       Preempted: SIGTERM or SIGUSR1 arrived (in the main thread): the current compiled call
-        finished, a checkpoint was written (with `workdir`), and training stopped; calling
+        finished, a checkpoint was written (with `workdir`) and training stopped; calling
         `fit` again the same way resumes it. A second signal ends the process at once.
     """
-    # ---------------------------------------------------------------- check what comes in
+    opts = options or FitOptions()
+    train, test = _enter_data(objective, tx, opts, (x_train, y_train), (x_test, y_test))
+    trainer = Trainer(objective, tx, train, test, opts)
+    log, n_epoch, total_steps = opts.log, trainer.steps_per_epoch, trainer.total_steps
+    if trainer.streamed:
+        log(
+            f"data: the training set ({train.image.nbytes / 2**20:.0f} MiB) stays in host "
+            "memory; batches are gathered there and prefetched to the device"
+        )
+    run = _Run(opts.data_variant or _variant(trainer.event_shape, opts.binarize))
+    signals: list[int] = []  # the preemption signals received (`_catch_preemption`)
+    with contextlib.ExitStack() as stack:  # (closes the signal handler, then the checkpoints)
+        saver = _Saver(stack, workdir, trainer)
+        stack.enter_context(_catch_preemption(signals))
+        saver.restore(trainer, run)
+        step = int(trainer.state.step)
+        while step < total_steps:
+            epoch, offset = divmod(step, n_epoch)
+            skipped_before = int(trainer.state.skipped)
+            desc = f"epoch {epoch + 1}/{opts.epochs}"
+            bar_options = dict(disable=not progress, leave=False, dynamic_ncols=True)
+            with tqdm(total=n_epoch, initial=offset, desc=desc, unit="step", **bar_options) as bar:
+                for start, stop, inputs in trainer.batches(epoch, offset):
+                    t0, in_step = time.perf_counter(), run.initial_loss is not None
+                    metrics = trainer.run(inputs, run.max_loss())
+                    run.partial["seconds"] += time.perf_counter() - t0
+                    run.account(metrics, in_step, opts.skip_nonfinite, step, n_epoch, saver.kept)
+                    step += stop - start
+                    bar.update(stop - start)
+                    bar.set_postfix(
+                        loss=f"{run.partial['loss'] / max(run.partial['weight'], 1):.2f}"
+                    )
+                    every = opts.checkpoint_every_steps
+                    if every and step % n_epoch and step - saver.last_saved >= every:
+                        saver.save(trainer, run, epoch, step)
+                    stop_now = any_process(bool(signals))  # (all processes stop at the same call)
+                    if stop_now and step % n_epoch:  # (at an epoch's end: after its record)
+                        saver.save(trainer, run, epoch, step)
+                        raise saver.preempted(signals, f"at step {step} (epoch {epoch + 1})")
+            skipped = int(trainer.state.skipped) - skipped_before
+            if opts.skip_nonfinite and skipped == n_epoch - offset:
+                raise NonFiniteError(
+                    f"every update of epoch {epoch + 1} (steps {epoch * n_epoch + offset} "
+                    f"to {step - 1}) had a non-finite loss or gradient and was skipped; training "
+                    f"stopped and {saver.kept()}. Lower --learning_rate (in a new --workdir)"
+                )
+            summary = run.summary(objective, epoch + 1, step, trainer)
+            log(_format_record(summary))
+            enough = on_epoch_end is not None and bool(
+                on_epoch_end(epoch + 1, trainer.state, run.records)
+            )
+            stop_now = any_process(bool(signals))
+            if (
+                (epoch + 1) % opts.checkpoint_every == 0
+                or step == total_steps
+                or stop_now
+                or enough
+            ):
+                saver.save(trainer, run, epoch + 1, step)
+            if stop_now and step < total_steps:
+                raise saver.preempted(signals, f"after epoch {epoch + 1} (step {step})")
+            if enough:  # (the hook stopped training early: every process's hook says so)
+                log(f"stopped after epoch {epoch + 1} of {opts.epochs}, as on_epoch_end asked")
+                break
+        return FitResult(objective.model, objective, trainer.state, run.records)
+
+
+PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")
+
+
+@dataclasses.dataclass
+class _Run:
+    """What `fit` carries from call to call and into each checkpoint's metadata: the
+    epoch records, the current epoch's partial sums, and the run's first finite loss."""
+
+    variant: str
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    partial: dict[str, float] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(PARTIAL_KEYS, 0.0)
+    )
+    initial_loss: float | None = None
+
+    def max_loss(self) -> np.float32:
+        """The divergence bound a call checks in its steps (`NO_BOUND` before a first loss)."""
+        if self.initial_loss is None:
+            return NO_BOUND
+        return np.float32(divergence_bound(self.initial_loss))
+
+    def meta(self, epoch_done: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch_done,
+            "records": self.records,
+            "partial": self.partial,
+            "initial_loss": self.initial_loss,
+        }
+
+    def account(
+        self,
+        metrics: dict[str, np.ndarray],
+        in_step: bool,
+        skip_nonfinite: bool,
+        step: int,
+        n_epoch: int,
+        kept: Callable[[], str],
+    ) -> None:
+        """Add one call's metrics (of the updates it applied) to the partial sums, or raise
+        `NonFiniteError` / `DivergenceError` at its first bad update that was applied (none
+        is, with `skip_nonfinite`, except an exploded one in the run's first call, which has
+        no bound yet: `in_step` says whether the call had one)."""
+        finite, bounded = metrics["finite"], metrics["bounded"]
+        if self.initial_loss is None and finite.any():  # the run's first loss
+            self.initial_loss = float(metrics["loss"][np.argmax(finite)])
+            bounded = metrics["loss"] <= np.float32(divergence_bound(self.initial_loss))
+        stops = (~finite | ~bounded) if not skip_nonfinite else finite & ~bounded & (not in_step)
+        if stops.any():
+            bad = step + int(np.argmax(stops))
+            epoch = bad // n_epoch
+            where = (
+                f"step {bad} (epoch {epoch + 1}, update {bad - epoch * n_epoch + 1} of {n_epoch})"
+            )
+            advice = f"training stopped and {kept()}. Lower --learning_rate (in a new --workdir)"
+            if not skip_nonfinite:
+                advice += ", or rerun with --skip_nonfinite to skip and count such updates"
+            first = self.initial_loss or 0.0  # (set: a bounded check needs a first loss)
+            if not finite[bad - step]:
+                raise NonFiniteError(f"non-finite loss or gradient at {where}; {advice}")
+            raise DivergenceError(
+                f"the loss exploded at {where}: {metrics['loss'][bad - step]:.4g} nats per "
+                f"example, above the divergence bound {divergence_bound(first):.4g} (the first "
+                f"loss, {first:.4g}, plus 1000 times its size); {advice}"
+            )
+        finite = finite & bounded  # (with skip_nonfinite: the updates applied)
+        w = metrics["weight"] * finite
+        for name in ("loss", "log_likelihood", "kl"):
+            self.partial[name] += float(np.sum(np.where(finite, metrics[name], 0.0) * w))
+        self.partial["weight"] += float(np.sum(w))
+
+    def summary(
+        self, objective: Objective, epoch: int, step: int, trainer: Trainer
+    ) -> dict[str, Any]:
+        """Close epoch `epoch`: its record (train sums, then the test split's numbers),
+        appended to `records`; the partial sums start again."""
+        summary = _epoch_record(self.variant, objective, epoch, step, self.partial, trainer.state)
+        t0 = time.perf_counter()
+        summary.update(trainer.evaluate())
+        summary["eval_seconds"] = time.perf_counter() - t0
+        self.records.append(summary)
+        self.partial = dict.fromkeys(self.partial, 0.0)
+        return summary
+
+
+class _Saver:
+    """The work directory's side of a run: its claim (once), its checkpoints, and the
+    run's identity that a resume must match (`run_identity`)."""
+
+    def __init__(
+        self,
+        stack: contextlib.ExitStack,
+        workdir: str | os.PathLike | RunDir | None,
+        trainer: Trainer,
+    ) -> None:
+        self.checkpointer: Checkpointer | None = None
+        self.last_saved = int(trainer.state.step)
+        self.resume = False
+        if workdir is None:
+            return
+        where = workdir if isinstance(workdir, RunDir) else RunDir(workdir)
+        record = where.record
+        owner = record if record is not None else _run_record(trainer)
+        self.identity = run_identity(owner, trainer)
+        on_primary(
+            lambda: claim(where.path, owner, resume=where.resume, overwrite=where.overwrite),
+            "claim the work directory",
+        )
+        self.path, self.resume = Path(where.path), where.resume
+        keep = trainer.options.keep_checkpoints
+        if "identity" in inspect.signature(Checkpointer).parameters:  # (vae_jax.checkpoint)
+            checkpointer = Checkpointer(where.path, max_to_keep=keep, identity=self.identity)  # type: ignore[call-arg]
+            self.stored_identity = False
+        else:  # TODO(lead): drop this branch once Checkpointer takes `identity`
+            checkpointer = Checkpointer(where.path, max_to_keep=keep)
+            self.stored_identity = True  # (in each checkpoint's metadata, checked here)
+        self.checkpointer = stack.enter_context(contextlib.closing(checkpointer))
+
+    def restore(self, trainer: Trainer, run: _Run) -> None:
+        """Continue from the newest readable checkpoint, if any (and `resume`)."""
+        if self.checkpointer is None or not self.resume:
+            return
+        restored = self.checkpointer.restore(trainer.state, check=_check_meta)
+        if restored is None:
+            return
+        state, meta, step = restored
+        if self.stored_identity and meta.get("identity") is not None:  # (absent: older runs)
+            if meta["identity"] != self.identity:
+                diff = describe_difference(meta["identity"], self.identity)
+                raise WorkdirError(
+                    f"{self.path} holds a run that differs from this one ({diff}); resume "
+                    "with the same data and model, or use another --workdir"
+                )
+        trainer.restore(state)
+        self.last_saved = step
+        run.records, run.partial = meta["records"], meta["partial"]
+        run.initial_loss = meta.get("initial_loss")  # (absent in older checkpoints)
+        n_epoch, log = trainer.steps_per_epoch, trainer.options.log
+        log(f"resumed from the checkpoint at step {step} (epoch {step / n_epoch:.2f})")
+        if step >= trainer.total_steps:
+            log(
+                f"it already covers the {trainer.options.epochs} epochs asked for; nothing to train"
+            )
+
+    def save(self, trainer: Trainer, run: _Run, epoch_done: int, step: int) -> None:
+        if self.checkpointer is None or step == self.last_saved:
+            return
+        if not bool(_state_finite(trainer.state)):  # never replace a good checkpoint with inf/NaN
+            raise NonFiniteError(
+                f"the parameters or optimizer state are not finite at step {step} (an update "
+                f"overflowed); training stopped and {self.kept()}. Lower --learning_rate (in a "
+                "new --workdir)"
+            )
+        meta = run.meta(epoch_done)
+        if self.stored_identity:
+            meta["identity"] = self.identity
+        self.checkpointer.save(step, trainer.state, meta)
+        self.last_saved = step
+
+    def kept(self) -> str:
+        if self.checkpointer is None:
+            return "no checkpoints are written (no work directory)"
+        if self.last_saved:
+            return f"the last good checkpoint, at step {self.last_saved}, is kept"
+        return "no checkpoint had been written yet"
+
+    def preempted(self, signals: list[int], where: str) -> Preempted:
+        name = signal.Signals(signals[0]).name if signals else "a signal to another process"
+        if self.checkpointer is None:
+            saved = "no work directory, so nothing was saved"
+        else:
+            saved = f"the checkpoint at step {self.last_saved} is written; run again to resume"
+        return Preempted(f"stopped by {name} {where}; {saved}")
+
+
+def run_identity(record: ExperimentConfig | dict[str, Any], trainer: Trainer) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed, as JSON values: the configuration (its
+    `ExperimentConfig.identity`, or the pieces' record without its "run" section), the
+    `data_fingerprint` of the train and test splits, and the parameters' paths, dtypes and
+    shapes (`Trainer.parameter_structure`)."""
+    if isinstance(record, ExperimentConfig):
+        config = record.identity()
+    else:
+        config = {key: value for key, value in record.items() if key != "run"}
+    identity = {
+        "config": config,
+        "data": {"train": data_fingerprint(trainer.train), "test": data_fingerprint(trainer.test)},
+        "parameters": trainer.parameter_structure(),
+    }
+    return json.loads(json.dumps(identity))  # (tuples as lists: as a checkpoint reads back)
+
+
+def _enter_data(
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    opts: FitOptions,
+    train: tuple[Any, Any],
+    test: tuple[Any, Any],
+) -> tuple[Split, Split | None]:
+    """`fit`'s pieces checked: the objective and optimizer's types, and the splits
+    (`check_split`, against the model's event shape and likelihood)."""
     if not isinstance(objective, Objective):
         raise TypeError(
             f"objective must be an Objective (make_elbo(model) or make_iwae(model)), got "
@@ -194,258 +441,17 @@ def fit(
         )
     if not all(callable(getattr(tx, name, None)) for name in ("init", "update")):
         raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
-    model, opts = objective.model, options or FitOptions()
-    num_classes = getattr(model, "num_classes", 0) or 0
+    model = objective.model
     checks: dict[str, Any] = {
-        "num_classes": num_classes or None,
+        "num_classes": getattr(model, "num_classes", 0) or None,
         "unit_interval": model.likelihood == "bernoulli" or opts.binarize,
     }
     model_shape = tuple(getattr(model, "image_shape", ()) or ()) or None
-    train = _enter(x_train, y_train, name="training data", event_shape=model_shape, **checks)
-    event_shape = tuple(train.image.shape[1:])
-    test = None
-    if x_test is not None:
-        test = _enter(x_test, y_test, name="test data", event_shape=event_shape, **checks)
-    n_train = len(train.image)
-    if opts.batch_size > n_train:
-        raise ValueError(
-            f"batch_size ({opts.batch_size}) is larger than the training set ({n_train} examples)"
-        )
-    n_steps_epoch = steps_per_epoch(n_train, opts.batch_size)
-    total_steps = opts.epochs * n_steps_epoch
-    if total_steps > MAX_STEPS:
-        raise ValueError(
-            f"{opts.epochs} epochs of {n_steps_epoch} steps exceed {MAX_STEPS} steps "
-            "(the int32 step counter)"
-        )
-    mesh = make_mesh(opts.num_devices)
-    for name in ("batch_size", "eval_batch_size"):
-        if getattr(opts, name) % mesh.size:
-            raise ValueError(
-                f"{name} ({getattr(opts, name)}) must divide evenly over {mesh.size} devices"
-            )
-    placement = opts.placement
-    if placement == "auto":
-        placement = default_placement(train.image.nbytes, mesh)
-    streamed = placement == "host"
-    if streamed:
-        log(
-            f"data: the training set ({train.image.nbytes / 2**20:.0f} MiB) stays in host "
-            "memory; batches are gathered there and prefetched to the device"
-        )
-    variant = opts.data_variant or _variant(event_shape, opts.binarize)
-    keys = make_keys(opts.seed)
-    records: list[dict[str, Any]] = []
-    partial = dict.fromkeys(PARTIAL_KEYS, 0.0)
-    initial_loss: float | None = None  # the run's first finite loss (`divergence_bound`)
-    run_record: dict[str, Any] = (
-        record.to_dict() if record is not None else _run_record(objective, opts, event_shape)
-    )
-
-    example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
-    init = functools.partial(init_train_state, model, tx, example=example)
-    _check_state_fits(jax.eval_shape(init, keys.init), mesh)  # (allocates nothing)
-
-    checkpointer = None
-    signals: list[int] = []  # the preemption signals received (`_catch_preemption`)
-    stack = contextlib.ExitStack()
-    if workdir is not None:
-        owner = record if record is not None else run_record
-        on_primary(
-            lambda: claim(workdir, owner, resume=resume, overwrite=overwrite),
-            "claim the work directory",
-        )
-        checkpointer = stack.enter_context(
-            contextlib.closing(Checkpointer(workdir, max_to_keep=opts.keep_checkpoints))
-        )
-    with stack:  # (closes the preemption handler, then the checkpointer)
-        stack.enter_context(_catch_preemption(signals))
-        # One compiled call (eager Flax init compiles op by op); bitwise the same parameters.
-        state = jax.jit(init)(keys.init)
-        state = replicate(state, mesh)
-        if checkpointer is not None and resume:
-            restored = checkpointer.restore(state, check=_check_meta)
-            if restored is not None:
-                state, meta, step = restored
-                state = replicate(state, mesh)
-                records, partial = meta["records"], meta["partial"]
-                initial_loss = meta.get("initial_loss")  # (absent in older checkpoints)
-                log(
-                    f"resumed from the checkpoint at step {step} (epoch {step / n_steps_epoch:.2f})"
-                )
-                if step >= total_steps:
-                    log(f"it already covers the {opts.epochs} epochs asked for; nothing to train")
-        # ------------------------------------------------------------ compile and place
-        call = make_train_call(
-            objective,
-            tx,
-            mesh,
-            binarize=opts.binarize,
-            kl_warmup_steps=opts.kl_warmup_steps,
-            skip_nonfinite=opts.skip_nonfinite,
-            event_shape=event_shape if streamed else None,
-        )
-        evaluators: dict[str, Callable[..., Any]] = {}
-        if test is not None:
-            # (streamed data: the test split stays in host memory too)
-            make = make_host_evaluate if streamed else make_evaluate
-            bound = make_elbo(model)
-            evaluators["elbo"] = make(bound, mesh, batch_size=opts.eval_batch_size)
-            if objective.kind == "iwae":
-                bound = make_iwae(model, num_samples=objective.num_samples)
-                evaluators["iwae"] = make(bound, mesh, batch_size=opts.eval_batch_size)
-        train_data = None if streamed else to_device(train.image, train.label, mesh)
-        test_data: Any = test
-        if test is not None and not streamed:
-            test_data = to_device(test.image, test.label, mesh)
-        last_saved = int(state.step)
-
-        def save(epoch_done: int, step: int) -> None:
-            nonlocal last_saved
-            if checkpointer is not None and step != last_saved:
-                if not bool(_state_finite(state)):  # never replace a good checkpoint with inf/NaN
-                    raise NonFiniteError(
-                        f"the parameters or optimizer state are not finite at step {step} (an "
-                        f"update overflowed); training stopped and {kept()}. Lower "
-                        "--learning_rate (in a new --workdir)"
-                    )
-                meta = {
-                    "epoch": epoch_done,
-                    "records": records,
-                    "partial": partial,
-                    "config": run_record,
-                    "initial_loss": initial_loss,
-                }
-                checkpointer.save(step, state, meta)
-                last_saved = step
-
-        def kept() -> str:
-            if checkpointer is None:
-                return "no checkpoints are written (no work directory)"
-            if last_saved:
-                return f"the last good checkpoint, at step {last_saved}, is kept"
-            return "no checkpoint had been written yet"
-
-        def preempted(where: str) -> Preempted:
-            name = signal.Signals(signals[0]).name if signals else "a signal to another process"
-            if checkpointer is None:
-                saved = "no work directory, so nothing was saved"
-            else:
-                saved = f"the checkpoint at step {last_saved} is written; run again to resume"
-            return Preempted(f"stopped by {name} {where}; {saved}")
-
-        step = int(state.step)
-        while step < total_steps:
-            epoch, offset = divmod(step, n_steps_epoch)
-            index, weight = epoch_order(n_train, opts.batch_size, seed=opts.seed, epoch=epoch)
-            skipped_before = int(state.skipped)
-            bar = tqdm(
-                total=n_steps_epoch,
-                initial=offset,
-                desc=f"epoch {epoch + 1}/{opts.epochs}",
-                unit="step",
-                disable=not progress,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            # (a chunk starts later than its boundary only after a checkpoint made mid-chunk)
-            spans = [(max(a, offset), b) for a, b in chunks(n_steps_epoch, opts.steps_per_call)]
-            spans = [(a, b) for a, b in spans if a < b]
-            if streamed:  # batches gathered and sent to the device ahead of use, by Grain
-                streamed_batches = iter(_host_batches(train, index, weight, spans))
-            for start, stop in spans:
-                t0 = time.perf_counter()
-                loss_bound = None if initial_loss is None else divergence_bound(initial_loss)
-                in_step = loss_bound is not None  # (else: this call is checked after it ran)
-                max_loss = NO_BOUND if loss_bound is None else np.float32(loss_bound)
-                if streamed:
-                    state, metrics = call(state, next(streamed_batches), keys.train, max_loss)
-                else:
-                    batches = (index[start:stop], weight[start:stop])
-                    state, metrics = call(state, train_data, *batches, keys.train, max_loss)
-                metrics = jax.device_get(metrics)
-                partial["seconds"] += time.perf_counter() - t0
-                finite, bounded = metrics["finite"], metrics["bounded"]
-                if loss_bound is None and finite.any():  # the run's first loss
-                    initial_loss = float(metrics["loss"][np.argmax(finite)])
-                    loss_bound = divergence_bound(initial_loss)
-                    bounded = metrics["loss"] <= np.float32(loss_bound)
-                # Stop at the first bad update that was applied (none is, with skip_nonfinite,
-                # except an exploded one in the run's first call, which has no bound yet).
-                if not opts.skip_nonfinite:
-                    stops = ~finite | ~bounded
-                else:
-                    stops = finite & ~bounded & (not in_step)
-                if stops.any():
-                    bad = int(np.argmax(stops))
-                    where = (
-                        f"step {step + bad} (epoch {epoch + 1}, update "
-                        f"{step + bad - epoch * n_steps_epoch + 1} of {n_steps_epoch})"
-                    )
-                    advice = (
-                        f"training stopped and {kept()}. Lower --learning_rate (in a new --workdir)"
-                    )
-                    if not opts.skip_nonfinite:
-                        advice += ", or rerun with --skip_nonfinite to skip and count such updates"
-                    bar.close()
-                    if not finite[bad]:
-                        raise NonFiniteError(f"non-finite loss or gradient at {where}; {advice}")
-                    raise DivergenceError(
-                        f"the loss exploded at {where}: {metrics['loss'][bad]:.4g} nats per "
-                        f"example, above the divergence bound {loss_bound:.4g} (the first loss, "
-                        f"{initial_loss:.4g}, plus 1000 times its size); {advice}"
-                    )
-                finite = finite & bounded  # (with skip_nonfinite: the updates applied)
-                w = metrics["weight"] * finite
-                for name in ("loss", "log_likelihood", "kl"):
-                    partial[name] += float(np.sum(np.where(finite, metrics[name], 0.0) * w))
-                partial["weight"] += float(np.sum(w))
-                step += stop - start
-                bar.update(stop - start)
-                bar.set_postfix(loss=f"{partial['loss'] / max(partial['weight'], 1):.2f}")
-                if (
-                    opts.checkpoint_every_steps
-                    and step % n_steps_epoch
-                    and step - last_saved >= opts.checkpoint_every_steps
-                ):
-                    save(epoch, step)
-                stop = any_process(bool(signals))  # (all processes stop at the same call)
-                if stop and step % n_steps_epoch:  # (at an epoch's end: after its record)
-                    save(epoch, step)
-                    bar.close()
-                    raise preempted(f"at step {step} (epoch {epoch + 1})")
-            bar.close()
-            all_skipped = int(state.skipped) - skipped_before == n_steps_epoch - offset
-            if opts.skip_nonfinite and all_skipped:
-                raise NonFiniteError(
-                    f"every update of epoch {epoch + 1} (steps {epoch * n_steps_epoch + offset} "
-                    f"to {step - 1}) had a non-finite loss or gradient and was skipped; training "
-                    f"stopped and {kept()}. Lower --learning_rate (in a new --workdir)"
-                )
-            summary = _epoch_record(variant, objective, epoch + 1, step, partial, state)
-            t0 = time.perf_counter()
-            if test_data is not None:
-                for name, evaluate in evaluators.items():
-                    values = jax.device_get(evaluate(state.params, test_data, keys.eval))
-                    prefix = "test" if name == "elbo" else f"test_{name}"
-                    summary[f"{prefix}_loss"] = -float(values["elbo"])
-                    if name == "elbo":
-                        summary["test_log_likelihood"] = float(values["log_likelihood"])
-                        summary["test_kl"] = float(values["kl"])
-            summary["eval_seconds"] = time.perf_counter() - t0
-            records.append(summary)
-            partial = dict.fromkeys(partial, 0.0)
-            log(_format_record(summary))
-            enough = on_epoch_end is not None and bool(on_epoch_end(epoch + 1, state, records))
-            stop = any_process(bool(signals))
-            if (epoch + 1) % opts.checkpoint_every == 0 or step == total_steps or stop or enough:
-                save(epoch + 1, step)
-            if stop and step < total_steps:
-                raise preempted(f"after epoch {epoch + 1} (step {step})")
-            if enough:  # (the hook stopped training early: every process's hook says so)
-                log(f"stopped after epoch {epoch + 1} of {opts.epochs}, as on_epoch_end asked")
-                break
-        return FitResult(model, objective, state, records)
+    train_split = _enter(*train, name="training data", event_shape=model_shape, **checks)
+    event_shape = tuple(train_split.image.shape[1:])
+    if test[0] is None:
+        return train_split, None
+    return train_split, _enter(*test, name="test data", event_shape=event_shape, **checks)
 
 
 @contextlib.contextmanager
@@ -499,55 +505,6 @@ def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:
         raise ValueError("its partial-epoch sums are not numbers")
 
 
-def device_memory(mesh: Any) -> int:
-    """Bytes of memory of one device of `mesh`: its ``bytes_limit``, or the machine's RAM
-    for a CPU device (or any backend that does not say)."""
-    stats = None
-    with contextlib.suppress(Exception):  # not every backend reports memory
-        stats = mesh.devices.flat[0].memory_stats()
-    limit = (stats or {}).get("bytes_limit")
-    return int(limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def default_placement(nbytes: int, mesh: Any) -> str:
-    """ "device" when a training set of `nbytes` takes at most a quarter of one device's
-    memory (`device_memory`), else "host"."""
-    return "device" if nbytes <= device_memory(mesh) // 4 else "host"
-
-
-def _check_state_fits(state: Any, mesh: Any) -> None:
-    """Raise ValueError (one line) when the parameters, their gradients and the optimizer
-    state (`state`'s shapes; each replicated on every device) cannot fit in one device's
-    memory, before anything is allocated (a huge --z_dim used to hang the machine)."""
-    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
-    total = params + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))  # + grads
-    memory = device_memory(mesh)
-    if total > memory:
-        count = sum(x.size for x in jax.tree.leaves(state.params))
-        raise ValueError(
-            f"the model has {count:,} parameters: with their gradients and the optimizer state "
-            f"{total / 2**30:,.1f} GiB, more than one device's {memory / 2**30:,.1f} GiB "
-            "(a smaller model: --z_dim, --hidden, --conv_channels)"
-        )
-
-
-def _host_batches(
-    train: Split, index: np.ndarray, weight: np.ndarray, spans: list[tuple[int, int]]
-) -> Any:
-    """The `HostBatches` of each (start, stop) span of an epoch's steps, in order, each
-    gathered on the host and put on the device by a Grain thread while the previous call
-    runs (2 calls ahead)."""
-    import grain
-
-    def load(span: tuple[int, int]) -> HostBatches:
-        start, stop = span
-        batches = gather_batches(train.image, train.label, index[start:stop], weight[start:stop])
-        return jax.device_put(batches)
-
-    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
-    return grain.MapDataset.source(spans).map(load).to_iter_dataset(options)
-
-
 def _epoch_record(
     variant: str,
     objective: Objective,
@@ -583,14 +540,15 @@ def _describe(module: nn.Module) -> str:
     return " ".join(f"{type(module).__name__}({text})".split())
 
 
-def _run_record(
-    objective: Objective, options: FitOptions, event_shape: tuple[int, ...]
-) -> dict[str, Any]:
+def _run_record(trainer: Trainer) -> dict[str, Any]:
     """What a work directory records of a run made from pieces (no `ExperimentConfig`):
-    the objective, the model's class and fields (`_describe`) and the
+    the objective, the model's class and fields (`_describe`), the event shape and the
     options, with what may change on resume (the epoch budget, the checkpoint cadence,
-    the device count, the placement) under "run"."""
-    fit_options = dataclasses.asdict(options)
+    the device count, the placement, the step loop) under "run"."""
+    objective, options = trainer.objective, trainer.options
+    fit_options = {
+        f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "log"
+    }
     run = {
         name: fit_options.pop(name)
         for name in (
@@ -601,6 +559,7 @@ def _run_record(
             "num_devices",
             "placement",
             "eval_batch_size",
+            "step_loop",
         )
     }
     return {
@@ -611,7 +570,7 @@ def _run_record(
             "free_bits": objective.free_bits,
         },
         "model": _describe(objective.model),
-        "event_shape": list(event_shape),
+        "event_shape": list(trainer.event_shape),
         "options": fit_options,
         "run": run,
     }

@@ -9,11 +9,13 @@ ones here, so each is checked in one place.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
 PLACEMENTS = ("auto", "device", "host")
+STEP_LOOPS = ("auto", "scan", "host")  # ("auto": `vae_jax.train.step_loop_for` decides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class FitOptions:
         this many steps (0 = off).
       placement: where the training set lives while training: "device", "host" (streamed
         from host memory, for data larger than the device's), or "auto"
-        (`vae_jax.loop.default_placement`).
+        (`vae_jax.trainer.default_placement`).
       skip_nonfinite: skip (and count) updates with a non-finite loss or gradient instead
         of stopping with `NonFiniteError`.
       checkpoint_every: epochs between checkpoints (with a work directory).
@@ -46,6 +48,10 @@ class FitOptions:
       keep_checkpoints: how many checkpoints are kept (the newest ones).
       data_variant: the data's name in each epoch record and log line ("" = its event
         shape and whether it is binarized).
+      step_loop: how a compiled call runs its steps: "scan" (one `lax.scan`), "host" (a
+        host loop of compiled steps), or "auto" (`vae_jax.train.step_loop_for`: "host" on
+        CPU for a model whose program has convolutions, else "scan").
+      log: where `fit`'s one-line messages go (epoch summaries, resume); not recorded.
     """
 
     epochs: int = 10
@@ -62,6 +68,8 @@ class FitOptions:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 3
     data_variant: str = ""
+    step_loop: str = "auto"
+    log: Callable[[str], None] = dataclasses.field(default=print, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -86,6 +94,10 @@ class FitOptions:
             raise ValueError(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.step_loop not in STEP_LOOPS:
+            raise ValueError(f"step_loop must be 'auto', 'scan' or 'host', got {self.step_loop!r}")
+        if not callable(self.log):
+            raise ValueError(f"log must be callable (like print), got {self.log!r}")
         if self.placement not in PLACEMENTS:
             raise ValueError(
                 f"placement must be 'auto', 'device' or 'host', got {self.placement!r}"

@@ -1,4 +1,4 @@
-"""Training: the state, the jitted train step, evaluation, and the epoch loop.
+"""Training: the state, the jitted train step and call, evaluation (the loop: `vae_jax.loop`).
 
 Design (each choice measured in docs/benchmarks.md):
 - The data set lives on the device (uint8 stays uint8, floats are float32); each step
@@ -6,9 +6,9 @@ Design (each choice measured in docs/benchmarks.md):
   dynamically binarized data, binarizes it inside the compiled step.
 - `steps_per_call` train steps run as one `lax.scan` inside one `jax.jit` call with the
   train state donated: no host round trip per step. (`chunks` rounds it to a divisor of
-  the epoch's steps when one is near, so one compiled program serves the whole epoch. Conv
-  VAEs on CPU dispatch their steps one compiled call each instead, since XLA:CPU
-  convolutions are slow inside loops.)
+  the epoch's steps when one is near, so one compiled program serves the whole epoch. On
+  CPU, a model whose program has convolutions dispatches its steps one compiled call each
+  instead, since XLA:CPU convolutions are slow inside loops: `step_loop_for`.)
 - Every step's key is ``fold_in(train_key, step)`` and every epoch's order is a permutation
   from ``np.random.default_rng((seed, epoch))``: a run resumed at a step draws exactly the
   randomness an uninterrupted run draws.
@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vae_jax.arrays import to_float
 from vae_jax.models import init_params
 from vae_jax.objectives import Objective
+from vae_jax.options import STEP_LOOPS
 
 NO_BOUND = np.float32(np.inf)  # a train call's default max_loss: no divergence bound
 
@@ -167,7 +168,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def _batch_x(
+def batch_x(
     data: DeviceData,
     index: jax.Array,
     sharding: NamedSharding,
@@ -240,18 +241,20 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(checks))
 
 
-# XLA:CPU compiles dots and some reductions to YNNPACK fusions by default; for this library's
-# shapes XLA's own emitters are faster (Eigen dots use both cores; the YNNPACK reduce over
-# [batch, 28, 28, 1] images is slow): seed MLP 2.31 -> 1.98 s/epoch, test-set ELBO 296 ->
-# 200 ms (docs/benchmarks.md). An empty list turns the YNNPACK fusions off.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# The XLA compiler options of every train and evaluation call on a CPU mesh (when this
+# jaxlib knows them). XLA:CPU compiles dots and some reductions to YNNPACK fusions by
+# default; for this library's shapes XLA's own emitters are faster (Eigen dots use both
+# cores; the YNNPACK reduce over [batch, 28, 28, 1] images is slow): seed MLP 2.31 -> 1.98
+# s/epoch, test-set ELBO 296 -> 200 ms (docs/benchmarks.md). An empty list turns the
+# YNNPACK fusions off. Public for benchmarks that compile their own programs alike.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @functools.cache
 def _cpu_compiler_options_supported() -> bool:
     """Whether this jaxlib's XLA knows the options (they are experimental): compile a probe."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(1.0).compile()
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(1.0).compile()
     except jax.errors.JaxRuntimeError:
         return False
     return True
@@ -260,21 +263,52 @@ def _cpu_compiler_options_supported() -> bool:
 def _compiler_options(mesh: Mesh) -> dict[str, Any] | None:
     """The XLA compiler options for calls on `mesh`'s devices (None: XLA's defaults)."""
     if mesh.devices.flat[0].platform == "cpu" and _cpu_compiler_options_supported():
-        return dict(_CPU_COMPILER_OPTIONS)
+        return dict(CPU_COMPILER_OPTIONS)
     return None
 
 
-def _host_loop(model: Any, mesh: Mesh) -> bool:
-    """Whether to run the steps of a call as a host loop of compiled steps, not a `lax.scan`.
+def step_loop_for(objective: Objective, mesh: Mesh, event_shape: tuple[int, ...]) -> str:
+    """Whether a call's steps run inside one `lax.scan` ("scan") or as a host loop of
+    compiled steps ("host"), decided from what the step's program contains.
 
     XLA:CPU runs a convolution inside a loop body many times slower than the same
     convolution outside one (jax-ml/jax#12868, open): the conv32 VAE's train step took
     3.5 s inside a `lax.scan` and 0.15 s as its own call (`benchmarks/conv.py`,
-    docs/benchmarks.md). So on CPU the conv VAEs dispatch one compiled step at a time
-    (asynchronously; the per-call cost is well under 1% of such a step) and everything
-    else keeps the scan.
+    docs/benchmarks.md). So on a CPU mesh, a model whose objective lowers to a StableHLO
+    program with a ``convolution`` (any module: the built-in conv VAE, or your own) gets
+    "host": one compiled step at a time, dispatched asynchronously (the per-call cost is
+    well under 1% of such a step); everything else, and every other backend, "scan".
+
+    The objective is lowered (traced, not compiled) once per (objective, event shape) on
+    abstract parameters: nothing is allocated or run. (`FitOptions.step_loop` overrides.)
     """
-    return mesh.devices.flat[0].platform == "cpu" and getattr(model, "architecture", "") == "conv"
+    if mesh.devices.flat[0].platform != "cpu":
+        return "scan"
+    try:
+        return _cpu_step_loop(objective, tuple(event_shape))
+    except TypeError:  # an unhashable objective (a module with list fields): not cached
+        return _cpu_step_loop.__wrapped__(objective, tuple(event_shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_step_loop(objective: Objective, event_shape: tuple[int, ...]) -> str:
+    example = np.zeros((2, *event_shape), np.float32)
+    key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: lowering allocates nothing
+    params = jax.eval_shape(lambda key: init_params(objective.model, key, example), key)
+    batch = {
+        "image": jax.ShapeDtypeStruct(example.shape, jnp.float32),
+        "label": jax.ShapeDtypeStruct((2,), jnp.int32),
+    }
+    lowered = jax.jit(objective.per_example).lower(params, batch, key)
+    return "host" if "stablehlo.convolution" in lowered.as_text() else "scan"
+
+
+def _resolve_step_loop(
+    step_loop: str, objective: Objective, mesh: Mesh, event_shape: tuple[int, ...]
+) -> str:
+    if step_loop not in STEP_LOOPS:
+        raise ValueError(f"step_loop must be 'auto', 'scan' or 'host', got {step_loop!r}")
+    return step_loop_for(objective, mesh, event_shape) if step_loop == "auto" else step_loop
 
 
 def make_train_call(
@@ -286,16 +320,20 @@ def make_train_call(
     kl_warmup_steps: int = 0,
     skip_nonfinite: bool = False,
     event_shape: tuple[int, ...] | None = None,
+    streamed: bool = False,
+    step_loop: str = "auto",
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Build ``call(state, data, index, weight, train_key, max_loss) -> (state, metrics)``.
 
-    With `event_shape` (data streamed from the host), the call is instead
-    ``call(state, batches, train_key, max_loss)`` with `HostBatches` gathered by
+    With `streamed` (data streamed from the host; `event_shape` required), the call is
+    instead ``call(state, batches, train_key, max_loss)`` with `HostBatches` gathered by
     `gather_batches`: the same steps on the same examples, the batches sent with the call.
 
-    The compiled call runs ``index.shape[0]`` train steps as one `lax.scan`, with `state`
-    donated (a conv VAE on CPU: a host loop of compiled, donated steps; see `_host_loop`).
-    Step s uses batch ``data[index[s]]`` with example weights ``weight[s]`` and key
+    The call runs ``index.shape[0]`` train steps with `state` donated: as one compiled
+    `lax.scan`, or as a host loop of compiled steps, as `step_loop` says ("scan", "host",
+    or "auto": `step_loop_for` the examples' `event_shape`; without it, decided at the
+    first call from ``data``'s shape, and the call is then a plain function, not a jitted
+    one). Step s uses batch ``data[index[s]]`` with example weights ``weight[s]`` and key
     ``fold_in(train_key, state.step)``. The loss is minus the objective (batch-weighted mean,
     nats per example); its gradient updates the parameters through `tx`. A step whose loss
     or gradient is not finite, or whose loss is above `max_loss` (a float32 scalar, default
@@ -305,6 +343,91 @@ def make_train_call(
     Returns metrics of shape [steps]: loss, log_likelihood, kl, weight (the batch's total
     example weight), finite and bounded.
     """
+    settings: dict[str, Any] = dict(binarize=binarize, kl_warmup_steps=kl_warmup_steps)
+    settings.update(skip_nonfinite=skip_nonfinite, streamed=streamed)
+    if streamed and event_shape is None:
+        raise ValueError("a streamed train call needs the examples' event_shape")
+    if event_shape is None and step_loop == "auto":  # decided when the data are seen
+        built: dict[tuple[int, ...], Callable[..., Any]] = {}
+
+        def call_by_shape(state: TrainState, data: DeviceData, *args: Any) -> Any:
+            shape = tuple(data.image.shape[1:])
+            if shape not in built:
+                built[shape] = make_train_call(objective, tx, mesh, event_shape=shape, **settings)
+            return built[shape](state, data, *args)
+
+        return call_by_shape
+    if step_loop != "host":
+        step_loop = _resolve_step_loop(step_loop, objective, mesh, event_shape or ())
+    step = _train_step(objective, tx, mesh, **settings)
+    options = _compiler_options(mesh)
+    if streamed:  # batches gathered on the host
+        step = functools.partial(step, event_shape=tuple(event_shape or ()))
+    if step_loop == "host":
+        return _host_loop_call(jax.jit(step, donate_argnums=0, compiler_options=options), streamed)
+
+    if streamed:
+
+        def stream_call(state: TrainState, batches: HostBatches, train_key, max_loss=NO_BOUND):
+            def body(state: TrainState, xs: Any):
+                rows, label, weight = xs
+                return step(state, rows, label, weight, train_key, max_loss)
+
+            return jax.lax.scan(body, state, tuple(batches))
+
+        return jax.jit(stream_call, donate_argnums=0, compiler_options=options)
+
+    def call(state: TrainState, data: DeviceData, index, weight, train_key, max_loss=NO_BOUND):
+        def body(state: TrainState, xs: tuple[jax.Array, jax.Array]):
+            return step(state, data, *xs, train_key, max_loss)
+
+        return jax.lax.scan(body, state, (index, weight))
+
+    return jax.jit(call, donate_argnums=0, compiler_options=options)
+
+
+def _host_loop_call(step_jit: Callable[..., Any], streamed: bool) -> Callable[..., Any]:
+    """The train call as a host loop of `step_jit` (one compiled, donated step each),
+    dispatched asynchronously (no host sync per step); metrics stacked to [steps]."""
+
+    def stack(metrics: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+        return jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+
+    if streamed:
+
+        def host_stream_call(state: TrainState, batches: HostBatches, train_key, max_loss=NO_BOUND):
+            metrics = []
+            for s in range(len(batches.rows)):
+                row, label, weight = batches.rows[s], batches.label[s], batches.weight[s]
+                state, m = step_jit(state, row, label, weight, train_key, max_loss)
+                metrics.append(m)
+            return state, stack(metrics)
+
+        return host_stream_call
+
+    def host_call(state: TrainState, data: DeviceData, index, weight, train_key, max_loss=NO_BOUND):
+        metrics = []
+        for s in range(len(index)):
+            state, m = step_jit(state, data, index[s], weight[s], train_key, max_loss)
+            metrics.append(m)
+        return state, stack(metrics)
+
+    return host_call
+
+
+def _train_step(
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    binarize: bool,
+    kl_warmup_steps: int,
+    skip_nonfinite: bool,
+    streamed: bool,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """One train step (see `make_train_call`): ``step(state, data, index, weight, train_key,
+    max_loss)`` on device data, or with `streamed` ``step(state, rows, label, weight,
+    train_key, max_loss, *, event_shape)`` on a batch gathered on the host."""
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     beta = objective.beta
 
@@ -363,59 +486,11 @@ def make_train_call(
         label = data.label[index]
         return step_on_rows(state, rows, label, weight, train_key, max_loss, event_shape)
 
-    options = _compiler_options(mesh)
-    host_loop = _host_loop(objective.model, mesh)
-    if event_shape is not None:  # streamed: batches gathered on the host
-        stream_step = functools.partial(step_on_rows, event_shape=tuple(event_shape))
-        if host_loop:
-            step_jit = jax.jit(stream_step, donate_argnums=0, compiler_options=options)
-
-            def host_stream_call(
-                state: TrainState, batches: HostBatches, train_key, max_loss=NO_BOUND
-            ):
-                metrics = []
-                for s in range(len(batches.rows)):
-                    row, label, weight = batches.rows[s], batches.label[s], batches.weight[s]
-                    state, m = step_jit(state, row, label, weight, train_key, max_loss)
-                    metrics.append(m)
-                return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
-
-            return host_stream_call
-
-        def stream_call(state: TrainState, batches: HostBatches, train_key, max_loss=NO_BOUND):
-            def body(state: TrainState, xs: Any):
-                rows, label, weight = xs
-                return stream_step(state, rows, label, weight, train_key, max_loss)
-
-            return jax.lax.scan(body, state, tuple(batches))
-
-        return jax.jit(stream_call, donate_argnums=0, compiler_options=options)
-
-    if host_loop:
-        one_step = jax.jit(train_step, donate_argnums=0, compiler_options=options)
-
-        def host_call(
-            state: TrainState, data: DeviceData, index, weight, train_key, max_loss=NO_BOUND
-        ):
-            metrics = []
-            for s in range(len(index)):  # dispatched asynchronously: no host sync per step
-                state, m = one_step(state, data, index[s], weight[s], train_key, max_loss)
-                metrics.append(m)
-            return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
-
-        return host_call
-
-    def call(state: TrainState, data: DeviceData, index, weight, train_key, max_loss=NO_BOUND):
-        def body(state: TrainState, xs: tuple[jax.Array, jax.Array]):
-            return train_step(state, data, *xs, train_key, max_loss)
-
-        return jax.lax.scan(body, state, (index, weight))
-
-    return jax.jit(call, donate_argnums=0, compiler_options=options)
+    return step_on_rows if streamed else train_step
 
 
 def make_evaluate(
-    objective: Objective, mesh: Mesh, *, batch_size: int
+    objective: Objective, mesh: Mesh, *, batch_size: int, step_loop: str = "auto"
 ) -> Callable[[Any, DeviceData, jax.Array], dict[str, jax.Array]]:
     """Build ``evaluate(params, data, key) -> {"elbo", "log_likelihood", "kl"}``.
 
@@ -423,6 +498,8 @@ def make_evaluate(
     terms, computed in batches of `batch_size` (the last padded with weight 0). Batch i uses
     key ``fold_in(key, i)``, so the same key gives the same numbers. Images are used as
     stored: a binarized test set is stored binarized once (0/255), never resampled.
+    The batches run in one `lax.scan` or as a host loop, as `step_loop` says ("auto":
+    `step_loop_for` the data's event shape, decided at each call; cached).
     """
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     names = ("elbo", "log_likelihood", "kl")
@@ -434,7 +511,7 @@ def make_evaluate(
 
     def batch_sums(params, data, key, totals, xs):
         index, weight, i = xs
-        x = _batch_x(data, index, batch_sharding, None, binarize=False)
+        x = batch_x(data, index, batch_sharding, None, binarize=False)
         batch = {"image": x, "label": data.label[index]}
         terms = objective.per_example(params, batch, jax.random.fold_in(key, i))
         sums = [jnp.sum(weight * t) for t in terms]
@@ -447,8 +524,7 @@ def make_evaluate(
         return {name: total / n for name, total in zip(names, totals, strict=True)}
 
     options = _compiler_options(mesh)
-    if not _host_loop(objective.model, mesh):
-        return jax.jit(evaluate, compiler_options=options)
+    scan_evaluate = jax.jit(evaluate, compiler_options=options)
     batch_sums_jit = jax.jit(batch_sums, compiler_options=options)
 
     def host_evaluate(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
@@ -458,7 +534,13 @@ def make_evaluate(
             totals, _ = batch_sums_jit(params, data, key, totals, xs)
         return {name: total / n for name, total in zip(names, totals, strict=True)}
 
-    return host_evaluate
+    def chosen(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
+        event_shape = tuple(data.image.shape[1:])
+        if _resolve_step_loop(step_loop, objective, mesh, event_shape) == "host":
+            return host_evaluate(params, data, key)
+        return scan_evaluate(params, data, key)
+
+    return chosen
 
 
 def make_host_evaluate(

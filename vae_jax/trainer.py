@@ -1,0 +1,314 @@
+"""`Trainer`: the train state, the compiled train call, the mesh, the evaluators and the
+data placement of one run, built once from the pieces `vae_jax.loop.fit` takes.
+
+`fit` is the epoch loop around it (resume, checkpoints, divergence, preemption, the hook);
+the benchmarks time the same object, so what they measure is what `fit` runs. The shape
+follows google-deepmind/nanodo's `train.py` `Trainer` (state, jitted step and shardings in
+one place), with vae_jax's data on the device (or streamed from the host) and its compiled
+chunks of steps (`vae_jax.train`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from vae_jax.arrays import Split, to_float_np
+from vae_jax.objectives import Objective, make_elbo, make_iwae
+from vae_jax.options import FitOptions
+from vae_jax.train import (
+    NO_BOUND,
+    HostBatches,
+    TrainState,
+    chunks,
+    epoch_order,
+    gather_batches,
+    init_train_state,
+    make_evaluate,
+    make_host_evaluate,
+    make_keys,
+    make_mesh,
+    make_train_call,
+    replicate,
+    step_loop_for,
+    steps_per_epoch,
+    to_device,
+)
+
+MAX_STEPS = 2**31 - 1  # TrainState.step is int32
+FULL_HASH_BYTES = 2**30  # `data_fingerprint` hashes every byte of a split up to this size
+SAMPLE_ROWS = 65_536  # and this many evenly spaced rows of a larger one
+
+
+class EpochTiming(NamedTuple):
+    """`Trainer.train_epoch`'s result: wall seconds, the mean train loss (nats per example)
+    and the number of steps run."""
+
+    seconds: float
+    loss: float
+    steps: int
+
+
+class Trainer:
+    """Everything one run trains with, built and checked once.
+
+    Example (what `benchmarks/` time)::
+
+        trainer = Trainer(make_elbo(model), optax.adam(1e-3), Split(images, labels),
+                          options=FitOptions(batch_size=128))
+        seconds, loss, steps = trainer.train_epoch(0)
+
+    Args:
+      objective: what to maximise (`make_elbo` / `make_iwae` of a model).
+      tx: the optax optimizer.
+      train: the training split, already checked (`vae_jax.arrays.check_split`).
+      test: the test split (evaluated by `evaluate`), or None.
+      options: `FitOptions` (None = its defaults).
+
+    Attributes:
+      mesh: the 1-D device mesh (axis "data") over ``options.num_devices`` devices.
+      keys: the run's random streams (`vae_jax.train.make_keys` of ``options.seed``).
+      placement: where the training set lives: "device" or "host" (streamed).
+      step_loop: how a call runs its steps: "scan" or "host" (`step_loop_for`).
+      event_shape, num_examples, steps_per_epoch, total_steps: the run's sizes.
+      abstract_state: the `TrainState`'s shapes and dtypes (`jax.eval_shape`).
+      state: the current `TrainState`, replicated over `mesh`; each call donates it.
+      call: the compiled train call (`make_train_call`).
+      evaluators: {"elbo": ...} (and "iwae" when training with IWAE) for the test split.
+
+    Raises:
+      ValueError: (one line) a batch size larger than the training set or not dividing
+        over the devices, more steps than the int32 step counter holds, or a model that
+        does not fit in one device's memory (checked before anything is allocated).
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        tx: optax.GradientTransformation,
+        train: Split,
+        test: Split | None = None,
+        options: FitOptions | None = None,
+    ) -> None:
+        opts = self.options = options or FitOptions()
+        self.objective, self.tx, self.train, self.test = objective, tx, train, test
+        self.event_shape = tuple(train.image.shape[1:])
+        self.num_examples = n = len(train.image)
+        if opts.batch_size > n:
+            raise ValueError(
+                f"batch_size ({opts.batch_size}) is larger than the training set ({n} examples)"
+            )
+        self.steps_per_epoch = steps_per_epoch(n, opts.batch_size)
+        self.total_steps = opts.epochs * self.steps_per_epoch
+        if self.total_steps > MAX_STEPS:
+            raise ValueError(
+                f"{opts.epochs} epochs of {self.steps_per_epoch} steps exceed {MAX_STEPS} steps "
+                "(the int32 step counter)"
+            )
+        self.mesh = mesh = make_mesh(opts.num_devices)
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(opts, name) % mesh.size:
+                raise ValueError(
+                    f"{name} ({getattr(opts, name)}) must divide evenly over {mesh.size} devices"
+                )
+        self.keys = make_keys(opts.seed)
+        example = to_float_np(train.image[:1])  # (shapes only, for a module without image_shape)
+        init = functools.partial(init_train_state, objective.model, tx, example=example)
+        self.abstract_state = jax.eval_shape(init, self.keys.init)
+        check_state_fits(self.abstract_state, mesh)  # (allocates nothing)
+        self.placement = opts.placement
+        if self.placement == "auto":
+            self.placement = default_placement(train.image.nbytes, mesh)
+        streamed = self.placement == "host"
+        self.step_loop = opts.step_loop
+        if self.step_loop == "auto":
+            self.step_loop = step_loop_for(objective, mesh, self.event_shape)
+        self._init = jax.jit(init)  # (one compiled call: eager Flax init goes op by op)
+        self.state: TrainState = self.initial_state()
+        self.call = make_train_call(
+            objective,
+            tx,
+            mesh,
+            binarize=opts.binarize,
+            kl_warmup_steps=opts.kl_warmup_steps,
+            skip_nonfinite=opts.skip_nonfinite,
+            event_shape=self.event_shape,
+            streamed=streamed,
+            step_loop=self.step_loop,
+        )
+        self.evaluators: dict[str, Callable[..., Any]] = {}
+        if test is not None:  # (streamed data: the test split stays in host memory too)
+            make = make_host_evaluate if streamed else make_evaluate
+            loop = {} if streamed else {"step_loop": self.step_loop}
+            bounds = {"elbo": make_elbo(objective.model)}
+            if objective.kind == "iwae":
+                bounds["iwae"] = make_iwae(objective.model, num_samples=objective.num_samples)
+            for name, bound in bounds.items():
+                self.evaluators[name] = make(bound, mesh, batch_size=opts.eval_batch_size, **loop)
+        self.train_data = None if streamed else to_device(train.image, train.label, mesh)
+        self.test_data: Any = test
+        if test is not None and not streamed:
+            self.test_data = to_device(test.image, test.label, mesh)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the training set stays in host memory (``placement == "host"``)."""
+        return self.placement == "host"
+
+    def initial_state(self) -> TrainState:
+        """A fresh initial state from ``keys.init`` (what `state` starts as), replicated
+        over `mesh`: bitwise the parameters of an eager ``init_train_state``."""
+        return replicate(self._init(self.keys.init), self.mesh)
+
+    def restore(self, state: TrainState) -> None:
+        """Continue from `state` (a restored checkpoint), replicated over the mesh."""
+        self.state = replicate(state, self.mesh)
+
+    def batches(self, epoch: int, offset: int = 0) -> Iterator[tuple[int, int, tuple[Any, ...]]]:
+        """``(start, stop, inputs)`` of each compiled call of `epoch`, from its step `offset`.
+
+        The calls are `vae_jax.train.chunks` of the epoch (aligned to its start, so a
+        resumed epoch makes the same calls), on the examples of ``epoch_order(seed,
+        epoch)``; `inputs` is what `run` takes: ``(data, index, weight)`` on the device, or
+        ``(HostBatches,)`` gathered on the host and prefetched by a Grain thread.
+        """
+        opts = self.options
+        index, weight = epoch_order(self.num_examples, opts.batch_size, seed=opts.seed, epoch=epoch)
+        # (a chunk starts later than its boundary only after a checkpoint made mid-chunk)
+        spans = [(max(a, offset), b) for a, b in chunks(self.steps_per_epoch, opts.steps_per_call)]
+        spans = [(a, b) for a, b in spans if a < b]
+        if self.streamed:
+            loaded = _host_batches(self.train, index, weight, spans)
+            for (start, stop), batches in zip(spans, loaded, strict=True):
+                yield start, stop, (batches,)
+            return
+        for start, stop in spans:
+            yield start, stop, (self.train_data, index[start:stop], weight[start:stop])
+
+    def run(self, inputs: tuple[Any, ...], max_loss: np.float32 = NO_BOUND) -> dict[str, Any]:
+        """One compiled call on `inputs` (from `batches`): updates `state`, returns its
+        metrics on the host (numpy, [steps] each; see `make_train_call`)."""
+        self.state, metrics = self.call(self.state, *inputs, self.keys.train, max_loss)
+        return jax.device_get(metrics)
+
+    def evaluate(self) -> dict[str, float]:
+        """The test split's numbers for an epoch record: test_loss (minus the 1-sample ELBO,
+        fixed key), test_log_likelihood, test_kl, and test_iwae_loss when training with
+        IWAE; {} without a test split."""
+        out: dict[str, float] = {}
+        for name, evaluate in self.evaluators.items():
+            values = jax.device_get(evaluate(self.state.params, self.test_data, self.keys.eval))
+            prefix = "test" if name == "elbo" else f"test_{name}"
+            out[f"{prefix}_loss"] = -float(values["elbo"])
+            if name == "elbo":
+                out["test_log_likelihood"] = float(values["log_likelihood"])
+                out["test_kl"] = float(values["kl"])
+        return out
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> EpochTiming:
+        """Epoch `epoch` as `fit` runs it (its calls, metrics fetched after each; no
+        divergence checks, no checkpoints), or its whole calls until `max_steps` steps ran."""
+        start, total, count, steps = time.perf_counter(), 0.0, 0.0, 0
+        for begin, stop, inputs in self.batches(epoch):
+            if max_steps is not None and steps >= max_steps:
+                break
+            metrics = self.run(inputs)
+            total += float(np.sum(metrics["loss"] * metrics["weight"]))
+            count += float(np.sum(metrics["weight"]))
+            steps += stop - begin
+        return EpochTiming(time.perf_counter() - start, total / max(count, 1.0), steps)
+
+    def parameter_structure(self) -> dict[str, str]:
+        """{"encoder/Dense_0/kernel": "float32[784, 400]", ...}: every parameter's path,
+        dtype and shape (from `abstract_state`): what a checkpoint must have to be resumed."""
+        leaves = jax.tree_util.tree_flatten_with_path(self.abstract_state.params)[0]
+        return {_path_name(path): f"{x.dtype}{list(x.shape)}" for path, x in leaves}
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return "/".join(names)
+
+
+def data_fingerprint(split: Split | None) -> dict[str, Any] | None:
+    """What identifies a split for resuming: shape, dtype and a SHA-256 of its examples
+    and labels (None for None).
+
+    Every byte is hashed up to `FULL_HASH_BYTES` (MNIST's 47 MB train split: about 30 ms
+    with SHA extensions); a larger split (memory-mapped, say) hashes `SAMPLE_ROWS` evenly
+    spaced rows and says so in "rows_hashed", so resuming never reads a huge file whole.
+    """
+    if split is None:
+        return None
+    image, label = split.image, np.asarray(split.label)
+    n, digest = len(image), hashlib.sha256()
+    rows: Any = slice(None)
+    if image.nbytes > FULL_HASH_BYTES:
+        rows = np.unique(np.linspace(0, n - 1, SAMPLE_ROWS).astype(np.int64))
+    digest.update(np.ascontiguousarray(image[rows]).data)
+    digest.update(np.ascontiguousarray(label[rows]).data)
+    hashed = "all" if isinstance(rows, slice) else len(rows)
+    return {
+        "shape": list(image.shape),
+        "dtype": str(image.dtype),
+        "sha256": digest.hexdigest(),
+        "rows_hashed": hashed,
+    }
+
+
+def device_memory(mesh: Any) -> int:
+    """Bytes of memory of one device of `mesh`: its ``bytes_limit``, or the machine's RAM
+    for a CPU device (or any backend that does not say)."""
+    stats = None
+    with contextlib.suppress(Exception):  # not every backend reports memory
+        stats = mesh.devices.flat[0].memory_stats()
+    limit = (stats or {}).get("bytes_limit")
+    return int(limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def default_placement(nbytes: int, mesh: Any) -> str:
+    """ "device" when a training set of `nbytes` takes at most a quarter of one device's
+    memory (`device_memory`), else "host"."""
+    return "device" if nbytes <= device_memory(mesh) // 4 else "host"
+
+
+def check_state_fits(state: Any, mesh: Any) -> None:
+    """Raise ValueError (one line) when the parameters, their gradients and the optimizer
+    state (`state`'s shapes; each replicated on every device) cannot fit in one device's
+    memory, before anything is allocated (a huge --z_dim used to hang the machine)."""
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+    total = params + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))  # + grads
+    memory = device_memory(mesh)
+    if total > memory:
+        count = sum(x.size for x in jax.tree.leaves(state.params))
+        raise ValueError(
+            f"the model has {count:,} parameters: with their gradients and the optimizer state "
+            f"{total / 2**30:,.1f} GiB, more than one device's {memory / 2**30:,.1f} GiB "
+            "(a smaller model: --z_dim, --hidden, --conv_channels)"
+        )
+
+
+def _host_batches(
+    train: Split, index: np.ndarray, weight: np.ndarray, spans: list[tuple[int, int]]
+) -> Any:
+    """The `HostBatches` of each (start, stop) span of an epoch's steps, in order, each
+    gathered on the host and put on the device by a Grain thread while the previous call
+    runs (2 calls ahead)."""
+    import grain
+
+    def load(span: tuple[int, int]) -> HostBatches:
+        start, stop = span
+        batches = gather_batches(train.image, train.label, index[start:stop], weight[start:stop])
+        return jax.device_put(batches)
+
+    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+    return grain.MapDataset.source(spans).map(load).to_iter_dataset(options)
