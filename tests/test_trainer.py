@@ -143,6 +143,22 @@ def test_the_cli_refuses_a_resume_on_a_replaced_npz_with_status_2(tmp_path, caps
     assert len(err.strip().splitlines()) == 1
 
 
+def test_overwrite_starts_afresh_when_only_the_data_differ(tmp_path, capsys):
+    """The refusal above advises --overwrite: with it, the run on the new data starts
+    afresh (the old checkpoints are discarded), instead of being refused again."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "vectors.npz"
+    np.savez(path, x_train=rng.normal(size=(64, 6)).astype(np.float32))
+    argv = ["--dataset", path, "--likelihood", "gaussian_global", "--hidden", "8"]
+    argv += ["--z_dim", "2", "--batch_size", "16", "--no_progress", "--workdir", tmp_path / "r"]
+    assert run_cli(train_cli.main, [*argv, "--epochs", "1"], capsys)[0] == 0
+    np.savez(path, x_train=rng.normal(size=(80, 6)).astype(np.float32))
+    status, err = run_cli(train_cli.main, [*argv, "--epochs", "1", "--overwrite"], capsys)
+    assert status == 0, err
+    steps = sorted(int(p.name) for p in (tmp_path / "r" / CHECKPOINT_SUBDIR).iterdir())
+    assert steps == [5]  # 80 examples / 16: the new run's one epoch, the old step 4 gone
+
+
 def test_a_trainer_epoch_is_fits_epoch():
     """What the benchmarks time (`Trainer.train_epoch`) is what `fit` runs: the same loss
     and the same parameters after one epoch, bitwise."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import signal
@@ -37,14 +36,14 @@ import optax
 from tqdm.auto import tqdm
 
 from vae_jax.arrays import Split, check_split
-from vae_jax.checkpoint import Checkpointer
+from vae_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from vae_jax.config import ExperimentConfig
 from vae_jax.distributed import any_process, on_primary
 from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
 from vae_jax.train import NO_BOUND, DivergenceError, NonFiniteError, TrainState, all_finite
 from vae_jax.trainer import Trainer, data_fingerprint
-from vae_jax.workdir import WorkdirError, claim, describe_difference
+from vae_jax.workdir import claim, one_line
 
 # Whether the parameters and optimizer state are finite (checked before each checkpoint).
 _state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)))
@@ -341,31 +340,34 @@ class _Saver:
             lambda: claim(where.path, owner, resume=where.resume, overwrite=where.overwrite),
             "claim the work directory",
         )
-        self.path, self.resume = Path(where.path), where.resume
-        keep = trainer.options.keep_checkpoints
-        if "identity" in inspect.signature(Checkpointer).parameters:  # (vae_jax.checkpoint)
-            checkpointer = Checkpointer(where.path, max_to_keep=keep, identity=self.identity)  # type: ignore[call-arg]
-            self.stored_identity = False
-        else:  # TODO(lead): drop this branch once Checkpointer takes `identity`
-            checkpointer = Checkpointer(where.path, max_to_keep=keep)
-            self.stored_identity = True  # (in each checkpoint's metadata, checked here)
-        self.checkpointer = stack.enter_context(contextlib.closing(checkpointer))
+        self.path, self.resume, self.overwrite = Path(where.path), where.resume, where.overwrite
+        self.owner, self.stack, self.keep = owner, stack, trainer.options.keep_checkpoints
+        self.checkpointer = self._open()
+
+    def _open(self) -> Checkpointer:
+        checkpointer = Checkpointer(self.path, max_to_keep=self.keep, identity=self.identity)
+        return self.stack.enter_context(contextlib.closing(checkpointer))
 
     def restore(self, trainer: Trainer, run: _Run) -> None:
         """Continue from the newest readable checkpoint, if any (and `resume`)."""
         if self.checkpointer is None or not self.resume:
             return
-        restored = self.checkpointer.restore(trainer.state, check=_check_meta)
+        try:
+            restored = self.checkpointer.restore(trainer.state, check=_check_meta)
+        except CheckpointMismatchError as error:  # (the configuration matched: claim kept it)
+            if not self.overwrite:
+                raise
+            trainer.options.log(f"{one_line(error)}: overwrite, so the run starts afresh")
+            self.checkpointer.close()
+            on_primary(
+                lambda: claim(self.path, self.owner, resume=False, overwrite=True),
+                "start the work directory afresh",
+            )
+            self.checkpointer = self._open()
+            return
         if restored is None:
             return
         state, meta, step = restored
-        if self.stored_identity and meta.get("identity") is not None:  # (absent: older runs)
-            if meta["identity"] != self.identity:
-                diff = describe_difference(meta["identity"], self.identity)
-                raise WorkdirError(
-                    f"{self.path} holds a run that differs from this one ({diff}); resume "
-                    "with the same data and model, or use another --workdir"
-                )
         trainer.restore(state)
         self.last_saved = step
         run.records, run.partial = meta["records"], meta["partial"]
@@ -386,10 +388,7 @@ class _Saver:
                 f"overflowed); training stopped and {self.kept()}. Lower --learning_rate (in a "
                 "new --workdir)"
             )
-        meta = run.meta(epoch_done)
-        if self.stored_identity:
-            meta["identity"] = self.identity
-        self.checkpointer.save(step, trainer.state, meta)
+        self.checkpointer.save(step, trainer.state, run.meta(epoch_done))
         self.last_saved = step
 
     def kept(self) -> str:
