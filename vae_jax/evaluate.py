@@ -137,18 +137,16 @@ def evaluate_dataset(
       progress: show a tqdm bar (unit: examples).
 
     Raises:
-      ValueError: (one line, before any computation) no examples, a `batch_size` below 1,
-        or data that do not fit the model (`vae_jax.importance.check_inputs`).
+      ValueError: (one line, before any computation) data that do not fit the model
+        (`vae_jax.importance.check_inputs`: no examples, NaN, values outside [0, 1] for
+        a Bernoulli likelihood, labels, ...) or a `batch_size` below 1.
     """
-    n = len(images)
-    if n == 0:
-        raise ValueError("no examples to evaluate")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
     use_labels = getattr(model, "num_classes", 0) > 0
     check_inputs(model, images, labels if use_labels else None, name="images")
+    valid = isinstance(batch_size, int | np.integer) and not isinstance(batch_size, bool)
+    if not valid or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    n = len(images)
     batch_size = min(batch_size, n)
     per_layer = hasattr(model, "sample_layers")
     fn = make_batch_evaluator(
