@@ -97,7 +97,7 @@ class ActiveUnits(NamedTuple):
 
 
 def check_inputs(
-    model: Any, x: Any, label: Any = None, *, name: str = "x", example_ids: Any = None
+    model: Any, x: Any, label: Any = None, *, name: str = "data", example_ids: Any = None
 ) -> None:
     """Raise ValueError (one line) unless concrete `x` (and `label`) fit `model`.
 
@@ -106,7 +106,9 @@ def check_inputs(
     Bernoulli likelihood (uint8 levels are scaled by 1/255, so any uint8 is in range); a
     conditional model (``model.num_classes > 0``) needs integer labels ``[N]`` in
     ``0..num_classes - 1``. Under `jit` (tracers) nothing is checked: the values are not
-    known. Nothing is converted: the bounds use `x` exactly as given.
+    known. Nothing is converted: the bounds use `x` exactly as given. `name` starts the
+    message ("data: x contains NaN (1 values)"); `example_ids`, if given, must be ``[N]``
+    integers.
     """
     if any(isinstance(a, jax.core.Tracer) for a in (x, label, example_ids)):
         return
