@@ -162,15 +162,15 @@ def check_writable(directory: Path, what: str, *, hint: str = "") -> None:
     name (``O_TMPFILE`` on Linux; elsewhere a random name, created with ``O_EXCL`` and
     removed at once) is opened and closed in it, so nothing is left behind.
     """
+    where = f" (choose another place with {hint})" if hint else ""
+    if directory.exists() and not directory.is_dir():
+        raise EvaluationError(f"cannot write {what} in {directory}: not a directory{where}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
-        raise EvaluationError(
-            f"cannot write {what} in {directory}: {_why(error)}"
-            + (f" (choose another place with {hint})" if hint else "")
-        ) from None
+        raise EvaluationError(f"cannot write {what} in {directory}: {_why(error)}{where}") from None
 
 
 def _test_data(
