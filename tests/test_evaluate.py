@@ -526,6 +526,16 @@ def test_an_unwritable_output_is_one_line_before_the_computation(tiny_run, capsy
         assert out == ""  # nothing was loaded or computed (no "data: ..." line, no numbers)
 
 
+def test_the_write_check_creates_nothing(tmp_path):
+    """The pre-check only probes: a work directory that does not exist is not created."""
+    from vae_jax.checkpoint import CheckpointError
+    from vae_jax.evaluation_run import evaluate_checkpoint
+
+    with pytest.raises(CheckpointError):
+        evaluate_checkpoint(tmp_path / "nowhere", pictures_dir=tmp_path / "pics", progress=False)
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_a_failed_report_write_comes_after_the_printed_numbers(tiny_run, monkeypatch, capsys):
     """Issue 21: the IS numbers were computed and then lost when the report write failed.
     Now they are on standard output first, and the failed write is one line, status 1; a

@@ -158,16 +158,21 @@ def evaluate_checkpoint(
 def check_writable(directory: Path, what: str, *, hint: str = "") -> None:
     """Raise EvaluationError (one line) unless files can be created in `directory`.
 
-    The directory (and its parents) is created if missing; then a temporary file without a
-    name (``O_TMPFILE`` on Linux; elsewhere a random name, created with ``O_EXCL`` and
-    removed at once) is opened and closed in it, so nothing is left behind.
+    Nothing is created: the nearest existing directory on the way to `directory` (itself,
+    or the parent it will be created in) must be a directory in which a temporary file
+    without a name (``O_TMPFILE`` on Linux; elsewhere a random name, created with
+    ``O_EXCL`` and removed at once) can be opened.
     """
     where = f" (choose another place with {hint})" if hint else ""
-    if directory.exists() and not directory.is_dir():
-        raise EvaluationError(f"cannot write {what} in {directory}: not a directory{where}")
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EvaluationError(
+            f"cannot write {what} in {directory}: {existing} is not a directory{where}"
+        )
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise EvaluationError(f"cannot write {what} in {directory}: {_why(error)}{where}") from None
@@ -221,6 +226,7 @@ def _write_outputs(
         except OSError as error:
             picture_error = f"could not write the pictures in {pictures_dir}: {_why(error)}"
     try:
+        report_file.parent.mkdir(parents=True, exist_ok=True)
         write_json(report_file, report)
     except OSError as error:
         raise EvaluationError(
