@@ -175,7 +175,8 @@ def check_writable(directory: Path, what: str, *, hint: str = "") -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise EvaluationError(f"cannot write {what} in {directory}: {_why(error)}{where}") from None
+        why = error.strerror or type(error).__name__  # (not the probe's random name)
+        raise EvaluationError(f"cannot write {what} in {directory}: {why}{where}") from None
 
 
 def _test_data(
