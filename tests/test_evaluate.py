@@ -1,4 +1,6 @@
-"""Tests for vae_jax.evaluate: the IS estimator against closed forms, and the evaluate CLI."""
+"""Tests for vae_jax.importance (the IS estimator against closed forms, its input checks),
+vae_jax.evaluate (the data set driver, the report) and vae_jax.evaluation_run with the
+evaluate CLI (one checkpoint load, numbers printed before any write, unwritable outputs)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import numpy as np
 import pytest
 
 from tests.linear_gaussian import LinearGaussianVAE, exact_log_px
-from vae_jax.evaluate import (
+from vae_jax.evaluate import evaluate_dataset
+from vae_jax.importance import (
     active_units,
     bernoulli_log_prob_fused,
     bits_per_dim,
     elbo,
-    evaluate_dataset,
     importance_log_likelihood,
     importance_terms,
+    layered_importance_terms,
 )
 from vae_jax.models import VAE, init_params
 from vae_jax.objectives import bernoulli_log_likelihood
@@ -350,3 +353,256 @@ def test_conditional_gaussian_pixel_model_batches_like_single_examples():
         sample_chunk=8, batch_size=4, progress=False,
     )  # fmt: skip
     assert not np.allclose(relabelled.terms.log_px, batch.terms.log_px)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+SMALL = VAE(image_shape=(4, 4, 1), z_dim=2, hidden=(8,))
+CONDITIONAL = VAE(image_shape=(4, 4, 1), z_dim=2, hidden=(8,), num_classes=3)
+_BINARY = (np.random.default_rng(0).random((3, 4, 4, 1)) < 0.5).astype(np.float32)
+
+
+def _bad_input_cases():
+    nan = _BINARY.copy()
+    nan[1, 2, 2, 0] = np.nan
+    inf = _BINARY.copy()
+    inf[0, 0, 0, 0] = np.inf
+    labels = np.array([0, 1, 2])
+    return {  # name: (model, x, label, message)
+        "floats 0..255 for a Bernoulli model": (
+            SMALL, _BINARY * 255.0, None, r"values in \[0, 255\].*need values in \[0, 1\]"
+        ),
+        "NaN": (SMALL, nan, None, "contains NaN"),
+        "inf": (SMALL, inf, None, "infinite"),
+        "missing batch axis": (SMALL, _BINARY[0], None, "shape of one example"),
+        "a vector without batch axis": (SMALL, _BINARY[0].reshape(-1), None, r"\[N >= 1"),
+        "empty batch": (SMALL, _BINARY[:0], None, r"\[N >= 1"),
+        "wrong event shape": (SMALL, np.zeros((3, 5, 5, 1), np.float32), None, "expected"),
+        "label 12": (CONDITIONAL, _BINARY, np.array([0, 12, 1]), r"labels span 0\.\.12"),
+        "label -1": (CONDITIONAL, _BINARY, np.array([0, -1, 1]), r"labels span -1\.\.1"),
+        "no labels, conditional": (CONDITIONAL, _BINARY, None, "conditional"),
+        "labels of another length": (CONDITIONAL, _BINARY, labels[:2], r"labels for 3"),
+        "float labels": (CONDITIONAL, _BINARY, labels.astype(np.float32), "integer"),
+    }  # fmt: skip
+
+
+_BOUNDS = {
+    "importance_log_likelihood": lambda m, p, x, y: importance_log_likelihood(
+        m, p, x, y, jax.random.key(0), num_samples=4, sample_chunk=2
+    ),
+    "importance_terms": lambda m, p, x, y: importance_terms(
+        m, p, x, y, jax.random.key(0), num_samples=4, sample_chunk=2
+    ),
+    "elbo": lambda m, p, x, y: elbo(m, p, x, y, jax.random.key(0)),
+    "evaluate_dataset": lambda m, p, x, y: evaluate_dataset(
+        m, p, x, y, jax.random.key(0), num_samples=4, sample_chunk=2, progress=False
+    ),
+}
+
+
+@pytest.mark.parametrize("bound", sorted(_BOUNDS))
+@pytest.mark.parametrize("case", sorted(_bad_input_cases()))
+def test_bounds_refuse_bad_concrete_inputs_in_one_line(bound, case):
+    """Issue 21: floats 0..255 gave -6.47e11, NaN gave nan, a missing batch axis a
+    broadcasting TypeError, an empty batch ZeroDivisionError, labels 12 or -1 a plausible
+    number. Each is now a one-line ValueError, before anything is computed."""
+    model, x, label, message = _bad_input_cases()[case]
+    params = init_params(model, jax.random.key(0))
+    with pytest.raises(ValueError, match=message) as error:
+        _BOUNDS[bound](model, params, x, label)
+    assert "\n" not in str(error.value)
+
+
+def test_the_checks_accept_good_inputs_and_skip_under_jit():
+    params = init_params(CONDITIONAL, jax.random.key(0))
+    labels = np.array([0, 1, 2])
+    for x in (_BINARY, (_BINARY * 255).astype(np.uint8), jnp.asarray(_BINARY), _BINARY > 0.5):
+        log_px = importance_log_likelihood(
+            CONDITIONAL, params, x, labels, jax.random.key(0), num_samples=4, sample_chunk=2
+        )
+        assert log_px.shape == (3,) and bool(jnp.all(jnp.isfinite(log_px)))
+    # Under jit the values are tracers: nothing is checked (a check would fail to trace).
+    fn = jax.jit(
+        functools.partial(importance_log_likelihood, CONDITIONAL, num_samples=4, sample_chunk=2)
+    )
+    assert fn(params, _BINARY * 255.0, labels, jax.random.key(0)).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "sample_chunk"), [(0, 1), (4, 0), (2.5, 1), (True, 1), ("4", 2)]
+)
+def test_bad_sample_counts_are_one_line_errors(num_samples, sample_chunk):
+    params = init_params(SMALL, jax.random.key(0))
+    with pytest.raises(ValueError, match="num_samples, sample_chunk >= 1"):
+        importance_terms(
+            SMALL, params, _BINARY, None, jax.random.key(0),
+            num_samples=num_samples, sample_chunk=sample_chunk,
+        )  # fmt: skip
+
+
+def test_layered_bound_checks_its_inputs_too():
+    from vae_jax.latents import HierarchicalVAE
+
+    model = HierarchicalVAE(image_shape=(4, 4, 1), latent_dims=(3, 2), hidden=((8,), (4,)))
+    params = init_params(model, jax.random.key(0))
+    run = functools.partial(
+        layered_importance_terms, model, params, key=jax.random.key(0), num_samples=4,
+        sample_chunk=2, label=None,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"values in \[0, 255\]"):
+        run(x=_BINARY * 255.0)
+    with pytest.raises(ValueError, match="example_ids must be 3 integers"):
+        run(x=_BINARY, example_ids=np.arange(2))
+    terms, layers = run(x=_BINARY)
+    assert terms.log_px.shape == (3,) and layers.kl.shape == (3, 2)
+
+
+def test_the_old_import_paths_still_work():
+    """The names other modules imported from vae_jax.evaluate before the split."""
+    import vae_jax
+    from vae_jax import evaluate, evaluation_run, importance
+    from vae_jax.evaluate import EvaluationError, evaluate_checkpoint, make_batch_evaluator
+
+    assert evaluate_checkpoint is evaluation_run.evaluate_checkpoint is vae_jax.evaluate_checkpoint
+    assert EvaluationError is evaluation_run.EvaluationError
+    assert callable(make_batch_evaluator)
+    for name in importance.__all__:
+        assert getattr(evaluate, name) is getattr(importance, name)
+    assert vae_jax.importance_log_likelihood is importance.importance_log_likelihood
+    with pytest.raises(AttributeError):
+        evaluate.no_such_name  # noqa: B018
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    """`python -m experiments.evaluate` in this process: (status, stdout, stderr)."""
+    from experiments import evaluate
+
+    try:
+        status = evaluate.main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_the_checkpoint_is_loaded_once(tiny_run, monkeypatch, capsys):
+    from vae_jax import checkpoint, evaluation_run
+
+    root, workdir = tiny_run
+    calls = []
+    real = checkpoint.load_checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", counting)
+    monkeypatch.setattr(evaluation_run, "load_checkpoint", counting)
+    report, _ = evaluation_run.evaluate_checkpoint(
+        workdir, num_samples=4, sample_chunk=2, num_examples=4, data_dir=str(root / "tfds"),
+        mnist_dir=str(root / "idx"), report_path=root / "once" / "report.json",
+        pictures_dir=root / "once" / "pictures", progress=False,
+    )  # fmt: skip
+    assert len(calls) == 1 and len(report["pictures"]) == 4
+
+
+def test_an_unwritable_output_is_one_line_before_the_computation(tiny_run, capsys):
+    """The report's directory is a regular file (unwritable even for root): refused in one
+    line with status 1 before the checkpoint or the data are read (nothing printed)."""
+    root, workdir = tiny_run
+    blocker = root / "a_file"
+    blocker.write_text("not a directory")
+    for flag, where in (("--report", blocker / "report.json"), ("--out", blocker / "pics")):
+        argv = _evaluate_args(root, workdir, "--num_samples", "4", flag, where)
+        if flag == "--out":
+            argv += ["--report", root / "elsewhere.json"]
+        status, out, err = _run(argv, capsys)
+        assert status == 1 and len(err.strip().splitlines()) == 1
+        assert f"cannot write the {'report' if flag == '--report' else 'pictures'}" in err
+        assert flag in err
+        assert out == ""  # nothing was loaded or computed (no "data: ..." line, no numbers)
+
+
+def test_the_write_check_creates_nothing(tmp_path):
+    """The pre-check only probes: a work directory that does not exist is not created."""
+    from vae_jax.checkpoint import CheckpointError
+    from vae_jax.evaluation_run import evaluate_checkpoint
+
+    with pytest.raises(CheckpointError):
+        evaluate_checkpoint(tmp_path / "nowhere", pictures_dir=tmp_path / "pics", progress=False)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_failed_report_write_comes_after_the_printed_numbers(tiny_run, monkeypatch, capsys):
+    """Issue 21: the IS numbers were computed and then lost when the report write failed.
+    Now they are on standard output first, and the failed write is one line, status 1; a
+    failed picture does not keep the report from being written."""
+    from vae_jax import evaluation_run
+
+    root, workdir = tiny_run
+    argv = _evaluate_args(
+        root, workdir, "--num_samples", "4", "--num_examples", "4",
+        "--report", root / "late" / "report.json", "--out", root / "late" / "pictures",
+    )  # fmt: skip
+
+    def refuse(path, value):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation_run, "write_json", refuse)
+        status, printed, err = _run(argv, capsys)
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "could not write the report" in err and "Permission denied" in err
+    assert "numbers are printed above" in err and "nll_is_k4 = " in printed
+
+    def no_pictures(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(root / "late" / "pictures"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation_run, "write_evaluation_pictures", no_pictures)
+        status, printed, err = _run(argv, capsys)
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "nll_is_k4 = " in printed
+    assert "but could not write the pictures" in err and "No space left" in err
+    report = json.loads((root / "late" / "report.json").read_text())
+    assert report["nll_is_k4"] > 0 and "pictures" not in report
+
+
+def test_a_read_only_run_directory(tiny_run, capsys, tmp_path):
+    """Issue 21: a read-only run directory gave a 23-line traceback. With the default
+    outputs (inside it) the refusal is one line before the computation; with --report and
+    --out elsewhere the evaluation runs (the checkpoint is only read)."""
+    import shutil
+
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    try:
+        (probe / "file").write_text("")
+        pytest.skip("this user can write a read-only directory (root with CAP_DAC_OVERRIDE)")
+    except PermissionError:
+        pass
+    root, workdir = tiny_run
+    frozen = tmp_path / "frozen"
+    shutil.copytree(workdir, frozen)
+    modes = []
+    for path in [frozen, *frozen.rglob("*")]:
+        if path.is_dir():
+            modes.append(path)
+            path.chmod(0o555)
+    try:
+        base = _evaluate_args(root, frozen, "--num_samples", "4", "--num_examples", "4")
+        status, printed, err = _run(base, capsys)
+        assert status == 1 and len(err.strip().splitlines()) == 1
+        assert "cannot write the report" in err and "--report" in err and printed == ""
+        out = tmp_path / "out"
+        status, printed, err = _run(
+            [*base, "--report", out / "r.json", "--out", out / "pics"], capsys
+        )
+        assert status == 0, err
+        assert "nll_is_k4 = " in printed
+        assert json.loads((out / "r.json").read_text())["num_examples"] == 4
+    finally:
+        for path in modes:
+            path.chmod(0o755)

@@ -9,8 +9,9 @@ from typing import Any
 from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_checkpoint
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
-from vae_jax.evaluate import evaluate_checkpoint, importance_log_likelihood
+from vae_jax.evaluation_run import evaluate_checkpoint
 from vae_jax.experiment import run_experiment
+from vae_jax.importance import importance_log_likelihood
 from vae_jax.latents import IAFVAE, HierarchicalVAE, VampPriorVAE
 from vae_jax.loop import FitResult, Preempted, RunDir, fit
 from vae_jax.mnist import DataUnavailableError, load_mnist, prepare_mnist

@@ -1,23 +1,16 @@
-"""Evaluation: the importance-sampled log-likelihood and the other test-set metrics.
+"""Evaluation over a data set: the batched importance-sampling pass and its report.
 
-Everything is in nats per example unless a name says otherwise. The estimator follows
-Burda, Grosse & Salakhutdinov (2016), Appendix (the protocol of their Table 1):
-
-    log p(x) ~ log (1/k) sum_{i=1..k} p(x|z_i) p(z_i) / q(z_i|x),   z_i ~ q(z|x),  k = 5000
-
-a stochastic lower bound (in expectation) that tends to log p(x) as k grows. With k = 5000 a
-batch of examples needs k decoder evaluations each, so the samples are processed in chunks of
-`sample_chunk` inside a `lax.scan` that keeps a running logsumexp: memory is bounded by
-``batch * sample_chunk`` decoder outputs, whatever k is.
-
-Randomness: the noise of sample s of example n is drawn from
-``fold_in(fold_in(key, n), s)``, so the estimate of an example does not depend on the batch
-size, on `sample_chunk`, or on which other examples are evaluated with it.
+`evaluate_dataset` runs `vae_jax.importance.importance_terms` over every example of an
+array, `batch_size` examples per compiled call (`make_batch_evaluator`); `make_report` turns
+the per-example results into the JSON-ready report (nats per example) and `format_report`
+into a few lines; `write_evaluation_pictures` draws the evaluation PNGs. The bounds
+themselves are in `vae_jax.importance` (re-exported here); loading a run's checkpoint and
+data, and writing the report, is `vae_jax.evaluation_run.evaluate_checkpoint`.
 
 On grey-level data a Bernoulli "likelihood" is not a normalised density (see
 `vae_jax.objectives.bernoulli_log_likelihood`), so the same numbers are not negative
-log-likelihoods there: `evaluate_checkpoint` then reports them as losses and gives no
-bits per dimension.
+log-likelihoods there: the report then names them as losses and gives no bits per
+dimension.
 """
 
 from __future__ import annotations
@@ -30,7 +23,7 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -40,433 +33,33 @@ from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from vae_jax.arrays import is_image_shape, to_float, to_float_np
-from vae_jax.models import VAE, DecoderOutput
-from vae_jax.objectives import (
-    Objective,
-    diag_gaussian_log_prob,
-    gaussian_kl,
-    log_likelihood,
-    standard_normal_log_prob,
+from vae_jax.importance import (
+    ACTIVE_UNIT_THRESHOLD,
+    ActiveUnits,
+    ImportanceTerms,
+    LayerTerms,
+    active_units,
+    bernoulli_log_prob_fused,
+    bits_per_dim,
+    check_inputs,
+    elbo,
+    importance_log_likelihood,
+    importance_terms,
+    layered_importance_terms,
 )
+from vae_jax.models import VAE
 from vae_jax.train import padded_batches
-from vae_jax.workdir import write_json
+
+if TYPE_CHECKING:
+    from vae_jax.checkpoint import LoadedModel
 
 Params = Any
 
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), Section 5.2
 # IS >= ELBO holds exactly for the same samples, but both are float32 sums: a model whose
 # weights do not depend on z (a collapsed posterior, q(z|x) = p(z)) has IS = ELBO, and
 # rounding then puts IS below the ELBO by ~1e-5 nats (measured: 8.5e-6 at an ELBO of
 # -206.23). The check allows this relative slack, far below any real failure.
 IS_ELBO_RTOL = 1e-6
-
-
-class ImportanceTerms(NamedTuple):
-    """Per-example results of one importance-sampling pass, each [batch] in nats.
-
-    Attributes:
-      log_px: the importance-sampled estimate of log p(x) with k samples (IS_k).
-      elbo: ``mean_i log p(x|z_i) - KL(q(z|x) || p(z))`` with the same k samples and the KL
-        in closed form: the ELBO, estimated with k samples.
-      log_px_z: ``mean_i log p(x|z_i)``, the expected reconstruction term.
-      kl: KL(q(z|x) || p(z)) in closed form; for a model with ``sample_latent`` (no closed
-        form) the Monte Carlo ``mean_i (log q(z_i|x) - log p(z_i))`` over the same samples.
-    """
-
-    log_px: jax.Array
-    elbo: jax.Array
-    log_px_z: jax.Array
-    kl: jax.Array
-
-
-class LayerTerms(NamedTuple):
-    """Per-layer results of one importance-sampling pass of a model with several stochastic
-    layers (``sample_layers``: `vae_jax.latents.HierarchicalVAE`), bottom layer first.
-
-    Attributes:
-      kl: [batch, layers] each layer's share of the Monte Carlo KL,
-        ``mean_i [log q(z_l|z_{l-1}) - log p(z_l|z_{l+1})]`` over the k samples (z_0 = x;
-        the top layer's p is N(0, I)); summed over layers it is `ImportanceTerms.kl`.
-      mean: one [batch, d_l] array per layer, E_q[z_l] estimated as the mean over the same
-        k samples of q(z_l|z_{l-1})'s mean at the sampled z_{l-1} (exact for the bottom
-        layer; for the others the noise of averaging samples themselves, Var_q / k, would
-        count as activity at small k): what the per-layer active units use.
-    """
-
-    kl: jax.Array
-    mean: tuple[jax.Array, ...]
-
-
-class ActiveUnits(NamedTuple):
-    """Active latent units (Burda et al., 2016): ``A_u = Cov_x(E_q(z|x)[z_u]) > threshold``.
-
-    Attributes:
-      num_active: the number of active units (a Python int).
-      variance: [z_dim] the variance over the data of each posterior-mean coordinate.
-      threshold: the activity threshold (0.01 in the paper).
-    """
-
-    num_active: int
-    variance: np.ndarray
-    threshold: float
-
-
-_PRODUCT_GROUP = 16  # softplus terms multiplied before one log: each factor is in [1, 2]
-
-
-def bernoulli_log_prob_fused(x: jax.Array, logits: jax.Array) -> jax.Array:
-    """``sum_d x_d * l_d - softplus(l_d)``: the Bernoulli log-likelihood from logits, fast.
-
-    The same quantity as `vae_jax.objectives.bernoulli_log_likelihood` (equal to float32
-    rounding, ~1e-4 nats on 784 pixels), written for the importance-sampling inner loop,
-    where the 784 softplus evaluations per decoder call cost more than the decoder's
-    matmuls. With ``softplus(l) = max(l, 0) + log(1 + exp(-|l|))`` and every factor
-    ``1 + exp(-|l|)`` in [1, 2], groups of 16 factors are multiplied (at most 2^16, exact to
-    a few float32 ulps) and one log is taken per group: one exp per pixel and one log per 16
-    pixels instead of an exp and a log1p per pixel. Finite for any finite logit.
-
-    Args:
-      x: [batch, D] targets in [0, 1].
-      logits: [samples, batch, D] Bernoulli logits.
-
-    Returns:
-      [samples, batch] log-likelihood in nats, summed over the D pixels.
-    """
-    linear = jnp.sum(x[None] * logits - jnp.maximum(logits, 0.0), axis=-1)
-    factors = 1.0 + jnp.exp(-jnp.abs(logits))  # [samples, batch, D], each in [1, 2]
-    d = factors.shape[-1]
-    pad = -d % _PRODUCT_GROUP
-    if pad:
-        factors = jnp.concatenate(
-            [factors, jnp.ones((*factors.shape[:-1], pad), factors.dtype)], axis=-1
-        )
-    grouped = factors.reshape(*factors.shape[:-1], -1, _PRODUCT_GROUP)
-    return linear - jnp.sum(jnp.log(jnp.prod(grouped, axis=-1)), axis=-1)
-
-
-def importance_terms(
-    model: VAE,
-    params: Params,
-    x: ArrayLike,
-    label: ArrayLike | None,
-    key: jax.Array,
-    *,
-    num_samples: int,
-    sample_chunk: int,
-    example_ids: ArrayLike | None = None,
-) -> ImportanceTerms:
-    """The importance-sampled log p(x) and the ELBO from the same k samples, per example.
-
-    ``IS_k = logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k`` with
-    z_i ~ q(z|x), i = 1..k. The k samples are drawn and decoded `sample_chunk` at a time
-    inside a `lax.scan` carrying a running logsumexp (running max and rescaled sum), so the
-    largest intermediate is ``[sample_chunk, batch, *image_shape]``. When `sample_chunk`
-    does not divide k the last chunk is padded and its extra samples get weight 0.
-
-    Args:
-      model: a `VAE` (or any module with `encode`/`decode` methods and a `likelihood`), or
-        a module with ``sample_latent`` (`vae_jax.latents`: its own q and p, evaluated
-        example by example, see `_sampled_importance_terms`).
-      params: its parameters.
-      x: [batch, *image_shape] examples (uint8 grey levels are scaled by 1/255).
-      label: [batch] int labels for a conditional model, else None.
-      key: the only source of randomness (see the module docstring).
-      num_samples: k, importance samples per example.
-      sample_chunk: samples decoded per scan step (memory and speed, not the result).
-      example_ids: [batch] int ids that seed each example's noise (default 0..batch-1);
-        the dataset evaluation passes global indices.
-
-    Returns:
-      An `ImportanceTerms` of [batch] float32 arrays in nats (summed over pixels and
-      latents, not reduced over the batch).
-    """
-    if num_samples < 1 or sample_chunk < 1:
-        raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
-    sample_chunk = min(sample_chunk, num_samples)
-    if hasattr(model, "sample_latent"):
-        return _sampled_importance_terms(
-            model,
-            params,
-            x,
-            label,
-            key,
-            num_samples=num_samples,
-            sample_chunk=sample_chunk,
-            example_ids=example_ids,
-        )[0]
-    x = to_float(x)
-    batch = x.shape[0]
-    encoded: Any = model.apply({"params": params}, x, label, method="encode")
-    mean, logvar = (a.astype(jnp.float32) for a in encoded)  # [batch, z_dim] each
-    std = jnp.exp(0.5 * logvar)
-    ids = jnp.arange(batch) if example_ids is None else jnp.asarray(example_ids)
-    example_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)  # [batch]
-    z_dim = mean.shape[-1]
-
-    def noise(sample: jax.Array) -> jax.Array:  # [batch, z_dim] for one sample index
-        return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, sample), (z_dim,)))(
-            example_keys
-        )
-
-    num_chunks = math.ceil(num_samples / sample_chunk)
-
-    x_flat = x.reshape(batch, -1)  # [batch, D]
-    label_tiled = None if label is None else jnp.tile(jnp.asarray(label), sample_chunk)
-
-    def body(carry, chunk):
-        running_max, running_sum, sum_log_px_z = carry  # [batch] each
-        samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
-        valid = samples < num_samples
-        eps = jax.vmap(noise)(samples)  # [chunk, batch, z_dim]
-        z = mean[None] + std[None] * eps
-        # Decode all chunk * batch samples as one matrix: [chunk * batch, z_dim] rows, so
-        # the decoder's matmuls are large; row c * batch + b is sample c of example b.
-        output = model.apply({"params": params}, z.reshape(-1, z_dim), label_tiled, method="decode")
-        loc = output.loc.astype(jnp.float32).reshape(sample_chunk, batch, -1)  # [chunk, batch, D]
-        if model.likelihood == "bernoulli":
-            log_px_z = bernoulli_log_prob_fused(x_flat, loc)  # [chunk, batch]
-        else:
-            logvar_x = None if output.logvar is None else output.logvar.astype(jnp.float32)
-            if logvar_x is not None and logvar_x.ndim:
-                logvar_x = logvar_x.reshape(-1)  # per-pixel: [D]
-            log_px_z = log_likelihood(model, x_flat, DecoderOutput(loc, logvar_x), event_ndims=1)
-        log_w = log_px_z + standard_normal_log_prob(z) - diag_gaussian_log_prob(z, mean, logvar)
-        log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
-        new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
-        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
-            jnp.exp(log_w - new_max[None]), axis=0
-        )
-        sum_log_px_z = sum_log_px_z + jnp.sum(jnp.where(valid[:, None], log_px_z, 0.0), axis=0)
-        return (new_max, running_sum, sum_log_px_z), None
-
-    init = (
-        jnp.full((batch,), -jnp.inf, jnp.float32),
-        jnp.zeros((batch,), jnp.float32),
-        jnp.zeros((batch,), jnp.float32),
-    )
-    (running_max, running_sum, sum_log_px_z), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
-    log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
-    kl = gaussian_kl(mean, logvar)
-    log_px_z = sum_log_px_z / num_samples
-    return ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
-
-
-def _sampled_importance_terms(
-    model: Any,
-    params: Params,
-    x: ArrayLike,
-    label: ArrayLike | None,
-    key: jax.Array,
-    *,
-    num_samples: int,
-    sample_chunk: int,
-    example_ids: ArrayLike | None,
-) -> tuple[ImportanceTerms, LayerTerms | None]:
-    """`importance_terms` for a model with ``sample_latent`` (several latent layers, a
-    learned prior, a flow): its own log q and log p, and the KL as ``mean_i (log q - log p)``
-    over the same k samples (no closed form). A model that also has ``sample_layers``
-    (`vae_jax.latents.HierarchicalVAE`) gets each layer's KL and posterior mean too, as a
-    `LayerTerms` (else None).
-
-    Sample s of example n is one call of the model's ``sample_latent`` with batch 1 and
-    L = 1 under the key ``fold_in(fold_in(key, n), s)`` (vmapped over the chunk's samples
-    and the batch's examples), so, as for `encode` models, the estimate of an example does
-    not depend on the batch size, on `sample_chunk` or on the other examples.
-    """
-    x = to_float(x)
-    batch = x.shape[0]
-    ids = jnp.arange(batch) if example_ids is None else jnp.asarray(example_ids)
-    labels = None if label is None else jnp.asarray(label)
-    num_chunks = math.ceil(num_samples / sample_chunk)
-    apply = functools.partial(model.apply, {"params": params})
-    layered = hasattr(model, "sample_layers")
-
-    def one_example(x1: jax.Array, label1: jax.Array | None, example_id: jax.Array):
-        example_key = jax.random.fold_in(key, example_id)
-        x1 = x1[None]  # [1, *event_shape]
-        label1 = None if label1 is None else label1[None]
-
-        def one_sample(sample: jax.Array) -> tuple[Any, jax.Array, jax.Array, tuple[Any, ...]]:
-            """(z, log_q, log_p, layer means) of sample `sample`; log densities [layers, 1]
-            (or [1, 1]); the layer means () for a model without sample_layers."""
-            sample_key = jax.random.fold_in(example_key, sample)
-            if layered:
-                layers = apply(x1, label1, sample_key, 1, method="sample_layers")
-                z = tuple(a[0] for a in layers.z)  # drop L = 1: [1, d_i]
-                mean = tuple(a[0] for a in layers.mean)
-                return z, layers.log_q[:, 0], layers.log_p[:, 0], mean
-            latent = apply(x1, label1, sample_key, 1, method="sample_latent")
-            return jax.tree.map(lambda a: a[0], latent.z), latent.log_q, latent.log_p, ()
-
-        def body(carry, chunk):
-            running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_mean = carry
-            samples = chunk * sample_chunk + jnp.arange(sample_chunk)  # [chunk]
-            valid = samples < num_samples
-            z, log_q, log_p, mean = jax.vmap(one_sample)(samples)  # leaves [chunk, 1, ...]
-            output = apply(z, label1, method="decode")
-            loc = output.loc.astype(jnp.float32)  # [chunk, 1, *event_shape]
-            if model.likelihood == "bernoulli":  # (the fast form, as for encode models)
-                log_px_z = bernoulli_log_prob_fused(
-                    x1.reshape(1, -1), loc.reshape(sample_chunk, 1, -1)
-                )  # [chunk, 1]
-            else:
-                logvar_x = None if output.logvar is None else output.logvar.astype(jnp.float32)
-                output = DecoderOutput(loc, logvar_x)
-                log_px_z = log_likelihood(model, x1, output, event_ndims=x1.ndim - 1)
-            log_w = log_px_z + jnp.sum(log_p - log_q, axis=1)
-            log_w = jnp.where(valid[:, None], log_w, -jnp.inf)
-            new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
-            running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
-                jnp.exp(log_w - new_max[None]), axis=0
-            )
-
-            def keep(v: jax.Array) -> jax.Array:  # sum over the chunk's valid samples
-                mask = valid.reshape(-1, *(1,) * (v.ndim - 1))
-                return jnp.sum(jnp.where(mask, v, 0.0), axis=0)
-
-            sum_log_px_z = sum_log_px_z + keep(log_px_z)
-            sum_layer_kl = sum_layer_kl + keep(log_q - log_p)  # [layers, 1]
-            if layered:
-                sum_mean = tuple(a + keep(b) for a, b in zip(sum_mean, mean, strict=True))
-            return (new_max, running_sum, sum_log_px_z, sum_layer_kl, sum_mean), None
-
-        shapes = jax.eval_shape(one_sample, jnp.zeros((), jnp.int32))
-        init = (
-            jnp.full((1,), -jnp.inf, jnp.float32),
-            jnp.zeros((1,), jnp.float32),
-            jnp.zeros((1,), jnp.float32),
-            jnp.zeros(shapes[1].shape, jnp.float32),
-            tuple(jnp.zeros(a.shape, jnp.float32) for a in shapes[0]) if layered else (),
-        )
-        carry, _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
-        running_max, running_sum, sum_log_px_z, sum_layer_kl, sum_mean = carry
-        log_px = running_max + jnp.log(running_sum) - math.log(num_samples)
-        layer_kl = sum_layer_kl[:, 0] / num_samples  # [layers]
-        layer_mean = tuple(a[0] / num_samples for a in sum_mean)  # [d_i] each
-        return log_px[0], sum_log_px_z[0] / num_samples, layer_kl, layer_mean
-
-    in_axes = (0, None if labels is None else 0, 0)
-    log_px, log_px_z, layer_kl, layer_mean = jax.vmap(one_example, in_axes)(x, labels, ids)
-    kl = jnp.sum(layer_kl, axis=-1)
-    terms = ImportanceTerms(log_px, log_px_z - kl, log_px_z, kl)
-    return terms, LayerTerms(layer_kl, layer_mean) if layered else None
-
-
-def layered_importance_terms(
-    model: Any,
-    params: Params,
-    x: ArrayLike,
-    label: ArrayLike | None,
-    key: jax.Array,
-    *,
-    num_samples: int,
-    sample_chunk: int,
-    example_ids: ArrayLike | None = None,
-) -> tuple[ImportanceTerms, LayerTerms]:
-    """`importance_terms` and, from the same samples, each stochastic layer's KL and
-    posterior mean (`LayerTerms`), for a model with ``sample_layers``
-    (`vae_jax.latents.HierarchicalVAE`); the arguments are `importance_terms`'s."""
-    if not hasattr(model, "sample_layers"):
-        raise ValueError(f"{type(model).__name__} has no sample_layers: one stochastic layer")
-    if num_samples < 1 or sample_chunk < 1:
-        raise ValueError(f"need num_samples, sample_chunk >= 1, got {num_samples}, {sample_chunk}")
-    terms, layers = _sampled_importance_terms(
-        model,
-        params,
-        x,
-        label,
-        key,
-        num_samples=num_samples,
-        sample_chunk=min(sample_chunk, num_samples),
-        example_ids=example_ids,
-    )
-    assert layers is not None
-    return terms, layers
-
-
-def importance_log_likelihood(
-    model: VAE,
-    params: Params,
-    x: ArrayLike,
-    label: ArrayLike | None,
-    key: jax.Array,
-    *,
-    num_samples: int,
-    sample_chunk: int,
-) -> jax.Array:
-    """The importance-sampled estimate of log p(x) with k = `num_samples`, per example.
-
-    ``log p(x) ~ logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k``,
-    z_i ~ q(z|x) (Burda et al., 2016, with k = 5000 for their Table 1). A lower bound in
-    expectation, non-decreasing in k, tending to log p(x). Memory is bounded by
-    `sample_chunk` (see `importance_terms`); the result does not depend on it.
-
-    Example:
-      >>> fn = jax.jit(functools.partial(  # static configuration through partial
-      ...     importance_log_likelihood, model, num_samples=5000, sample_chunk=100))
-      >>> log_px = fn(params, images, None, jax.random.key(0))  # [batch] nats
-
-    Returns:
-      [batch] estimates in nats (summed over pixels; not reduced over the batch).
-
-    References:
-      Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
-    """
-    return importance_terms(
-        model, params, x, label, key, num_samples=num_samples, sample_chunk=sample_chunk
-    ).log_px
-
-
-def elbo(
-    model: VAE,
-    params: Params,
-    x: ArrayLike,
-    label: ArrayLike | None,
-    key: jax.Array,
-    *,
-    num_samples: int = 1,
-) -> jax.Array:
-    """``ELBO = E_q(z|x)[log p(x|z)] - KL(q(z|x) || p(z))`` per example: [batch] nats.
-
-    The expectation is a Monte Carlo mean over `num_samples` reparameterized samples drawn
-    from `key`; the KL is in closed form. Summed over pixels and latents, not reduced over
-    the batch.
-    """
-    objective = Objective(model, "elbo", num_samples=num_samples)
-    batch: dict[str, Any] = {"image": to_float(x)}
-    if label is not None:
-        batch["label"] = jnp.asarray(label)
-    return objective.per_example(params, batch, key).elbo
-
-
-def bits_per_dim(log_px: ArrayLike, num_dims: int) -> jax.Array:
-    """``-log p(x) / (D ln 2)``: nats per example -> bits per dimension (same shape).
-
-    Only meaningful when log p(x) is a normalised log-probability of the data, e.g. a
-    Bernoulli likelihood on binarized images; not for a Bernoulli "likelihood" on grey
-    levels (a loss with a non-zero floor).
-    """
-    return -jnp.asarray(log_px) / (num_dims * math.log(2.0))
-
-
-def active_units(
-    posterior_mean: ArrayLike, *, threshold: float = ACTIVE_UNIT_THRESHOLD
-) -> ActiveUnits:
-    """Count active latent units: ``A_u = Cov_x(E_q(z|x)[z_u]) > threshold``.
-
-    Args:
-      posterior_mean: [N, z_dim] posterior means E_q(z|x)[z] of N examples.
-      threshold: activity threshold (Burda et al., 2016, use 0.01).
-
-    Returns:
-      An `ActiveUnits` with the count and each unit's variance over the data (float64,
-      population variance over the N examples).
-    """
-    mean = np.asarray(posterior_mean, np.float64)
-    if mean.ndim != 2 or mean.shape[0] < 2:
-        raise ValueError(f"posterior_mean must be [N >= 2, z_dim], got {mean.shape}")
-    variance = mean.var(axis=0)
-    return ActiveUnits(int(np.sum(variance > threshold)), variance, threshold)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -542,16 +135,23 @@ def evaluate_dataset(
       images: [N, *image_shape] uint8 grey levels (or 0/255 binarized) or floats in [0, 1].
       labels: [N] int labels (needed only by a conditional model).
       progress: show a tqdm bar (unit: examples).
+
+    Raises:
+      ValueError: (one line, before any computation) data that do not fit the model
+        (`vae_jax.importance.check_inputs`: no examples, NaN, values outside [0, 1] for
+        a Bernoulli likelihood, labels, ...) or a `batch_size` below 1.
     """
+    use_labels = getattr(model, "num_classes", 0) > 0
+    check_inputs(model, images, labels if use_labels else None, name="images")
+    valid = isinstance(batch_size, int | np.integer) and not isinstance(batch_size, bool)
+    if not valid or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     n = len(images)
-    if n == 0:
-        raise ValueError("no examples to evaluate")
     batch_size = min(batch_size, n)
     per_layer = hasattr(model, "sample_layers")
     fn = make_batch_evaluator(
         model, num_samples=num_samples, sample_chunk=sample_chunk, per_layer=per_layer
     )
-    use_labels = getattr(model, "num_classes", 0) > 0
     outputs: list[Any] = []  # (terms, mean) or (terms, mean, layers) per batch
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -610,139 +210,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-class EvaluationError(RuntimeError):
-    """A sanity check of the evaluation failed (e.g. the IS estimate fell below the ELBO)."""
-
-
-def evaluate_checkpoint(
-    workdir: str | os.PathLike,
-    *,
-    num_samples: int = 5000,
-    sample_chunk: int = 20,
-    batch_size: int = 100,
-    num_examples: int | None = None,
-    seed: int = 0,
-    step: int | None = None,
-    data_dir: str | None = None,
-    mnist_dir: str | None = None,
-    report_path: str | os.PathLike | None = None,
-    pictures_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> tuple[dict[str, Any], DatasetResult]:
-    """Evaluate a trained checkpoint on the test set: IS log-likelihood, ELBO, KL, bits/dim,
-    active units; write a JSON report.
-
-    The data come from `vae_jax.sources.prepare_data` with the checkpoint's own
-    configuration, so padding and binarization match training: a dynamically binarized
-    model is scored on the test set binarized once with the configured fixed seed.
-
-    Report keys (nats per example, means over the evaluated test examples):
-      ``nll_is_k{k}``: minus the importance-sampled log p(x) with k samples (binarized data
-      with a Bernoulli likelihood only; on grey levels the same number is called
-      ``neg_is_estimate_k{k}`` and is a loss, not an NLL), ``neg_elbo`` (minus the ELBO,
-      E_q[log p(x|z)] from the same k samples, KL in closed form), ``kl``,
-      ``neg_log_px_z``, ``bits_per_dim_is_k{k}`` (binarized data only), ``active_units``,
-      standard errors over examples, the check ``is_ge_elbo`` and its per-example fraction,
-      wall time, peak memory and decoder evaluations per second.
-
-    Args:
-      workdir: an experiment work directory (config.json and checkpoints/).
-      num_samples: k importance samples per example.
-      sample_chunk, batch_size: memory/speed knobs (see `evaluate_dataset`); the numbers do
-        not depend on them.
-      num_examples: evaluate the first N test examples (default all).
-      seed: seed of the importance-sampling key.
-      step: checkpoint step (default the newest).
-      report_path: where the JSON goes (default ``workdir/evaluation_k{k}.json``).
-      pictures_dir: if given, also write `write_evaluation_pictures`'s PNGs there.
-
-    Returns:
-      (report dict, `DatasetResult`).
-
-    Raises:
-      EvaluationError: the mean IS estimate is below the mean ELBO (written to the report
-        first); this cannot happen for a correct estimator, up to Monte Carlo noise.
-    """
-    from vae_jax.checkpoint import load_checkpoint
-    from vae_jax.sources import prepare_data
-
-    loaded = load_checkpoint(workdir, step)
-    config = loaded.config
-    assert config is not None  # (loaded without a model: from its recorded configuration)
-    _, train, test = prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
-    if test is None:
-        log(f"note: {config.data.dataset} has no test split: evaluating the training set")
-        test = train
-    images, labels = test.image, test.label
-    if num_examples is not None:
-        if num_examples < 1:
-            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-        images, labels = images[:num_examples], labels[:num_examples]
-    k = num_samples
-    # A true log-density of the data: a Bernoulli likelihood of binary data, or a Gaussian
-    # density (continuous, of the values as the model sees them: uint8 scaled by 1/255).
-    normalised = config.model.likelihood != "bernoulli" or config.data.binarize != "none"
-    if not normalised:
-        log(
-            f"note: {config.data.variant} with a {config.model.likelihood} likelihood: the "
-            "IS estimate and the ELBO are reported as losses (neg_is_estimate_k*, neg_elbo); "
-            "they are not negative log-likelihoods and no bits/dim is given"
-        )
-    result = evaluate_dataset(
-        loaded.model,
-        loaded.params,
-        images,
-        labels,
-        jax.random.key(seed),
-        num_samples=k,
-        sample_chunk=sample_chunk,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    report = make_report(
-        result,
-        config=config,
-        model=cast(VAE, loaded.model),
-        params=loaded.params,
-        num_samples=k,
-        normalised=normalised,
-    )
-    report.update(
-        workdir=str(Path(workdir).absolute()),
-        step=loaded.step,
-        epoch=loaded.meta.get("epoch"),
-        seed=seed,
-        sample_chunk=sample_chunk,
-        batch_size=batch_size,
-    )
-    if pictures_dir is not None:
-        pictures = write_evaluation_pictures(
-            workdir,
-            pictures_dir,
-            posterior_mean=result.posterior_mean,
-            images=images,
-            labels=labels,
-            step=loaded.step,
-        )
-        report["pictures"] = [str(p) for p in pictures]
-    path = Path(report_path) if report_path else Path(workdir) / f"evaluation_k{k}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, report)
-    log(format_report(report))
-    log(
-        f"wrote {path}"
-        + (f" and {len(report['pictures'])} PNGs in {pictures_dir}" if pictures_dir else "")
-    )
-    if not report["is_ge_elbo"]:
-        raise EvaluationError(
-            f"mean IS estimate ({-report[report['is_key']]:.4f}) is below the mean ELBO "
-            f"({-report['neg_elbo']:.4f}): the estimator or the checkpoint is broken"
-        )
-    return report, result
+# ----------------------------------------------------------------------------- report
 
 
 def make_report(
@@ -893,6 +361,7 @@ def write_evaluation_pictures(
     images: np.ndarray,
     labels: np.ndarray,
     step: int | None = None,
+    loaded: LoadedModel | None = None,
     num_interpolations: int = 8,
     interpolation_steps: int = 10,
 ) -> list[Path]:
@@ -910,13 +379,17 @@ def write_evaluation_pictures(
       workdir: the experiment's work directory (checkpoint and metrics.jsonl).
       posterior_mean: [N, z_dim] posterior means of `images` (e.g. `DatasetResult`'s).
       images: [N, *image_shape] uint8 test images (as evaluated), labels: [N] int.
-      step: checkpoint step (default the newest).
+      step: checkpoint step (default the newest); ignored when `loaded` is given.
+      loaded: the checkpoint as `vae_jax.checkpoint.load_checkpoint` returned it (the one
+        that was evaluated); by default it is loaded from `workdir` and `step`.
     """
     from vae_jax import visualize
-    from vae_jax.checkpoint import load_checkpoint
     from vae_jax.models import decoder_mean
 
-    loaded = load_checkpoint(workdir, step)
+    if loaded is None:
+        from vae_jax.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(workdir, step)
     model, params, config = cast(VAE, loaded.model), loaded.params, loaded.config
     assert config is not None  # (loaded without a model: from its recorded configuration)
     out = Path(out_dir)
@@ -990,17 +463,32 @@ def write_evaluation_pictures(
     return written
 
 
+# The experiment-level names moved to `vae_jax.evaluation_run` (which imports this module);
+# ``from vae_jax.evaluate import evaluate_checkpoint, EvaluationError`` still works.
+_MOVED = ("EvaluationError", "evaluate_checkpoint")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from vae_jax import evaluation_run
+
+        return getattr(evaluation_run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "ACTIVE_UNIT_THRESHOLD",
+    "IS_ELBO_RTOL",
     "ActiveUnits",
     "DatasetResult",
-    "EvaluationError",
     "ImportanceTerms",
     "LayerTerms",
     "active_units",
+    "bernoulli_log_prob_fused",
     "bits_per_dim",
+    "check_inputs",
     "decoder_flops",
     "elbo",
-    "evaluate_checkpoint",
     "evaluate_dataset",
     "format_report",
     "importance_log_likelihood",
@@ -1008,5 +496,6 @@ __all__ = [
     "layered_importance_terms",
     "make_batch_evaluator",
     "make_report",
+    "peak_rss_mib",
     "write_evaluation_pictures",
 ]
