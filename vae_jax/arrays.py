@@ -12,7 +12,10 @@ A data set is a `Split` per split: ``x`` ``[N, *event_shape]`` and integer ``lab
 
 The event shape is anything: vectors ``[D]``, grey or colour images ``[H, W, C]``. Labels
 are optional (zeros when absent) unless the model is conditional. The train loop, the
-evaluation and the estimator take data in this form; `check_split` is where it is checked.
+evaluation and the estimator take data in this form. Each rule about user arrays is written
+here once (the block below); `check_split` applies them to a data set where it enters,
+`check_inputs` to a model's batch (the objectives, the importance-sampled bounds), and the
+estimator applies `check_values` after scikit-learn's own checks.
 """
 
 from __future__ import annotations
@@ -100,14 +103,16 @@ def to_float_np(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the rules
 
 
-def _is_real(dtype: Any) -> bool:
+def is_real_dtype(dtype: Any) -> bool:
+    """Whether values of `dtype` can be modelled: bool, integer or floating point (bfloat16
+    included); not complex, object or strings."""
     return any(jnp.issubdtype(dtype, kind) for kind in (jnp.bool_, jnp.integer, jnp.floating))
 
 
 def check_dtype(dtype: Any, *, name: str) -> None:
     """Raise ValueError unless `dtype` is real (bool, integer, floating point): `name` is the
     array's name in the message ("training data: x")."""
-    if not _is_real(dtype):
+    if not is_real_dtype(dtype):
         complex_ = np.dtype(dtype).kind == "c"
         raise ValueError(
             f"{name} must be numeric (uint8, or values as given), got dtype {dtype}"

@@ -47,7 +47,7 @@ except ImportError:  # one line, not a chain of two tracebacks
         "vae_jax.VAEEstimator needs scikit-learn >= 1.6: pip install 'vae-jax[sklearn]'"
     ) from None
 
-from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE
+from vae_jax.arrays import check_values
 from vae_jax.config import ModelConfig
 from vae_jax.estimator_files import SavedEstimatorError, load_estimator, save_estimator
 from vae_jax.evaluate import make_batch_evaluator
@@ -348,9 +348,10 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     # ------------------------------------------------------------------ input checks
 
     def _validate(self, X: Any, *, reset: bool, unit_interval: bool = False) -> np.ndarray:
-        """X checked (dense, real, finite, 2-D or images, the fitted shape unless `reset`)
-        and returned as a float64 or float32 array; `validate_data` records
-        ``n_features_in_`` / ``feature_names_in_`` when `reset`."""
+        """X checked (dense, real, finite as float32, 2-D or images, the fitted shape unless
+        `reset`, in [0, 1] when `unit_interval`) and returned as a float64 or float32 array:
+        scikit-learn's `validate_data` first (it records ``n_features_in_`` /
+        ``feature_names_in_`` when `reset`), then `vae_jax.arrays.check_values`."""
         if sparse.issparse(X):
             raise TypeError(
                 f"VAEEstimator needs dense data, got a sparse {type(X).__name__}: convert it "
@@ -381,10 +382,6 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         )
         if 0 in x.shape[1:]:
             raise ValueError(f"X has no features: shape {x.shape}")
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        if bad:
-            what = "NaN" if np.isnan(x).any() else "infinite values"
-            raise ValueError(f"X contains {what} ({bad} non-finite values of {x.size})")
         if not reset:
             shape = tuple(x.shape[1:])
             if shape != self.feature_shape_:
@@ -392,18 +389,14 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                     f"X has examples of shape {shape}; this VAEEstimator was fitted on examples "
                     f"of shape {self.feature_shape_}"
                 )
-        if unit_interval:
-            low, high = float(x.min()), float(x.max())
-            tol = UNIT_INTERVAL_TOLERANCE
-            if low < -tol or high > 1.0 + tol:
-                raise ValueError(
-                    f"X has values in [{low:g}, {high:g}]; a Bernoulli likelihood needs values in "
-                    "[0, 1] (rescale; in a pipeline MinMaxScaler(clip=True) keeps held-out data "
-                    "in [0, 1]; or use likelihood='gaussian_pixel' for real values)"
-                )
-            if low < 0.0 or high > 1.0:  # round-off only
-                x = np.clip(x, 0.0, 1.0)
-        return x
+        # The library's finite / [0, 1] rule (finite as float32; round-off clipped), as fit's.
+        return check_values(
+            x,
+            name="X",
+            unit_interval=unit_interval,
+            advice="rescale; in a pipeline MinMaxScaler(clip=True) keeps held-out data in [0, 1]; "
+            "or use likelihood='gaussian_pixel' for real values",
+        )
 
     # ------------------------------------------------------------------ inference
 
