@@ -28,17 +28,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-# One home per rule (what else in the library repeats one of them calls these):
-#   scale rule   uint8 levels -> [0, 1]: UINT8_SCALE, `to_float` (in jit), `to_float_np` (host),
-#                the same bits; `binarize_once` divides by UINT8_MAX (its bits predate the scale)
-#   dtype rule   "uint8 stays uint8, anything else float32": `storage_dtype`, `as_stored`
-#   value rule   finite (as float32), in [0, 1] when asked (round-off clipped): `check_values`
-#   shape rule   [N >= 1, *event_shape]: `check_shape`
-#   label rule   integer [N], in 0..num_classes - 1 for a conditional model: `check_labels`
-#   callers      `check_split` (fit, the data sources, MNIST), `check_inputs` (the objectives
-#                and the importance-sampled bounds: a model's batch, values checked only
-#                where concrete), `VAEEstimator._validate` (after scikit-learn's validate_data).
-#   under jit    a label outside 0..num_classes - 1 turns the one-hot NaN: models._one_hot.
+# One home per rule (file:line of this version; everything else that needs a rule calls it):
+#   scale   uint8 levels -> [0, 1]: UINT8_SCALE (arrays.py:50), `to_float` in jit
+#           (arrays.py:93), `to_float_np` on the host (arrays.py:101), the same
+#           bits; `binarize_once` divides by UINT8_MAX instead (its bits predate the scale)
+#   dtype   "uint8 stays uint8, any other real dtype is float32": `storage_dtype`
+#           (arrays.py:77), `as_stored` (arrays.py:83); what is real:
+#           `is_real_dtype` (arrays.py:112)
+#   values  finite as float32, in [0, 1] when asked (round-off clipped): `check_values`
+#           (arrays.py:149)
+#   shape   [N >= 1, *event_shape]: `check_shape` (arrays.py:129)
+#   labels  integer [N], in 0..num_classes - 1 for a conditional model: `check_labels`
+#           (arrays.py:191); under jit, where values are abstract, a label out of
+#           range makes the model's one-hot NaN: `_one_hot` (models.py:52)
+# Boundaries: `check_split` (arrays.py:224; fit, the data sources, MNIST), `check_inputs`
+# (arrays.py:267; the objectives' `check_batch`, the importance-sampled bounds; values only
+# where concrete), `VAEEstimator._validate` (estimator.py:350; scikit-learn's validate_data,
+# then `check_values`).
 
 UINT8_MAX = 255
 UINT8_SCALE = 1.0 / UINT8_MAX
