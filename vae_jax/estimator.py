@@ -47,7 +47,7 @@ except ImportError:  # one line, not a chain of two tracebacks
         "vae_jax.VAEEstimator needs scikit-learn >= 1.6: pip install 'vae-jax[sklearn]'"
     ) from None
 
-from vae_jax.arrays import check_values
+from vae_jax.arrays import Split, check_values
 from vae_jax.config import ModelConfig
 from vae_jax.estimator_files import SavedEstimatorError, load_estimator, save_estimator
 from vae_jax.evaluate import make_batch_evaluator
@@ -330,11 +330,12 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         stopper = None
         if x_val is not None:
             stopper = _EarlyStopping(settings.n_iter_no_change, settings.tol)
+        # Splits: X was checked once, by `_validate`; fit takes a Split as checked.
         result = fit_loop(
             make_elbo(model),
             optax.adam(settings.learning_rate),
-            x_train,
-            x_test=x_val,
+            _unlabelled(x_train),
+            x_test=None if x_val is None else _unlabelled(x_val),
             options=options,
             on_epoch_end=stopper,
             progress=bool(self.verbose),
@@ -660,6 +661,11 @@ def _row_ids(rows: np.ndarray) -> np.ndarray:
 def _pow2(n: int) -> int:
     """The smallest power of two >= n (n >= 1)."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _unlabelled(rows: np.ndarray) -> Split:
+    """Checked float32 rows as the `Split` fit takes (no labels: the model is unconditional)."""
+    return Split(rows, np.zeros(len(rows), np.int32))
 
 
 def _model_input(x: np.ndarray, feature_shape: tuple[int, ...]) -> np.ndarray:
