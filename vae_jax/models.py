@@ -189,7 +189,7 @@ class VAE(nn.Module):
         "gaussian_pixel" (a learned log-variance per pixel).
       obs_std: the standard deviation of the fixed-variance Gaussian likelihood.
       num_classes: > 0 makes a conditional VAE: encoder and decoder also see the one-hot
-        label.
+        label (a label outside 0..num_classes - 1 makes that example's outputs NaN).
       dtype: compute dtype (jnp.bfloat16 for mixed precision); parameters stay float32.
     """
 
