@@ -43,7 +43,7 @@ from jax.typing import ArrayLike
 #           range makes the model's one-hot NaN: `_one_hot` (models.py:52)
 # Boundaries: `check_split` (arrays.py:224; fit, the data sources, MNIST), `check_inputs`
 # (arrays.py:267; the objectives' `check_batch`, the importance-sampled bounds; values only
-# where concrete), `VAEEstimator._validate` (estimator.py:350; scikit-learn's validate_data,
+# where concrete), `VAEEstimator._validate` (estimator.py:351; scikit-learn's validate_data,
 # then `check_values`).
 
 UINT8_MAX = 255
