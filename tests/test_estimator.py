@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,12 @@ def test_input_validation(fitted, digits):
     bad[0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="X contains infinite values"):
         fitted.transform(bad)
+    # finite in float64 but not in the float32 the model computes in: refused by the same
+    # rule as fit's (vae_jax.arrays.check_values), not encoded to NaN codes
+    with pytest.raises(
+        ValueError, match=re.escape("X contains infinite values (or beyond float32) (")
+    ):
+        fitted.transform(np.full(x[:3].shape, 1e300))
     with pytest.raises(ValueError, match=r"values in \[0, 16\].*Bernoulli.*clip=True"):
         VAEEstimator().fit(x * 16.0)
     with pytest.raises(ValueError, match=r"values in \[0, 16\]"):

@@ -242,6 +242,15 @@ def test_conditional_hierarchy_uses_labels_in_the_bounds_and_the_evaluation():
     fn = functools.partial(importance_terms, model, num_samples=4, sample_chunk=4)
     per = [jax.jit(fn)(params, x, y, key).log_px for y in labels]
     assert np.all(np.isfinite(per[0])) and not np.allclose(per[0], per[1])
+    # A label the model has no class for (3 of 3 classes): one line outside jit, NaN for that
+    # example under jit (in the bounds and the evaluation), never a plausible number.
+    bad = {"image": x, "label": np.array([0, 3, 2, 0])}
+    with pytest.raises(ValueError, match="the batch: labels span 0..3, outside 0..2"):
+        vae_jax.make_elbo(model)(params, bad, key)
+    per_example = jax.jit(vae_jax.make_elbo(model).per_example)(params, bad, key).elbo
+    log_px = jax.jit(fn)(params, x, bad["label"], key).log_px
+    for value in (per_example, log_px):
+        assert np.isnan(value[1]) and np.all(np.isfinite(np.delete(value, 1)))
 
 
 def test_dataset_evaluation_reports_each_layer_of_the_hierarchy():

@@ -201,27 +201,34 @@ def test_objective_rejects_bad_options():
 
 def test_objectives_check_the_batch_at_the_boundary():
     """One clear line instead of a confident wrong number or a deep traceback; by shape
-    always, by value only where the values are concrete (outside jit)."""
+    always, by value only where the values are concrete (outside jit). The messages are
+    `vae_jax.arrays`' rules, the same as `fit`'s."""
     model = ModelConfig(hidden=(8,), z_dim=2).build((28, 28, 1))
     params = init_params(model, jax.random.key(0))
     elbo, key = make_elbo(model), jax.random.key(1)
     images = np.full((4, 28, 28, 1), 0.5, np.float32)
+    with_nan = np.where(np.arange(images.size).reshape(images.shape) == 7, np.nan, images)
     cases = {
-        "the batch has shape (28, 28, 1); this model takes [batch, 28, 28, 1] (one example "
-        "without its batch axis?)": images[0],
-        "the batch has shape (4, 784)": images.reshape(4, 784),
-        "the batch has shape (4, 28, 28)": images[..., 0],
-        "the batch has values in [255, 255]; a Bernoulli likelihood needs values in [0, 1]": (
+        "the batch: x must be [N >= 1, *event_shape] (a batch axis first, then one example's "
+        "shape), got shape (28, 28, 1) (one example without its batch axis?)": images[0],
+        "got shape (0, 28, 28, 1)": images[:0],
+        "the batch: examples are (784,), expected (28, 28, 1)": images.reshape(4, 784),
+        "the batch: examples are (28, 28), expected (28, 28, 1)": images[..., 0],
+        "the batch: x has values in [255, 255]; a Bernoulli likelihood needs values in [0, 1]": (
             images * 510
         ),
-        "the batch contains 1 NaN or inf values": np.where(
-            np.arange(images.size).reshape(images.shape) == 7, np.nan, images
+        "the batch: x has values in [0, 255]; a Bernoulli": jnp.asarray(images * 510).at[0].set(0),
+        "the batch: x contains NaN (1 of 3136 values)": with_nan,
+        "the batch: x contains infinite values (or beyond float32)": images.astype(float) * 1e300,
+        "the batch: x must be numeric (uint8, or values as given), got dtype complex64": (
+            images.astype(np.complex64)
         ),
     }
     for message, batch in cases.items():
-        with pytest.raises(ValueError, match=re.escape(message)):
-            elbo(params, batch, key)
-    with pytest.raises(ValueError, match=re.escape("the batch has shape (28, 28, 1)")):
+        for call in (elbo, elbo.terms, elbo.per_example, make_iwae(model, num_samples=2)):
+            with pytest.raises(ValueError, match=re.escape(message)):
+                call(params, batch, key)
+    with pytest.raises(ValueError, match=re.escape("got shape (28, 28, 1)")):
         jax.jit(elbo)(params, images[0], key)  # shapes: also when tracing
     assert np.isfinite(jax.jit(elbo)(params, images * 510, key))  # values: not under jit
     np.testing.assert_allclose(  # round-off at the edge of [0, 1] is accepted
@@ -232,8 +239,46 @@ def test_objectives_check_the_batch_at_the_boundary():
     cparams = init_params(conditional, jax.random.key(0))
     with pytest.raises(ValueError, match="this model is conditional: pass"):
         make_elbo(conditional)(cparams, images, key)
-    with pytest.raises(ValueError, match=re.escape("labels of shape (3,) for 4 examples")):
-        make_elbo(conditional)(cparams, {"image": images, "label": np.zeros(3, np.int32)}, key)
+    labels = {
+        "the batch: (3,) labels for 4 examples (expected shape (4,))": np.zeros(3, np.int32),
+        "the batch: labels must be an integer numpy array, got float64": np.zeros(4),
+    }
+    for message, label in labels.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make_elbo(conditional)(cparams, {"image": images, "label": label}, key)
+        with pytest.raises(ValueError, match="labels"):  # shape and dtype: also under jit
+            jax.jit(make_elbo(conditional))(cparams, {"image": images, "label": label}, key)
+
+
+def test_out_of_range_labels_are_refused_eagerly_and_nan_under_jit():
+    """A conditional model's label outside 0..num_classes - 1 (12, -1): one line outside jit,
+    NaN under jit (jax.nn.one_hot alone makes such a label all zeros: a plausible input and
+    a plausible wrong ELBO, -563.41 against -567.94 on 5204291). Other examples and valid
+    labels are untouched."""
+    images = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    key = jax.random.key(1)
+    for architecture, kinds in (("mlp", (make_elbo, make_iwae)), ("conv", (make_elbo,))):
+        config = ModelConfig(
+            architecture=architecture, hidden=(8,), conv_channels=(4, 8), z_dim=2, conditional=True
+        )
+        model = config.build((8, 8, 1))
+        params = init_params(model, jax.random.key(0))
+        for make in kinds:
+            objective = make(model, num_samples=3)
+            per_example = jax.jit(objective.per_example)
+            grad = jax.jit(jax.grad(objective))
+            good = per_example(params, {"image": images, "label": np.array([0, 3, 9, 1])}, key)
+            assert np.all(np.isfinite(good.elbo))
+            for bad_label in (12, -1):
+                bad = {"image": images, "label": np.array([0, bad_label, 9, 1])}
+                for call in (objective, objective.terms, objective.per_example):
+                    with pytest.raises(ValueError, match=f"labels span {min(bad_label, 0)}.."):
+                        call(params, bad, key)
+                per = per_example(params, bad, key)
+                for value in per:  # the bound and its terms: NaN for example 1 only
+                    assert np.isnan(value[1]) and np.all(np.isfinite(np.delete(value, 1)))
+                assert any(np.isnan(g).any() for g in jax.tree.leaves(grad(params, bad, key)))
+            assert np.isnan(jax.jit(objective)(params, bad, key))
 
 
 class _SampledLatent(LinearGaussianVAE):

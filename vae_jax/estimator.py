@@ -47,7 +47,7 @@ except ImportError:  # one line, not a chain of two tracebacks
         "vae_jax.VAEEstimator needs scikit-learn >= 1.6: pip install 'vae-jax[sklearn]'"
     ) from None
 
-from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE
+from vae_jax.arrays import Split, check_values
 from vae_jax.config import ModelConfig
 from vae_jax.estimator_files import SavedEstimatorError, load_estimator, save_estimator
 from vae_jax.evaluate import make_batch_evaluator
@@ -331,11 +331,12 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         stopper = None
         if x_val is not None:
             stopper = _EarlyStopping(settings.n_iter_no_change, settings.tol)
+        # Splits: X was checked once, by `_validate`; fit takes a Split as checked.
         result = fit_loop(
             make_elbo(model),
             optax.adam(settings.learning_rate),
-            x_train,
-            x_test=x_val,
+            _unlabelled(x_train),
+            x_test=None if x_val is None else _unlabelled(x_val),
             options=options,
             on_epoch_end=stopper,
             progress=bool(self.verbose),
@@ -348,9 +349,10 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     # ------------------------------------------------------------------ input checks
 
     def _validate(self, X: Any, *, reset: bool, unit_interval: bool = False) -> np.ndarray:
-        """X checked (dense, real, finite, 2-D or images, the fitted shape unless `reset`)
-        and returned as a float64 or float32 array; `validate_data` records
-        ``n_features_in_`` / ``feature_names_in_`` when `reset`."""
+        """X checked (dense, real, finite as float32, 2-D or images, the fitted shape unless
+        `reset`, in [0, 1] when `unit_interval`) and returned as a float64 or float32 array:
+        scikit-learn's `validate_data` first (it records ``n_features_in_`` /
+        ``feature_names_in_`` when `reset`), then `vae_jax.arrays.check_values`."""
         if sparse.issparse(X):
             raise TypeError(
                 f"VAEEstimator needs dense data, got a sparse {type(X).__name__}: convert it "
@@ -381,10 +383,6 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         )
         if 0 in x.shape[1:]:
             raise ValueError(f"X has no features: shape {x.shape}")
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        if bad:
-            what = "NaN" if np.isnan(x).any() else "infinite values"
-            raise ValueError(f"X contains {what} ({bad} non-finite values of {x.size})")
         if not reset:
             shape = tuple(x.shape[1:])
             if shape != self.feature_shape_:
@@ -392,18 +390,14 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                     f"X has examples of shape {shape}; this VAEEstimator was fitted on examples "
                     f"of shape {self.feature_shape_}"
                 )
-        if unit_interval:
-            low, high = float(x.min()), float(x.max())
-            tol = UNIT_INTERVAL_TOLERANCE
-            if low < -tol or high > 1.0 + tol:
-                raise ValueError(
-                    f"X has values in [{low:g}, {high:g}]; a Bernoulli likelihood needs values in "
-                    "[0, 1] (rescale; in a pipeline MinMaxScaler(clip=True) keeps held-out data "
-                    "in [0, 1]; or use likelihood='gaussian_pixel' for real values)"
-                )
-            if low < 0.0 or high > 1.0:  # round-off only
-                x = np.clip(x, 0.0, 1.0)
-        return x
+        # The library's finite / [0, 1] rule (finite as float32; round-off clipped), as fit's.
+        return check_values(
+            x,
+            name="X",
+            unit_interval=unit_interval,
+            advice="rescale; in a pipeline MinMaxScaler(clip=True) keeps held-out data in [0, 1]; "
+            "or use likelihood='gaussian_pixel' for real values",
+        )
 
     # ------------------------------------------------------------------ inference
 
@@ -669,6 +663,11 @@ def _row_ids(rows: np.ndarray) -> np.ndarray:
 def _pow2(n: int) -> int:
     """The smallest power of two >= n (n >= 1)."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _unlabelled(rows: np.ndarray) -> Split:
+    """Checked float32 rows as the `Split` fit takes (no labels: the model is unconditional)."""
+    return Split(rows, np.zeros(len(rows), np.int32))
 
 
 def _model_input(x: np.ndarray, feature_shape: tuple[int, ...]) -> np.ndarray:

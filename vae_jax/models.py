@@ -50,12 +50,21 @@ class DecoderOutput(NamedTuple):
 
 
 def _one_hot(label: jax.Array | None, num_classes: int, like: jax.Array) -> jax.Array | None:
-    """One-hot labels broadcast to `like`'s leading axes, or None when unconditional."""
+    """One-hot labels broadcast to `like`'s leading axes, or None when unconditional.
+
+    A label outside ``0..num_classes - 1`` (or not a whole number) has an all-NaN row, so
+    everything computed from that example is NaN: `jax.nn.one_hot` alone gives it all zeros,
+    a plausible input and a plausible wrong number. (Concrete labels are refused before, in
+    one line: `vae_jax.arrays.check_inputs`; this is the guard under `jit`.) Rows of valid
+    labels are unchanged, bit for bit.
+    """
     if num_classes == 0:
         return None
     if label is None:
         raise ValueError("this VAE is conditional (num_classes > 0): pass the batch's labels")
     onehot = jax.nn.one_hot(label, num_classes, dtype=like.dtype)  # [batch, classes]
+    known = jnp.any(onehot != 0, axis=-1, keepdims=True)  # [batch, 1]: one class matched
+    onehot = jnp.where(known, onehot, jnp.nan)
     return jnp.broadcast_to(onehot, (*like.shape[:-1], num_classes))
 
 
@@ -180,7 +189,7 @@ class VAE(nn.Module):
         "gaussian_pixel" (a learned log-variance per pixel).
       obs_std: the standard deviation of the fixed-variance Gaussian likelihood.
       num_classes: > 0 makes a conditional VAE: encoder and decoder also see the one-hot
-        label.
+        label (a label outside 0..num_classes - 1 makes that example's outputs NaN).
       dtype: compute dtype (jnp.bfloat16 for mixed precision); parameters stay float32.
     """
 

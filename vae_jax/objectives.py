@@ -20,10 +20,9 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from vae_jax.arrays import UNIT_INTERVAL_TOLERANCE, to_float
+from vae_jax.arrays import check_inputs, to_float
 from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode
 
 Params = Any
@@ -374,44 +373,21 @@ class Objective:
 
 
 def check_batch(model: Any, batch: Batch) -> None:
-    """Raise ValueError (one line) unless `batch` fits `model`.
+    """Raise ValueError (one line) unless `batch` fits `model`: `vae_jax.arrays.check_inputs`
+    of its image and label, the same rules as `fit`'s.
 
-    By shape, always (also under `jit`, when tracing): a batch axis before the model's
-    event shape (``model.image_shape``, when the module has one), and labels for a
-    conditional model (``model.num_classes > 0``). By value, when the values are concrete
-    (outside `jit`): finite, and in [0, 1] for a Bernoulli likelihood (float round-off up
-    to `vae_jax.arrays.UNIT_INTERVAL_TOLERANCE` is accepted; uint8 is always in range).
+    By shape and dtype always (also under `jit`, when tracing): a batch axis (N >= 1) before
+    the model's event shape (``model.image_shape``, when the module has one), and integer
+    labels ``[N]`` for a conditional model (``model.num_classes > 0``). By value when the
+    values are concrete (outside `jit`): finite, in [0, 1] for a Bernoulli likelihood
+    (float round-off up to `vae_jax.arrays.UNIT_INTERVAL_TOLERANCE` is accepted; uint8 is
+    always in range), labels in ``0..num_classes - 1``. Under `jit` an out-of-range label
+    gives NaN (`vae_jax.models`), never a plausible number.
     """
     x, label = (batch["image"], batch.get("label")) if isinstance(batch, Mapping) else (batch, None)
-    shape = tuple(jnp.shape(x))
-    event = tuple(getattr(model, "image_shape", ()) or ())
-    if event and shape[1:] != event:
-        hint = " (one example without its batch axis?)" if shape == event else ""
-        raise ValueError(
-            f"the batch has shape {shape}; this model takes [batch, {', '.join(map(str, event))}]"
-            f"{hint}"
-        )
-    if len(shape) < 2 or shape[0] < 1:
-        raise ValueError(f"the batch has shape {shape}; expected [batch >= 1, *event_shape]")
-    if getattr(model, "num_classes", 0) > 0:
-        if label is None:
-            raise ValueError("this model is conditional: pass {'image': x, 'label': labels}")
-        if tuple(jnp.shape(label)) != shape[:1]:
-            raise ValueError(f"labels of shape {tuple(jnp.shape(label))} for {shape[0]} examples")
-    if isinstance(x, jax.core.Tracer) or jnp.result_type(x) == jnp.uint8:
-        return
-    values = np.asarray(x, np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError(
-            f"the batch contains {int((~np.isfinite(values)).sum())} NaN or inf values"
-        )
-    low, high = float(values.min()), float(values.max())
-    tol = UNIT_INTERVAL_TOLERANCE
-    if getattr(model, "likelihood", None) == "bernoulli" and (low < -tol or high > 1 + tol):
-        raise ValueError(
-            f"the batch has values in [{low:g}, {high:g}]; a Bernoulli likelihood needs values "
-            "in [0, 1] (uint8 levels 0..255 are scaled by 1/255; floats are used as given)"
-        )
+    if label is None and getattr(model, "num_classes", 0) > 0:
+        raise ValueError("this model is conditional: pass {'image': x, 'label': labels}")
+    check_inputs(model, x, label, name="the batch")
 
 
 def make_elbo(

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vae_jax.arrays import Split, binarize_once, check_split, pad_images
+from vae_jax.arrays import Split, binarize_once, check_split, is_real_dtype, pad_images
 from vae_jax.config import ExperimentConfig
 from vae_jax.workdir import one_line
 
@@ -187,9 +187,7 @@ def _find_features(name: str, features: Any) -> tuple[str, str | None, int | Non
     tensors = [
         k
         for k, f in items.items()
-        if type(f) is tfds.features.Tensor
-        and len(f.shape) >= 1
-        and np.dtype(f.np_dtype).kind in "biuf"
+        if type(f) is tfds.features.Tensor and len(f.shape) >= 1 and is_real_dtype(f.np_dtype)
     ]
     candidates = images or tensors
     if not candidates:
