@@ -218,7 +218,11 @@ BAD_WORKDIRS = {
         (),
         "model.z_dim must be of type int, got '2'",
     ),
-    "config.json value out of range": (_config_out_of_range, (), "z_dim must be >= 1, got 0"),
+    "config.json value out of range": (
+        _config_out_of_range,
+        (),
+        "z_dim must be a positive integer, got 0",
+    ),
     "config.json unknown field": (_config_unknown_field, (), "unknown ModelConfig fields"),
     "checkpoints without config.json": (
         _checkpoints_without_config,

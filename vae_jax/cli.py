@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vae_jax.config import ExperimentConfig
-from vae_jax.fields import FieldError, option
+from vae_jax.fields import PLAIN_FIELD, FieldError, option
 from vae_jax.options import MAX_SEED, PLACEMENTS
 
 # ------------------------------------------------------------------------- exit statuses
@@ -314,12 +314,13 @@ def add_fields(
     a flag not given leaves the field as it is (argparse.SUPPRESS)."""
     group = parser.add_argument_group(title)
     for field in dataclasses.fields(kind):
-        meta, name = field.metadata, field.name
-        if not meta.get("flag", False) or name in skip:
+        meta, name = {**PLAIN_FIELD, **field.metadata}, field.name
+        if not meta["flag"] or name in skip:
             continue
         default = getattr(defaults, name)
-        text = meta["help"]
-        if meta["kind"] is bool:
+        text = meta["help"] or name.replace("_", " ")
+        kind_ = meta["kind"] or type(field.default)
+        if kind_ is bool:
             on, off = f"--{name}", f"--no_{name}"
             main, other = (off, on) if default else (on, off)
             group.add_argument(main, dest=name, action="store_const", const=not default, help=text)
@@ -335,7 +336,7 @@ def add_fields(
         group.add_argument(
             f"--{name}",
             dest=name,
-            type=_converter(parser, name, meta["kind"]),
+            type=_converter(parser, name, kind_),
             metavar=name.upper(),
             help=text,
         )
@@ -401,7 +402,7 @@ def config_from_args(
         changes = {
             f.name: getattr(args, f.name)
             for f in dataclasses.fields(current)
-            if f.metadata.get("flag") and hasattr(args, f.name)
+            if f.metadata.get("flag", True) and hasattr(args, f.name)
         }
         if changes:
             config = dataclasses.replace(
@@ -442,7 +443,7 @@ def train(argv: Sequence[str] | None = None, *, prog: str = "vae-jax train") -> 
         config = config_from_args(args)
         run = options_from_args(RunOptions, args)
     except ValueError as error:
-        fail(parser.prog, parser.words(error), USAGE)
+        parser.error(parser.words(error))
     return _train(parser.prog, config, run)
 
 
@@ -505,7 +506,7 @@ def evaluate(argv: Sequence[str] | None = None, *, prog: str = "vae-jax evaluate
     try:
         options = options_from_args(EvaluateOptions, args)
     except ValueError as error:
-        fail(parser.prog, parser.words(error), USAGE)
+        parser.error(parser.words(error))
     if not Path(options.workdir).is_dir():
         fail(parser.prog, f"--workdir {options.workdir} is not a directory", USAGE)
 
@@ -567,7 +568,7 @@ def paper(argv: Sequence[str] | None = None, *, prog: str = "vae-jax paper") -> 
         run = options_from_args(RunOptions, args)
         options = options_from_args(PaperOptions, args)
     except ValueError as error:
-        fail(parser.prog, parser.words(error), USAGE)
+        parser.error(parser.words(error))
     status = _train(parser.prog, config, run)
     if status:
         return status

@@ -133,6 +133,8 @@ class ModelConfig:
                 )
         if self.architecture == "conv" and not self.conv_channels:
             raise ValueError("the conv VAE needs at least one conv layer")
+        if self.prior == "vamp" and self.conditional:  # (as VampPriorVAE says, before data)
+            raise ValueError("the VampPrior is not supported on a conditional model (num_classes)")
 
     def build(self, image_shape: tuple[int, ...]) -> nn.Module:
         """The model for examples of `image_shape` (any shape for the MLP, (H, W, C) for the
@@ -387,6 +389,11 @@ class ExperimentConfig:
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name} must be a {kind.__name__}")
         model = self.model
+        gaussian = model.prior == "standard" and model.posterior == "gaussian"
+        free_bits = self.objective.bound == "elbo" and self.objective.free_bits > 0
+        if free_bits and not (gaussian and not model.upper_latent_dims):
+            # (as `Objective` says of such a model, but before any data is read)
+            raise ValueError("free_bits needs the per-latent KL of a diagonal-Gaussian encode()")
         if self.data.dataset == "mnist" and model.conditional:
             if model.num_classes != MNIST_CLASSES:
                 raise ValueError(

@@ -53,6 +53,10 @@ def option(
     return dataclasses.field(default=default, metadata={**metadata, "flag": flag, "kind": kind})
 
 
+PLAIN_FIELD = {"help": "", "low": None, "high": None, "above": None, "choices": None, "flag": True,
+          "kind": None}  # fmt: skip
+
+
 class FieldError(ValueError):
     """A field's value is outside its declaration: ``"{name} must be {rule}, got {value!r}"``.
 
@@ -108,12 +112,12 @@ def check_fields(section: Any) -> None:
     """Check (and normalise: lists to tuples, ints to floats) every field of a frozen
     configuration dataclass against its `option` declaration; `FieldError` (one line)."""
     for field in dataclasses.fields(section):
-        name, value, meta = field.name, getattr(section, field.name), field.metadata
-        default = field.default
+        name, value, default = field.name, getattr(section, field.name), field.default
+        meta = {**PLAIN_FIELD, **field.metadata}  # (a field declared without `option`: no bounds)
         if value is None and default is None:
             continue
         if default is None:
-            default = meta["kind"]()  # (int or str: only its type counts)
+            default = (meta["kind"] or str)()  # (int or str: only its type counts)
         if isinstance(default, bool):
             if not isinstance(value, bool | np.bool_):
                 raise FieldError(name, "True or False", value)
