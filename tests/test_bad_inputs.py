@@ -553,7 +553,8 @@ def test_tfds_data_dir_that_is_a_file_is_a_bad_input(tmp_path, capsys, monkeypat
 def test_a_model_larger_than_memory_is_refused_before_anything_is_allocated(tmp_path, capsys):
     """(Before: --z_dim 100000000 hung while allocating 120 billion parameters.)"""
     np.savez(tmp_path / "x.npz", x_train=np.zeros((8, 4), np.float32))
-    argv = ["--dataset", tmp_path / "x.npz", "--z_dim", "100000000", "--batch_size", "8"]
+    argv = ["--dataset", tmp_path / "x.npz", "--z_dim", "100000000", "--batch_size", "1"]
+    argv += ["--eval_batch_size", "1"]  # (larger batches: refused for their activations)
     status, err = run_cli(train_cli.main, [*argv, "--workdir", tmp_path / "run"], capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert "the model has 120,200,004,004 parameters" in err

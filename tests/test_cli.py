@@ -277,6 +277,17 @@ def test_one_exit_status_table():
         assert "except" not in source and "fail(" not in source, module
 
 
+@pytest.mark.parametrize("kind", [cli.RunOptions, cli.EvaluateOptions, cli.PaperOptions])
+def test_every_options_dataclass_checks_its_fields(kind):
+    name = next(
+        f.name
+        for f in dataclasses.fields(kind)
+        if f.metadata.get("low") == 0 or f.metadata.get("low") == 1
+    )
+    with pytest.raises(FieldError, match=f"{name} must be"):
+        kind(**{name: -1})
+
+
 def test_model_config_checks_without_building():
     with pytest.raises(ValueError, match="prior vamp and posterior iaf cannot be combined"):
         ModelConfig(prior="vamp", posterior="iaf")

@@ -246,6 +246,9 @@ class PaperOptions:
         kind=int,
     )
 
+    def __post_init__(self) -> None:
+        _check_paths(self)
+
 
 def _check_paths(options: Any, *names: str) -> None:
     from vae_jax.fields import check_fields
