@@ -293,3 +293,17 @@ def test_model_config_checks_without_building():
         ModelConfig(prior="vamp", posterior="iaf")
     with pytest.raises(FieldError, match=r"flow_depth must be an integer in 1..1024"):
         ModelConfig(flow_depth=10**9)
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--sample_chunk"])
+def test_an_evaluation_batch_beyond_memory_is_refused_before_loading(flag, tmp_path, capsys):
+    """(issue #21: a huge batch used to be allocated; now refused from config.json alone.)"""
+    from vae_jax.workdir import write_config
+
+    write_config(tmp_path, ExperimentConfig())
+    other = "--sample_chunk" if flag == "--batch_size" else "--batch_size"
+    argv = ["evaluate", "--workdir", tmp_path, flag, 10**9, other, 10**4]
+    argv += ["--num_samples", 10**9]
+    status, err = run_cli(cli.main, argv, capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "GiB of activations, more than the devices'" in err

@@ -516,6 +516,7 @@ def evaluate(argv: Sequence[str] | None = None, *, prog: str = "vae-jax evaluate
     def action() -> None:
         from vae_jax.evaluate import evaluate_checkpoint
 
+        check_evaluation_memory(options)
         evaluate_checkpoint(
             options.workdir,
             num_samples=options.num_samples,
@@ -532,6 +533,27 @@ def evaluate(argv: Sequence[str] | None = None, *, prog: str = "vae-jax evaluate
         )
 
     return guarded(parser.prog, action, reading=True)
+
+
+def check_evaluation_memory(options: EvaluateOptions) -> None:
+    """Refuse (ValueError) an evaluation whose batch (``batch_size`` x ``sample_chunk``
+    decoded samples) cannot fit in the devices' memory, before anything is allocated."""
+    from vae_jax.experiment import devices_memory
+    from vae_jax.workdir import read_config
+
+    config = read_config(options.workdir)
+    if config is None or not config.data.image_shape:
+        return  # (the evaluation itself says what is missing)
+    memory = devices_memory(0)
+    rows = options.batch_size * min(options.sample_chunk, options.num_samples)
+    nbytes = config.activation_bytes(config.data.image_shape, rows)
+    if nbytes > memory:
+        raise ValueError(
+            f"--batch_size {options.batch_size} x --sample_chunk {options.sample_chunk}: "
+            f"about {nbytes / 2**30:,.1f} GiB of activations, more than the devices' "
+            f"{memory / 2**30:,.1f} GiB (a smaller --batch_size or --sample_chunk; the "
+            "numbers do not change)"
+        )
 
 
 def paper_parser(prog: str = "python -m experiments.paper") -> OneLineParser:

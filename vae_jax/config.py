@@ -367,8 +367,8 @@ class Built(NamedTuple):
     objective: Objective
 
 
-# Activation memory of one batch, in float32 values per example and sample: a coarse upper
-# bound (each layer's output, kept for the backward pass, and its gradient).
+# Activation memory: float32 values per layer output, kept for the backward pass, and its
+# gradient, with room for XLA's temporaries (a coarse upper bound, not a measurement).
 _ACTIVATION_FACTOR = 4
 
 
@@ -425,10 +425,11 @@ class ExperimentConfig:
             self._check_batch_memory(shape, memory)
         return Built(model, objective)
 
-    def _check_batch_memory(self, shape: tuple[int, ...], memory: int) -> None:
-        """Refuse a training or evaluation batch whose activations cannot fit in `memory`
-        (a coarse upper bound: every layer's output and its gradient, in float32)."""
-        m, t = self.model, self.train
+    def activation_bytes(self, shape: tuple[int, ...], rows: int) -> int:
+        """A coarse upper bound of the activation memory of `rows` model inputs (examples x
+        samples) of `shape`: every layer's output and its gradient, in float32 (the
+        VampPrior's pseudo-inputs, encoded at every step, are added)."""
+        m = self.model
         widths = sum(m.hidden) + sum(m.upper_hidden) + sum(m.upper_latent_dims) + m.z_dim
         if m.architecture == "conv":  # each conv layer's output: channels x (H / 2^i)^2
             side = math.prod(shape[:2])
@@ -437,19 +438,22 @@ class ExperimentConfig:
             widths += 2 * m.num_classes
         if m.posterior == "iaf":
             widths += m.flow_depth * (sum(m.flow_hidden) + 2 * m.z_dim)
-        per_example = 2 * math.prod(shape) + 2 * widths
-        # (the VampPrior encodes its pseudo-inputs at every step, beside the batch)
+        per_row = 2 * math.prod(shape) + 2 * widths
         extra = m.num_pseudo_inputs if m.prior == "vamp" else 0
-        k = self.objective.num_samples
+        return _ACTIVATION_FACTOR * 4 * (rows + extra) * per_row
+
+    def _check_batch_memory(self, shape: tuple[int, ...], memory: int) -> None:
+        """Refuse a training or evaluation batch whose activations cannot fit in `memory`."""
+        t, k = self.train, self.objective.num_samples
         for name, batch, samples in (
             ("batch_size", t.batch_size, k),
             ("eval_batch_size", t.eval_batch_size, k if self.objective.bound == "iwae" else 1),
         ):
-            nbytes = _ACTIVATION_FACTOR * 4 * (batch * samples + extra) * per_example
+            nbytes = self.activation_bytes(shape, batch * samples)
             if nbytes > memory:
                 what = f"{batch:,} examples" + (f" x {samples:,} samples" if samples > 1 else "")
-                if extra:
-                    what += f" and {extra:,} pseudo-inputs"
+                if self.model.prior == "vamp":
+                    what += f" and {self.model.num_pseudo_inputs:,} pseudo-inputs"
                 raise ValueError(
                     f"{name} {batch}: one batch of {what} needs about {nbytes / 2**30:,.1f} "
                     f"GiB of activations, more than the devices' {memory / 2**30:,.1f} GiB "

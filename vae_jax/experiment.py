@@ -139,7 +139,7 @@ def run_experiment(
     # The model and objective are built once, by the configuration's one check that needs
     # the data's event shape: before anything is read or written when the configuration
     # gives it (MNIST), else once the data are read.
-    memory = _device_memory(config.train.num_devices)
+    memory = devices_memory(config.train.num_devices)
     built = config.build(memory=memory) if config.data.image_shape else None
     # With several processes (`vae_jax.distributed`), process 0 owns the work directory
     # and prepares the data first (a first MNIST run writes its TFDS copy); the others then
@@ -210,7 +210,7 @@ def run_experiment(
         return result
 
 
-def _device_memory(num_devices: int) -> int:
+def devices_memory(num_devices: int) -> int:
     """Bytes of memory of the devices a run of `num_devices` uses, together (batches are
     split over them); ValueError if there are fewer devices."""
     mesh = make_mesh(num_devices)
