@@ -329,7 +329,7 @@ def add_fields(
             group.add_argument(main, dest=name, action="store_const", const=not default, help=text)
             group.add_argument(
                 other, dest=name, action="store_const", const=default,
-                help=f"the default: the opposite of {main} (to undo one in --config)",
+                help=f"the default (undoes {main})",
             )  # fmt: skip
             continue
         if meta["choices"] is not None:
