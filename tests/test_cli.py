@@ -162,7 +162,7 @@ def test_flags_override_the_config_file_which_overrides_the_recipe(tmp_path):
         ("{not json", "CONFIG: Expecting property name"),
         ('{"model": {"depth": 3}}', "unknown ModelConfig fields: ['depth']"),
         ('{"modle": {}}', "unknown configuration sections: ['modle']"),
-        ('{"model": {"z_dim": "2"}}', "z_dim must be a positive integer, got '2'"),
+        ('{"model": {"z_dim": "2"}}', "z_dim must be an integer, got '2'"),
         ('{"model": {"z_dim": 0}}', "z_dim must be a positive integer, got 0"),
         ('{"train": {"learning_rate": 1e39}}', "learning_rate must be a finite float32"),
         ("[1, 2]", "expected a JSON object of sections, got list"),

@@ -69,7 +69,7 @@ class FieldError(ValueError):
         self.name, self.rule, self.value, self.choices = name, rule, value, choices
 
 
-def _int_rule(low: float | None, high: float | None) -> str:
+def _int_rule(low: float | None, high: float | None = None) -> str:
     if high is not None and low is not None:
         return f"an integer in {low}..{high}"
     if low == 1:
@@ -79,14 +79,15 @@ def _int_rule(low: float | None, high: float | None) -> str:
 
 def _check_int(name: str, value: Any, meta: Any) -> int:
     low, high = meta["low"], meta["high"]
-    rule = _int_rule(low, high)
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise FieldError(name, rule, value)
+        raise FieldError(name, "an integer", value)
     value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise FieldError(name, rule, value)
+    if low is not None and value < low:
+        raise FieldError(name, _int_rule(low), value)
+    if high is not None and value > high:
+        raise FieldError(name, _int_rule(low, high), value)
     if value > INT32_MAX:
-        raise FieldError(name, f"{rule} <= {INT32_MAX} (int32)", value)
+        raise FieldError(name, f"{_int_rule(low)} <= {INT32_MAX} (int32)", value)
     return value
 
 
@@ -136,9 +137,8 @@ def check_fields(section: Any) -> None:
             try:
                 value = tuple(_check_int(name, v, meta) for v in value)
             except FieldError as error:
-                raise FieldError(
-                    name, rule + error.rule[len(_int_rule(meta["low"], meta["high"])) :], value
-                ) from None
+                bound = error.rule.partition(" <= ")[2]  # (the int32 bound, if that failed)
+                raise FieldError(name, f"{rule} <= {bound}" if bound else rule, value) from None
         choices = meta["choices"]
         if choices is not None and value not in choices:
             raise FieldError(name, f"one of {choices!r}", value, choices)
