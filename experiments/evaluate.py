@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sys
 
-from vae_jax.cli import evaluate, evaluate_parser
+from vae_jax.cli import OneLineParser, evaluate, evaluate_parser
 
 
-def build_parser():  # noqa: ANN201  (the parser, for tests that list its flags)
+def build_parser() -> OneLineParser:  # (for the tests that list its flags)
     return evaluate_parser("python -m experiments.evaluate")
 
 

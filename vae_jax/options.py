@@ -1,9 +1,10 @@
 """`FitOptions`: how `vae_jax.loop.fit` runs, apart from what it trains and with what.
 
 `fit` takes the pieces (an objective, which holds the model; an optax optimizer; arrays)
-and one `FitOptions`. The experiments make theirs from the configuration
-(`ExperimentConfig.fit_options`); the configuration's own checks of these fields are the
-ones here, so each is checked in one place.
+and one `FitOptions`, which checks its own fields when made (`vae_jax.fields.check_fields`:
+types, ranges, int32 bounds): the boundary for code that calls `fit` directly. The
+experiments make theirs once from the configuration (`ExperimentConfig.fit_options`), whose
+`TrainConfig` declares the same fields with their help texts for the command line.
 """
 
 from __future__ import annotations
