@@ -199,3 +199,37 @@ def test_help_documents_every_flag(capsys):
         "--bound",
     ):
         assert flag in text
+
+
+def test_a_run_prepares_checks_and_builds_each_once(tiny_mnist, tmp_path, monkeypatch):
+    """Issue #20: the model was built five times in a plain run (eight with a model and a
+    train flag), MNIST prepared twice and each split checked twice."""
+    import collections
+
+    from vae_jax import arrays, config, sources
+    from vae_jax import mnist as mnist_data
+
+    counts: collections.Counter = collections.Counter()
+
+    def counted(owner, name, key):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    counted(config.ModelConfig, "build", "model built")
+    counted(config.ObjectiveConfig, "build", "objective built")
+    counted(mnist_data, "prepare_mnist", "MNIST prepared")
+    for module in (arrays, mnist_data, sources):
+        counted(module, "check_split", "split checked")
+    assert run(tiny_mnist, tmp_path / "run", "--epochs", "1", "--hidden", "16", "--z_dim", "2",
+               "--learning_rate", "0.002") == 0  # fmt: skip
+    assert counts == {
+        "model built": 1,
+        "objective built": 1,
+        "MNIST prepared": 1,
+        "split checked": 2,  # (train and test, once each)
+    }
