@@ -73,13 +73,12 @@ def test_default_experiment_writes_images_metrics_and_checkpoint(tiny_mnist, tmp
 def test_readme_command_needs_no_run_option(tiny_mnist, tmp_path, monkeypatch, capsys):
     """The README's `python -m experiments.mnist --z_dim 20` gives no run option (and shows
     the progress bar): every option `main` reads must have its default."""
-    from vae_jax.cli import build_parser
+    from vae_jax.cli import RunOptions, build_parser, config_from_args, options_from_args
 
     args = build_parser().parse_args(["--z_dim", "20"])
-    for name in ("recipe", "workdir", "data_dir", "mnist_dir", "overwrite", "no_resume",
-                 "checkpoint_every_steps", "skip_nonfinite", "no_progress", "distributed",
-                 "conditional"):  # fmt: skip
-        assert hasattr(args, name), name
+    assert options_from_args(RunOptions, args) == RunOptions()  # every run option's default
+    assert RunOptions().progress and RunOptions().workdir == "runs/mnist"
+    assert config_from_args(args).model.z_dim == 20
     # The same command, with the data and work directory from the environment and the cwd.
     monkeypatch.setenv("VAE_JAX_MNIST_DIR", tiny_mnist["mnist_dir"])
     monkeypatch.setenv("TFDS_DATA_DIR", tiny_mnist["data_dir"])
@@ -200,3 +199,37 @@ def test_help_documents_every_flag(capsys):
         "--bound",
     ):
         assert flag in text
+
+
+def test_a_run_prepares_checks_and_builds_each_once(tiny_mnist, tmp_path, monkeypatch):
+    """Issue #20: the model was built five times in a plain run (eight with a model and a
+    train flag), MNIST prepared twice and each split checked twice."""
+    import collections
+
+    from vae_jax import arrays, config, sources
+    from vae_jax import mnist as mnist_data
+
+    counts: collections.Counter = collections.Counter()
+
+    def counted(owner, name, key):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    counted(config.ModelConfig, "build", "model built")
+    counted(config.ObjectiveConfig, "build", "objective built")
+    counted(mnist_data, "prepare_mnist", "MNIST prepared")
+    for module in (arrays, mnist_data, sources):
+        counted(module, "check_split", "split checked")
+    assert run(tiny_mnist, tmp_path / "run", "--epochs", "1", "--hidden", "16", "--z_dim", "2",
+               "--learning_rate", "0.002") == 0  # fmt: skip
+    assert counts == {
+        "model built": 1,
+        "objective built": 1,
+        "MNIST prepared": 1,
+        "split checked": 2,  # (train and test, once each)
+    }

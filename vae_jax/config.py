@@ -1,90 +1,123 @@
-"""Typed, frozen configuration: one dataclass per concern, and the named recipes.
+"""Typed, frozen configuration: one dataclass per concern, each field declared once.
 
-The CLI (`experiments/mnist.py`) maps its flags onto these; `ExperimentConfig.to_dict()`
-is what a work directory records so a resumed run can be checked against its origin.
+Every field is declared with `option(default, help, ...)`: its type (the default's), its
+help text and its bounds live in that one line, and from it come the command-line flag
+(`vae_jax.cli`: ``--name``, the help text, the parser that turns a string into the type),
+the check of the value (`check_fields`, run by each dataclass's ``__post_init__``) and the
+JSON record (`ExperimentConfig.to_dict`, which a work directory records and ``--config``
+reads back).
+
+Where the checks live (each once):
+  - a field's type, range and choices: `check_fields`, from the field's declaration;
+  - rules between fields of one section: that section's ``__post_init__``;
+  - rules between sections that need no data: `ExperimentConfig.__post_init__`;
+  - the model against the data's event shape (conv strides, free bits against the
+    posterior, the memory of a batch): `ExperimentConfig.build`, once per run, which also
+    builds the model and the objective that the run uses.
+
+Numeric bounds are what the machine can hold: integers fit the int32 arithmetic of step
+counters and shapes (`INT32_MAX`; seeds 32 bits), floats are finite float32 numbers, depths
+(layer counts) are at most `MAX_LAYERS` (each layer is traced in Python), and the memory of
+one training and one evaluation batch is checked against one device's before anything is
+allocated (`ExperimentConfig.build` with ``memory``). The model's size is checked by
+`vae_jax.loop.fit` (parameters and optimizer state against one device's memory).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
+from vae_jax.fields import MAX_LAYERS, MAX_SEED, check_fields, option
 from vae_jax.latents import IAFVAE, HierarchicalVAE, VampPriorVAE
-from vae_jax.models import VAE, check_model
+from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS, VAE, check_model
 from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
 
 PRIORS = ("standard", "vamp")
 POSTERIORS = ("gaussian", "iaf")
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger values overflow to inf in training
-
-
-def _check_floats(section: Any) -> None:
-    """Every float field of a configuration dataclass is finite in float32."""
-    for field in dataclasses.fields(section):
-        value = getattr(section, field.name)
-        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
-            raise ValueError(f"{field.name} must be a finite float32 number, got {value}")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "exponential", "iwae_paper")
+DTYPES = ("float32", "bfloat16")
+MNIST_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The network. Defaults: the PyTorch `examples/vae` MLP 784-400-20 (ReLU, Bernoulli)."""
 
-    architecture: str = "mlp"  # "mlp" | "conv"
-    hidden: tuple[int, ...] = (400,)
-    activation: str = "relu"
-    z_dim: int = 20
-    conv_channels: tuple[int, ...] = (32, 64)
-    likelihood: str = "bernoulli"  # bernoulli | gaussian | gaussian_global | gaussian_pixel
-    obs_std: float = 1.0  # std of the fixed-variance Gaussian likelihood
-    conditional: bool = False  # condition encoder and decoder on the one-hot label
-    num_classes: int = 10  # label values 0..num_classes-1 (conditional models only)
-    dtype: str = "float32"  # compute dtype; "bfloat16" = mixed precision (params stay f32)
+    architecture: str = option("mlp", "encoder/decoder family", choices=ARCHITECTURES)
+    hidden: tuple[int, ...] = option(
+        (400,), "MLP hidden widths, comma-separated (the decoder mirrors them)", low=1
+    )
+    activation: str = option("relu", "MLP activation", choices=tuple(sorted(ACTIVATIONS)))
+    z_dim: int = option(20, "latent dimension", low=1)
+    conv_channels: tuple[int, ...] = option((32, 64), "conv widths, one stride-2 layer each", low=1)
+    likelihood: str = option(
+        "bernoulli",
+        "p(x|z): bernoulli (logits), gaussian (fixed --obs_std), gaussian_global or "
+        "gaussian_pixel (learned variance)",
+        choices=LIKELIHOODS,
+    )
+    obs_std: float = option(
+        1.0, "standard deviation of the fixed-variance Gaussian likelihood", above=0
+    )
+    conditional: bool = option(False, "conditional VAE: encoder and decoder see the one-hot label")
+    num_classes: int = option(
+        10,
+        "labels 0..N-1 of a conditional model (a TFDS ClassLabel's count replaces it; "
+        "MNIST has 10)",
+        low=1,
+    )
+    dtype: str = option(
+        "float32",
+        "compute dtype (bfloat16: mixed precision, parameters stay float32)",
+        choices=DTYPES,
+    )
     # Beyond one diagonal-Gaussian layer with an N(0, I) prior (vae_jax/latents.py):
-    upper_latent_dims: tuple[int, ...] = ()  # stochastic layers above z (HierarchicalVAE)
-    upper_hidden: tuple[int, ...] = ()  # hidden widths of each upper layer's MLPs
-    prior: str = "standard"  # "standard" N(0, I) | "vamp" (VampPriorVAE)
-    num_pseudo_inputs: int = 500  # the VampPrior's K
-    posterior: str = "gaussian"  # "gaussian" | "iaf" (IAFVAE)
-    flow_depth: int = 2  # IAF steps (posterior "iaf")
-    flow_hidden: tuple[int, ...] = (128,)  # hidden widths of each IAF step's MADE
+    upper_latent_dims: tuple[int, ...] = option(
+        (),
+        "sizes of the stochastic layers above z, comma-separated (Burda et al.'s 2-layer "
+        "model: --z_dim 100 --hidden 100,100 --upper_latent_dims 50 --upper_hidden 50,50); "
+        "empty: one stochastic layer. MLP, standard prior, gaussian posterior only",
+        low=1,
+    )
+    upper_hidden: tuple[int, ...] = option(
+        (),
+        "hidden widths of each upper stochastic layer's MLPs, comma-separated (with "
+        "--upper_latent_dims)",
+        low=1,
+    )
+    prior: str = option(
+        "standard",
+        "p(z): standard (N(0, I)), or vamp (the VampPrior, a mixture of the posterior at "
+        "--num_pseudo_inputs learned pseudo-inputs; unconditional models only)",
+        choices=PRIORS,
+    )
+    num_pseudo_inputs: int = option(
+        500, "the VampPrior's number of pseudo-inputs K (with --prior vamp)", low=1
+    )
+    posterior: str = option(
+        "gaussian",
+        "q(z|x): gaussian (diagonal), or iaf (the diagonal Gaussian followed by "
+        "--flow_depth inverse autoregressive flow steps)",
+        choices=POSTERIORS,
+    )
+    flow_depth: int = option(2, "IAF steps (with --posterior iaf)", low=1, high=MAX_LAYERS)
+    flow_hidden: tuple[int, ...] = option(
+        (128,),
+        "hidden widths of each IAF step's autoregressive (MADE) network, comma-separated",
+        low=1,
+    )
 
     def __post_init__(self) -> None:
-        _check_floats(self)
-        # The options that do not depend on the data's shape: built once on a stand-in shape
-        # that any conv depth divides (the shape is checked again when data arrive).
-        side = 2 ** len(self.conv_channels)
-        self.build((side, side, 1))
-
-    def build(self, image_shape: tuple[int, ...]) -> nn.Module:
-        """The model for examples of `image_shape` (any shape for the MLP, (H, W, C) for the
-        conv VAE); raises ValueError if inconsistent.
-
-        A `VAE`; with `upper_latent_dims`, a `HierarchicalVAE` whose bottom layer is the
-        MLP (`hidden`, `z_dim`) and whose upper layers have `upper_hidden` widths; with
-        ``prior="vamp"`` a `VampPriorVAE`, with ``posterior="iaf"`` an `IAFVAE`, around it.
-        """
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.conditional and self.num_classes < 1:
-            raise ValueError(f"a conditional model needs num_classes >= 1, got {self.num_classes}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
-        if self.posterior not in POSTERIORS:
-            raise ValueError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}")
-        if self.num_pseudo_inputs < 1:
-            raise ValueError(f"num_pseudo_inputs must be >= 1, got {self.num_pseudo_inputs}")
-        if self.flow_depth < 1:
-            raise ValueError(f"flow_depth must be >= 1, got {self.flow_depth}")
+        check_fields(self)
         if self.prior != "standard" and self.posterior != "gaussian":
             raise ValueError("prior vamp and posterior iaf cannot be combined (one at a time)")
-        dtype = jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
-        num_classes = self.num_classes if self.conditional else 0
         if self.upper_latent_dims or self.upper_hidden:
             if self.prior != "standard" or self.posterior != "gaussian":
                 raise ValueError(
@@ -98,6 +131,22 @@ class ModelConfig:
                     "several stochastic layers need both upper_latent_dims and upper_hidden, "
                     f"got {self.upper_latent_dims} and {self.upper_hidden}"
                 )
+        if self.architecture == "conv" and not self.conv_channels:
+            raise ValueError("the conv VAE needs at least one conv layer")
+        if self.prior == "vamp" and self.conditional:  # (as VampPriorVAE says, before data)
+            raise ValueError("the VampPrior is not supported on a conditional model (num_classes)")
+
+    def build(self, image_shape: tuple[int, ...]) -> nn.Module:
+        """The model for examples of `image_shape` (any shape for the MLP, (H, W, C) for the
+        conv VAE); raises ValueError if they do not fit (`vae_jax.models.check_model`).
+
+        A `VAE`; with `upper_latent_dims`, a `HierarchicalVAE` whose bottom layer is the
+        MLP (`hidden`, `z_dim`) and whose upper layers have `upper_hidden` widths; with
+        ``prior="vamp"`` a `VampPriorVAE`, with ``posterior="iaf"`` an `IAFVAE`, around it.
+        """
+        dtype = jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+        num_classes = self.num_classes if self.conditional else 0
+        if self.upper_latent_dims:
             return HierarchicalVAE(
                 image_shape=tuple(image_shape),
                 latent_dims=(self.z_dim, *self.upper_latent_dims),
@@ -121,7 +170,7 @@ class ModelConfig:
             num_classes=num_classes,
             dtype=dtype,
         )
-        check_model(model)
+        check_model(model)  # (the event shape: conv strides against H and W)
         if self.prior == "vamp":
             return VampPriorVAE(model, num_pseudo_inputs=self.num_pseudo_inputs)
         if self.posterior == "iaf":
@@ -131,23 +180,24 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """The training objective. Evaluation always reports the plain ELBO (beta = 1) too."""
+    """The training objective. Evaluation always reports the plain ELBO (beta = 1) too.
 
-    bound: str = "elbo"  # "elbo" (with beta, L samples, free bits) | "iwae" (k samples)
-    beta: float = 1.0
-    num_samples: int = 1  # L for the ELBO, k for IWAE
-    free_bits: float = 0.0  # nats per latent dimension (0 = off)
-    kl_warmup_steps: int = 0  # KL weight rises linearly from 0 to beta over this many steps
+    beta and free bits are bounded by 1e4 nats: MNIST holds at most 784 * ln(256) = 4347
+    nats per image, so larger values only overflow the loss.
+    """
+
+    bound: str = option("elbo", "training objective", choices=("elbo", "iwae"))
+    beta: float = option(1.0, "KL weight (1 = the ELBO)", low=0, high=1e4)
+    num_samples: int = option(1, "posterior samples per example: L for the ELBO, k for IWAE", low=1)
+    free_bits: float = option(
+        0.0, "minimum KL per latent dimension in nats (0 = off)", low=0, high=1e4
+    )
+    kl_warmup_steps: int = option(
+        0, "KL weight rises linearly from 0 to --beta over this many steps", low=0
+    )
 
     def __post_init__(self) -> None:
-        _check_floats(self)
-        if self.bound not in ("elbo", "iwae"):
-            raise ValueError(f"bound must be 'elbo' or 'iwae', got {self.bound!r}")
-        FitOptions(kl_warmup_steps=self.kl_warmup_steps)  # (checked where fit's options are)
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.beta < 0 or self.free_bits < 0:
-            raise ValueError(f"beta and free_bits must be >= 0, got {self.beta}, {self.free_bits}")
+        check_fields(self)
 
     def build(self, model: nn.Module) -> Objective:
         if self.bound == "iwae":
@@ -168,21 +218,33 @@ class DataConfig:
     empty, and recorded so that a work directory is only resumed with data of that shape.
     """
 
-    dataset: str = "mnist"
-    binarize: str = "none"  # "none" (values as given) | "dynamic" (Bernoulli resampling)
-    image_size: int = 28  # MNIST only: 28, or 32 (zero-padded by 2 pixels on each side)
-    test_binarize_seed: int = 0  # the fixed seed that binarizes the test set once
-    event_shape: tuple[int, ...] = ()  # one example's shape (not MNIST); () = from the data
+    dataset: str = option(
+        "mnist",
+        "the data: mnist; the name of a TFDS dataset prepared as array_record in --data_dir; "
+        "or a .npz file (x_train, optional x_test, y_train, y_test) or .npy file (one array "
+        "[N, *event_shape]). uint8 arrays are levels scaled by 1/255, other dtypes are used "
+        "as given",
+    )
+    binarize: str = option(
+        "none",
+        "none: grey levels in [0,1]; dynamic: resample pixels ~ Bernoulli(grey) at every "
+        "training use, test set binarized once with a fixed seed",
+        choices=("none", "dynamic"),
+    )
+    image_size: int = option(
+        28, "MNIST only: 28, or 32 (zero-padded, for the conv VAE)", choices=(28, 32)
+    )
+    test_binarize_seed: int = option(
+        0, "the fixed seed that binarizes the test set once", low=0, high=MAX_SEED, flag=False
+    )
+    event_shape: tuple[int, ...] = option(
+        (), "one example's shape (not MNIST); () = from the data", low=1, flag=False
+    )
 
     def __post_init__(self) -> None:
-        if self.binarize not in ("none", "dynamic"):
-            raise ValueError(f"binarize must be 'none' or 'dynamic', got {self.binarize!r}")
-        if self.image_size not in (28, 32):
-            raise ValueError(f"image_size must be 28 or 32, got {self.image_size}")
-        if not self.dataset:
+        check_fields(self)
+        if not self.dataset.strip():
             raise ValueError("dataset must be a non-empty name")
-        if any(d < 1 for d in self.event_shape):
-            raise ValueError(f"event_shape must have sizes >= 1, got {self.event_shape}")
         if self.dataset != "mnist" and self.image_size != 28:
             raise ValueError("image_size applies to MNIST only (other data keep their shape)")
         if self.dataset == "mnist" and self.event_shape:
@@ -206,7 +268,6 @@ class DataConfig:
         return f"{name} {self.dataset} {self.image_size}x{self.image_size}"
 
 
-OPTIMIZERS = ("adam", "adamw")
 # TrainConfig's fields that are `fit`'s options as they are (the rest make the optimizer).
 LOOP_FIELDS = (
     "epochs",
@@ -218,7 +279,6 @@ LOOP_FIELDS = (
     "checkpoint_every",
     "keep_checkpoints",
 )
-SCHEDULES = ("constant", "cosine", "exponential", "iwae_paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,48 +291,90 @@ class TrainConfig:
     i = 0..7, 3280 epochs in all). `warmup_steps` > 0 prepends a linear ramp from 0.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"  # "adam" | "adamw" (decoupled weight decay)
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay (adamw only)
-    adam_eps: float = 1e-8  # Adam's epsilon (the IWAE paper used 1e-4)
-    schedule: str = "constant"  # a name from SCHEDULES
-    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps
-    decay_rate: float = 1.0  # "exponential": the learning rate's factor per epoch
-    clip_norm: float = 0.0  # clip gradients to this global norm (0 = off)
-    seed: int = 0
-    eval_batch_size: int = 1000
-    steps_per_call: int = 64  # train steps per compiled call (see `train.chunk_size`)
-    checkpoint_every: int = 1  # epochs between checkpoints
-    keep_checkpoints: int = 3
-    num_devices: int = 0  # data-parallel devices (0 = all local devices)
-    tensorboard: bool = True  # also write TensorBoard event files (vae_jax.tensorboard)
+    epochs: int = option(10, "passes over the training set", low=0)
+    batch_size: int = option(128, "examples per update", low=1)
+    learning_rate: float = option(
+        1e-3, "peak learning rate (the schedule's starting value)", above=0
+    )
+    optimizer: str = option(
+        "adam", "adam, or adamw (Adam with decoupled --weight_decay)", choices=OPTIMIZERS
+    )
+    weight_decay: float = option(
+        0.0, "AdamW's decoupled weight decay (with --optimizer adamw)", low=0
+    )
+    adam_eps: float = option(1e-8, "Adam's epsilon (IWAE paper: 1e-4)", above=0)
+    schedule: str = option(
+        "constant",
+        "learning-rate schedule: constant; cosine (to 0 at the last step of --epochs); "
+        "exponential (times --decay_rate per epoch, continuously); iwae_paper (Burda et al. "
+        "2016: rate * 10^(-i/7) for 3^i epochs, i = 0..7, 3280 epochs; fewer epochs "
+        "truncate it)",
+        choices=SCHEDULES,
+    )
+    warmup_steps: int = option(
+        0,
+        "linear learning-rate warm-up from 0 over this many steps; the schedule starts after it",
+        low=0,
+    )
+    decay_rate: float = option(
+        1.0,
+        "learning-rate factor per epoch of the exponential schedule, in (0, 1]",
+        above=0,
+        high=1,
+    )
+    clip_norm: float = option(
+        0.0, "clip gradients to this global norm before the optimizer (0 = off)", low=0
+    )
+    seed: int = option(
+        0,
+        "seed of every random stream (init, data order, samples, evaluation)",
+        low=0,
+        high=MAX_SEED,
+    )
+    eval_batch_size: int = option(
+        1000,
+        "examples per evaluation call (memory). Each batch draws its own noise for the "
+        "1-sample test ELBO, so that estimate changes with it (MNIST after 1 epoch: 121.180 "
+        "at 1000, 121.060 at 500; equally valid); training does not. It may differ on resume",
+        low=1,
+    )
+    steps_per_call: int = option(
+        64,
+        "train steps fused into one compiled call (progress-bar granularity); rounded to the "
+        "nearest divisor of the epoch's steps within a factor of 2, if any, so that one "
+        "compiled call serves the whole epoch (469 steps: 67)",
+        low=1,
+    )
+    checkpoint_every: int = option(1, "epochs between checkpoints", low=1)
+    keep_checkpoints: int = option(3, "how many recent checkpoints to keep", low=1)
+    num_devices: int = option(0, "devices for data parallelism (0 = all local devices)", low=0)
+    tensorboard: bool = option(
+        True,
+        "also write TensorBoard event files in WORKDIR/tensorboard/ (view them with "
+        "tensorboard --logdir runs/)",
+    )
 
     def __post_init__(self) -> None:
-        _check_floats(self)
-        FitOptions(**{name: getattr(self, name) for name in LOOP_FIELDS})  # checks them
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.weight_decay < 0 or (self.weight_decay > 0 and self.optimizer != "adamw"):
+        check_fields(self)
+        if self.weight_decay > 0 and self.optimizer != "adamw":
             raise ValueError(
                 f"weight_decay must be >= 0 and needs optimizer adamw, got {self.weight_decay} "
                 f"with {self.optimizer}"
             )
-        if not self.adam_eps > 0:
-            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 < self.decay_rate <= 1:
-            raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate}")
         if self.decay_rate != 1 and self.schedule != "exponential":
             raise ValueError("decay_rate applies to the exponential schedule only")
-        if self.clip_norm < 0:
-            raise ValueError(f"clip_norm must be >= 0 (0 = off), got {self.clip_norm}")
+
+
+class Built(NamedTuple):
+    """What `ExperimentConfig.build` makes for one run: the model and its objective."""
+
+    model: nn.Module
+    objective: Objective
+
+
+# Activation memory: float32 values per layer output, kept for the backward pass, and its
+# gradient, with room for XLA's temporaries (a coarse upper bound, not a measurement).
+_ACTIVATION_FACTOR = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,10 +385,85 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self) -> None:
-        # The objective against the model (free bits need a diagonal-Gaussian encode()), on
-        # the stand-in shape of ModelConfig's own check, so a bad pair fails before any data.
-        side = 2 ** len(self.model.conv_channels)
-        self.objective.build(self.model.build((side, side, 1)))
+        for name, kind in (
+            ("model", ModelConfig),
+            ("objective", ObjectiveConfig),
+            ("data", DataConfig),
+            ("train", TrainConfig),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{name} must be a {kind.__name__}")
+        model = self.model
+        gaussian = model.prior == "standard" and model.posterior == "gaussian"
+        free_bits = self.objective.bound == "elbo" and self.objective.free_bits > 0
+        if free_bits and not (gaussian and not model.upper_latent_dims):
+            # (as `Objective` says of such a model, but before any data is read)
+            raise ValueError("free_bits needs the per-latent KL of a diagonal-Gaussian encode()")
+        if self.data.dataset == "mnist" and model.conditional:
+            if model.num_classes != MNIST_CLASSES:
+                raise ValueError(
+                    f"MNIST has {MNIST_CLASSES} classes: a conditional model on it needs "
+                    f"num_classes {MNIST_CLASSES}, got {model.num_classes}"
+                )
+
+    def build(self, event_shape: tuple[int, ...] | None = None, *, memory: int = 0) -> Built:
+        """The run's model and objective, made once: the check that needs the data.
+
+        Args:
+          event_shape: one example's shape (default ``data.image_shape``, known before the
+            data for MNIST).
+          memory: bytes of one device's memory; when given, a training batch
+            (batch_size x num_samples) and an evaluation batch that would not fit are
+            refused before anything is allocated.
+
+        Raises:
+          ValueError (one line): the model does not fit the event shape (conv strides),
+            the objective does not fit the model (free bits need a diagonal-Gaussian
+            posterior), or a batch does not fit in `memory`.
+        """
+        shape = tuple(event_shape if event_shape is not None else self.data.image_shape)
+        if not shape:
+            raise ValueError("the data's event shape is not known yet (read the data first)")
+        model = self.model.build(shape)
+        objective = self.objective.build(model)
+        if memory:
+            self._check_batch_memory(shape, memory)
+        return Built(model, objective)
+
+    def activation_bytes(self, shape: tuple[int, ...], rows: int) -> int:
+        """A coarse upper bound of the activation memory of `rows` model inputs (examples x
+        samples) of `shape`: every layer's output and its gradient, in float32 (the
+        VampPrior's pseudo-inputs, encoded at every step, are added)."""
+        m = self.model
+        widths = sum(m.hidden) + sum(m.upper_hidden) + sum(m.upper_latent_dims) + m.z_dim
+        if m.architecture == "conv":  # each conv layer's output: channels x (H / 2^i)^2
+            side = math.prod(shape[:2])
+            widths += sum(c * side // 4 ** (i + 1) for i, c in enumerate(m.conv_channels))
+        if m.conditional:  # the one-hot label, into the encoder and the decoder
+            widths += 2 * m.num_classes
+        if m.posterior == "iaf":
+            widths += m.flow_depth * (sum(m.flow_hidden) + 2 * m.z_dim)
+        per_row = 2 * math.prod(shape) + 2 * widths
+        extra = m.num_pseudo_inputs if m.prior == "vamp" else 0
+        return _ACTIVATION_FACTOR * 4 * (rows + extra) * per_row
+
+    def _check_batch_memory(self, shape: tuple[int, ...], memory: int) -> None:
+        """Refuse a training or evaluation batch whose activations cannot fit in `memory`."""
+        t, k = self.train, self.objective.num_samples
+        for name, batch, samples in (
+            ("batch_size", t.batch_size, k),
+            ("eval_batch_size", t.eval_batch_size, k if self.objective.bound == "iwae" else 1),
+        ):
+            nbytes = self.activation_bytes(shape, batch * samples)
+            if nbytes > memory:
+                what = f"{batch:,} examples" + (f" x {samples:,} samples" if samples > 1 else "")
+                if self.model.prior == "vamp":
+                    what += f" and {self.model.num_pseudo_inputs:,} pseudo-inputs"
+                raise ValueError(
+                    f"{name} {batch}: one batch of {what} needs about {nbytes / 2**30:,.1f} "
+                    f"GiB of activations, more than the devices' {memory / 2**30:,.1f} GiB "
+                    "(a smaller batch, fewer samples or a smaller model)"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -303,21 +480,29 @@ class ExperimentConfig:
         return FitOptions(**{**values, **run})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        def build(kind: type, values: dict[str, Any]) -> Any:
-            fields = {f.name for f in dataclasses.fields(kind)}
-            unknown = set(values) - fields
+    def from_dict(cls, d: dict[str, Any], base: ExperimentConfig | None = None) -> ExperimentConfig:
+        """The configuration `d` (a `to_dict()`, as JSON gives it back: lists for tuples)
+        describes; a section or field it leaves out keeps `base`'s value (default: the
+        defaults). Raises ValueError (one line) for an unknown section or field, or a value
+        of the wrong type or range."""
+        base = base if base is not None else cls()
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object of sections, got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown configuration sections: {sorted(unknown)}")
+        sections = {}
+        for name, values in d.items():
+            section = getattr(base, name)
+            if not isinstance(values, dict):
+                raise ValueError(f"{name} must be an object of fields, got {values!r}")
+            kind = type(section)
+            unknown = set(values) - {f.name for f in dataclasses.fields(kind)}
             if unknown:
                 raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-            return kind(**values)
-
-        return cls(
-            model=build(ModelConfig, d.get("model", {})),
-            objective=build(ObjectiveConfig, d.get("objective", {})),
-            data=build(DataConfig, d.get("data", {})),
-            train=build(TrainConfig, d.get("train", {})),
-        )
+            sections[name] = dataclasses.replace(section, **values)
+        return dataclasses.replace(base, **sections)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a work directory's checkpoints to be resumed by this config.
@@ -337,11 +522,7 @@ class ExperimentConfig:
 
 
 def check_config(config: ExperimentConfig) -> None:
-    """Raise ValueError (one line) unless the model fits the data's event shape.
-
-    Each dataclass checks its own fields when it is made; what needs the data (a conv VAE's
-    strides against H and W) is checked here, once the event shape is known: from the
-    configuration for MNIST, from the data for anything else (`prepare_data`).
-    """
+    """Raise ValueError (one line) unless the model fits the data's event shape, when it is
+    known (`ExperimentConfig.build`; a recorded configuration, `vae_jax.workdir`)."""
     if config.data.image_shape:
-        config.model.build(config.data.image_shape)
+        config.build()

@@ -29,7 +29,7 @@ import numpy as np
 
 from vae_jax import visualize
 from vae_jax.arrays import Split, is_image_shape, to_float_np
-from vae_jax.config import ExperimentConfig, check_config
+from vae_jax.config import ExperimentConfig
 from vae_jax.distributed import is_primary, on_primary
 from vae_jax.loop import FitResult, RunDir, fit
 from vae_jax.models import decoder_mean, reconstruct
@@ -37,7 +37,8 @@ from vae_jax.optim import check_schedule, make_optimizer
 from vae_jax.sources import prepare_data
 from vae_jax.tensorboard import TensorBoardWriter
 from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
-from vae_jax.train import TrainState, steps_per_epoch
+from vae_jax.train import TrainState, make_mesh, steps_per_epoch
+from vae_jax.trainer import device_memory
 from vae_jax.workdir import workdir_lock, writable_dir, write_metrics
 
 
@@ -145,6 +146,11 @@ def run_experiment(
       CheckpointError, DivergenceError, Preempted, DataUnavailableError, OSError: see `fit`.
     """
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
+    # The model and objective are built once, by the configuration's one check that needs
+    # the data's event shape: before anything is read or written when the configuration
+    # gives it (MNIST), else once the data are read.
+    memory = devices_memory(config.train.num_devices)
+    built = config.build(memory=memory) if config.data.image_shape else None
     # With several processes (`vae_jax.distributed`), process 0 owns the work directory
     # and prepares the data first (a first MNIST run writes its TFDS copy); the others then
     # read the data, and all of them train.
@@ -156,12 +162,14 @@ def run_experiment(
             return prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
 
         loaded = on_primary(load, "prepare the data")
-        config, train, test = loaded if loaded is not None else load()
-        options = config.fit_options(**run)  # (with the event shape that the data gave)
-        check_config(config)  # the model, for the data's event shape, before anything is written
+        read, train, test = loaded if loaded is not None else load()
+        if built is None or read != config:  # (the data gave the event shape or classes)
+            built = read.build(memory=memory)
+        config = read
+        options = config.fit_options(**run)
         n_steps_epoch = steps_per_epoch(len(train.image), config.train.batch_size)
         check_schedule(config.train, n_steps_epoch)
-        model = config.model.build(config.data.image_shape)
+        model = built.model
         shown = test if test is not None else train
         pictures = None
         if is_image_shape(config.data.image_shape):
@@ -182,7 +190,7 @@ def run_experiment(
                 board.write(epoch, records, grids)
 
         result = fit(
-            config.objective.build(model),
+            built.objective,
             make_optimizer(config.train, n_steps_epoch),
             train,  # (Splits: checked once, by prepare_data)
             x_test=test,
@@ -210,6 +218,13 @@ def run_experiment(
                 f"{path}/checkpoints/"
             )
         return result
+
+
+def devices_memory(num_devices: int) -> int:
+    """Bytes of memory of the devices a run of `num_devices` uses, together (batches are
+    split over them); ValueError if there are fewer devices."""
+    mesh = make_mesh(num_devices)
+    return device_memory(mesh) * mesh.size
 
 
 def check_paths(*, data_dir: str | None, mnist_dir: str | None) -> None:

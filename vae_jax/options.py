@@ -1,9 +1,10 @@
 """`FitOptions`: how `vae_jax.loop.fit` runs, apart from what it trains and with what.
 
 `fit` takes the pieces (an objective, which holds the model; an optax optimizer; arrays)
-and one `FitOptions`. The experiments make theirs from the configuration
-(`ExperimentConfig.fit_options`); the configuration's own checks of these fields are the
-ones here, so each is checked in one place.
+and one `FitOptions`, which checks its own fields when made (`vae_jax.fields.check_fields`:
+types, ranges, int32 bounds): the boundary for code that calls `fit` directly. The
+experiments make theirs once from the configuration (`ExperimentConfig.fit_options`), whose
+`TrainConfig` declares the same fields with their help texts for the command line.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import numpy as np
+from vae_jax.fields import MAX_SEED, check_fields, option
 
-MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seeds 0 and 2**32 would collide
+__all__ = ["MAX_SEED", "PLACEMENTS", "STEP_LOOPS", "FitOptions"]
 PLACEMENTS = ("auto", "device", "host")
 STEP_LOOPS = ("auto", "scan", "host")  # ("auto": `vae_jax.train.step_loop_for` decides)
 
@@ -54,51 +55,28 @@ class FitOptions:
       log: where `fit`'s one-line messages go (epoch summaries, resume); not recorded.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    eval_batch_size: int = 1000
-    steps_per_call: int = 64
-    num_devices: int = 0
-    binarize: bool = False
-    kl_warmup_steps: int = 0
-    placement: str = "auto"
-    skip_nonfinite: bool = False
-    checkpoint_every: int = 1
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 3
-    data_variant: str = ""
-    step_loop: str = "auto"
+    epochs: int = option(10, "passes over the training set", low=0)
+    batch_size: int = option(128, "examples per update", low=1)
+    seed: int = option(0, "seed of every random stream", low=0, high=MAX_SEED)
+    eval_batch_size: int = option(1000, "examples per evaluation call", low=1)
+    steps_per_call: int = option(64, "train steps per compiled call", low=1)
+    num_devices: int = option(0, "data-parallel devices (0 = all local devices)", low=0)
+    binarize: bool = option(False, "dynamic binarization")
+    kl_warmup_steps: int = option(0, "KL warm-up steps", low=0)
+    placement: str = option("auto", "where the training set lives", choices=PLACEMENTS)
+    skip_nonfinite: bool = option(False, "skip non-finite updates")
+    checkpoint_every: int = option(1, "epochs between checkpoints", low=1)
+    checkpoint_every_steps: int = option(0, "steps between checkpoints (0 = off)", low=0)
+    keep_checkpoints: int = option(3, "checkpoints kept", low=1)
+    data_variant: str = option("", "the data's name in records and logs")
+    step_loop: str = option("auto", "scan, host or auto (step_loop_for)", choices=STEP_LOOPS)
     log: Callable[[str], None] = dataclasses.field(default=print, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value, default = getattr(self, field.name), field.default
-            if isinstance(default, bool) and not isinstance(value, bool | np.bool_):
-                raise ValueError(f"{field.name} must be True or False, got {value!r}")
-            if isinstance(default, str) and not isinstance(value, str):
-                raise ValueError(f"{field.name} must be a string, got {value!r}")
-            if type(default) is int:
-                if not isinstance(value, int | np.integer) or isinstance(value, bool):
-                    raise ValueError(f"{field.name} must be an integer, got {value!r}")
-                object.__setattr__(self, field.name, int(value))  # (JSON-able)
-            elif isinstance(default, bool):
-                object.__setattr__(self, field.name, bool(value))
-        for name in ("batch_size", "eval_batch_size", "steps_per_call", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "num_devices", "kl_warmup_steps", "checkpoint_every_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        if self.step_loop not in STEP_LOOPS:
-            raise ValueError(f"step_loop must be 'auto', 'scan' or 'host', got {self.step_loop!r}")
-        if not callable(self.log):
-            raise ValueError(f"log must be callable (like print), got {self.log!r}")
-        if self.placement not in PLACEMENTS:
+        if self.placement not in PLACEMENTS:  # (the message names them as a sentence)
             raise ValueError(
                 f"placement must be 'auto', 'device' or 'host', got {self.placement!r}"
             )
+        if not callable(self.log):
+            raise ValueError(f"log must be callable (like print), got {self.log!r}")
+        check_fields(self)

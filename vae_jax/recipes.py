@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
 
@@ -171,3 +171,49 @@ RECIPES: dict[str, Callable[[], ExperimentConfig]] = {
     "conv32": conv32,
     **{name: functools.partial(paper_row, name) for name in PAPER_ROWS},
 }
+
+
+def differences(config: object, reference: object, prefix: str = "") -> list[str]:
+    """The dotted names of the fields in which two configuration dataclasses differ."""
+    names = []
+    for field in dataclasses.fields(reference):  # type: ignore[arg-type]
+        a, b = getattr(config, field.name), getattr(reference, field.name)
+        if dataclasses.is_dataclass(b):
+            names += differences(a, b, f"{prefix}{field.name}.")
+        elif a != b:
+            names.append(prefix + field.name)
+    return names
+
+
+def comparison(recipe: str, config: Any, report: dict[str, Any]) -> str:
+    """Lines that put the evaluation `report` of a run of `config` beside the published
+    number of the paper's row `recipe`, or say why there is none to compare with."""
+    row = PAPER_ROWS[recipe]
+    # The paper's row with this run's length: anything else changed is another model.
+    changed = [
+        name
+        for name in differences(config, paper_row(recipe))
+        if not name.startswith(
+            ("train.epochs", "train.eval_batch_size", "train.checkpoint", "train.tensorboard")
+        )
+    ]
+    is_key = report["is_key"]
+    k, n = report["num_samples"], report["num_examples"]
+    bound = "VAE (ELBO)" if row.bound == "vae" else "IWAE"
+    lines = [
+        f"Burda et al. (2016) Table 1, {row.layers} stochastic layer"
+        f"{'s' if row.layers > 1 else ''}, {bound}, k={row.k}:",
+        f"  this run:  test NLL {report[is_key]:.2f} +- {report[is_key + '_stderr']:.2f} nats "
+        f"(IS k={k}, {n} test images; {config.train.epochs} of the schedule's 3280 epochs)",
+    ]
+    if changed:
+        lines.append(
+            f"  published: none for this configuration (it differs from the row in "
+            f"{', '.join(changed)}); the unmodified row's is {row.published_nll:.2f}"
+        )
+    else:
+        protocol = "same protocol" if (k, n) == (5000, 10_000) else "IS k=5000, 10000 test images"
+        lines.append(
+            f"  published: test NLL {row.published_nll:.2f} nats (3280 epochs, {protocol})"
+        )
+    return "\n".join(lines)

@@ -73,10 +73,9 @@ def load_dataset(
       DataUnavailableError: MNIST could not be prepared from any source.
     """
     if spec == "mnist":
-        from vae_jax.mnist import load_mnist, prepare_mnist
+        from vae_jax.mnist import load_mnist_with_source
 
-        _, source = prepare_mnist(data_dir, mnist_dir=mnist_dir)
-        splits = load_mnist(data_dir, mnist_dir=mnist_dir)
+        splits, source = load_mnist_with_source(data_dir, mnist_dir=mnist_dir)
         train, test = splits["train"], splits["test"]
         return Dataset(train.image, train.label, test.image, test.label, 10, source)
     if is_file_spec(spec):
@@ -240,9 +239,14 @@ def prepare_data(
         "num_classes": config.model.num_classes if config.model.conditional else None,
         "unit_interval": model.likelihood == "bernoulli" or config.data.binarize == "dynamic",
     }
-    train = check_split(x_train, dataset.y_train, name=f"{config.data.dataset} train", **checks)
-    test = None
-    if x_test is not None:
+    if config.data.dataset == "mnist":  # (checked as read: uint8 28x28, labels 0..9)
+        assert dataset.y_train is not None and dataset.y_test is not None
+        train = Split(x_train, dataset.y_train)
+        test = None if x_test is None else Split(x_test, dataset.y_test)
+    else:
+        train = check_split(x_train, dataset.y_train, name=f"{config.data.dataset} train", **checks)
+        test = None
+    if x_test is not None and test is None:
         test = check_split(
             x_test,
             dataset.y_test,
@@ -250,6 +254,7 @@ def prepare_data(
             event_shape=train.image.shape[1:],
             **checks,
         )
+    if test is not None:
         if config.data.binarize == "dynamic":
             test = Split(binarize_once(test.image, config.data.test_binarize_seed), test.label)
     n_test = 0 if test is None else len(test.image)
