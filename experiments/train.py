@@ -9,7 +9,9 @@ line on stderr); 1 a failure while running: a non-finite loss, a checkpoint that
 written or read, a full disk (one line that says what is intact), or no data (the sources
 tried and how to fix it); 75 preempted (SIGTERM or SIGUSR1: the current compiled call
 finished and a checkpoint was written; resumable, so a scheduler may requeue the job);
-130 interrupted. Re-running the same command resumes from the last checkpoint.
+130 interrupted. With ``--distributed``, 1 also when another process failed, stopped or
+never came (one line, within the bounds docs/parallel.md gives). Re-running the same
+command resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -45,16 +47,20 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-    if args.distributed:
-        from vae_jax.distributed import initialize
+    from vae_jax.distributed import CLUSTER_STATUS, ClusterError, initialize, watch_peers
 
+    run = run_experiment
+    if args.distributed:  # (a missing peer or address: one line and CLUSTER_STATUS within 60 s)
         try:
-            initialize()
+            initialize(prog=parser.prog)
         except ValueError as error:  # (a variable, or nothing that says how many processes)
             fail(parser.prog, f"--distributed: {_one_line(error)}", 2)
+        except ClusterError as error:  # (the processes disagree on their count)
+            fail(parser.prog, f"--distributed: {error}", CLUSTER_STATUS)
+        run = watch_peers(run_experiment)  # (a peer stopped: ClusterError, not a Gloo error)
     resume_hint = f"run the same command again to resume from the last checkpoint in {args.workdir}"
     try:
-        run_experiment(
+        run(
             config,
             args.workdir,
             data_dir=args.data_dir,
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m experiments.tr
             checkpoint_every_steps=args.checkpoint_every_steps,
             placement=args.data_placement,
         )
+    except ClusterError as error:  # another process failed or stopped
+        fail(parser.prog, _one_line(error), CLUSTER_STATUS)
     except (WorkdirError, ValueError) as error:
         fail(parser.prog, _one_line(error), 2)
     except NoReadableCheckpointError as error:  # (resuming cannot help: the message says)
