@@ -219,7 +219,7 @@ def barrier(name: str, timeout_seconds: int = PRIMARY_TIMEOUT_S) -> None:
         _state.lost = True
         raise ClusterError(
             f"process {jax.process_index()}: not every process reached {name!r} within "
-            f"{timeout_seconds} s ({_one_line(error)[:200]})"
+            f"{timeout_seconds} s ({_short(error)})"
         ) from None
 
 
@@ -281,7 +281,7 @@ def _wait_for_primary(client: Any, key: str, what: str) -> str:
             _state.lost = True
             raise ClusterError(
                 f"process {index}: process 0 stopped while it was to {what} (the coordinator "
-                f"does not answer: {_one_line(error)[:200]})"
+                f"does not answer: {_short(error)})"
             ) from None
 
 
@@ -316,7 +316,8 @@ def lost_peers() -> Iterator[None]:
         _state.lost = True
         raise ClusterError(
             f"process {jax.process_index()}: another process stopped during a collective "
-            f"({_one_line(error)[:200]}); see the other processes' output"
+            f"({_short(error)}); see the other processes' output, then start them all again "
+            "to resume"
         ) from None
 
 
@@ -343,7 +344,7 @@ def _leave() -> None:
         print(
             f"{_state.prog}: error: process {jax.process_index()}: not every process reached "
             f"the end within {EXIT_TIMEOUT_S} s of this one; leaving without them "
-            f"({_one_line(error)[:160]})",
+            f"({_short(error)})",
             file=sys.stderr,
         )
         _exit_now()
@@ -392,6 +393,11 @@ def _client() -> Any:
     if global_state.client is None:
         raise ClusterError("jax.distributed is not initialized")
     return global_state.client
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = _one_line(error)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _one_line(error: BaseException) -> str:
