@@ -126,8 +126,9 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
                 )
             return (
                 f"{who}{of}: not every process connected to the coordinator at {where} within "
-                f"{timeout_seconds} s: start all {num_processes or ''} processes with the same "
-                f"{ENV_COORDINATOR} and {ENV_NUM_PROCESSES}, each with its own {ENV_PROCESS_ID}"
+                f"{timeout_seconds} s: start all {num_processes or 'the'} processes with the "
+                f"same {ENV_COORDINATOR} and {ENV_NUM_PROCESSES}, each with its own "
+                f"{ENV_PROCESS_ID}"
             )
         return (
             f"{who}{of}: the processes connected but did not agree on their devices within "
@@ -152,6 +153,9 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
     except ClusterError:
         _state.lost = True  # (the cluster never formed: nothing to wait for at exit)
         raise
+    except Exception as error:  # (e.g. the coordinator gone in the meantime)
+        _state.lost = True
+        raise ClusterError(f"{who}{of}: start-up failed: {_short(error)}") from None
     finally:
         watchdog.cancel()
 
