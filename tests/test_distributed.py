@@ -68,9 +68,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_both(data, workdir, logs, cache, *, flags=FLAGS, slow_prepare=0):
+def _start_both(data, workdir, logs, cache, *, flags=FLAGS, slow_prepare=0, full_disk=False):
     """Start processes 0 and 1 of one run; returns them. `slow_prepare` (seconds) makes
-    process 0's data preparation that much slower (`tests.cluster_driver`)."""
+    process 0's data preparation that much slower, `full_disk` its metrics unwritable after
+    epoch 2 (`tests.cluster_driver`)."""
     port = _free_port()
     procs = []
     for index in (0, 1):
@@ -80,6 +81,7 @@ def _start_both(data, workdir, logs, cache, *, flags=FLAGS, slow_prepare=0):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(index),
             "VAE_JAX_TEST_PREPARE_SLEEP": str(slow_prepare),
+            "VAE_JAX_TEST_FULL_DISK": "1" if full_disk else "",
         }
         argv = ["tests.cluster_driver", "--distributed", "--dataset", data, *flags]
         procs.append(start_cli([*argv, "--workdir", workdir], logs[index], cache, env=env))
@@ -155,8 +157,8 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
         f"{message}"
     ]
 
-    # process 1 killed after the checkpoint at step 8: process 0 ends by itself, with one
-    # line (before: a C++ abort after JAX's 100 s heartbeat timeout); both restarted
+    # process 1 killed while the checkpoint at step 8 is written: process 0 ends by itself,
+    # with one line (before: a C++ abort after JAX's 100 s heartbeat timeout); both restarted
     killed = tmp_path / "killed"
     kill_logs = [tmp_path / "k0.log", tmp_path / "k1.log"]
     procs = _start_both(data, killed, kill_logs, cache)
@@ -167,8 +169,10 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
     procs[1].kill()
     procs[1].wait()
     assert procs[0].wait(timeout=120) == 1, kill_logs[0].read_text()[-2000:]
-    (lost,) = _errors(kill_logs[0])
-    assert "process 0: another process stopped during a collective" in lost
+    (lost,) = _errors(kill_logs[0])  # (in a collective: at once; in a barrier: 20 s later)
+    assert "process 0: another process stopped during a collective" in lost or (
+        "process 0: process 1 gave no sign of life for 20 s" in lost
+    ), lost
     assert _steps(killed) and _steps(killed)[-1] < STEPS, _steps(killed)
     resume_logs = [tmp_path / "r0.log", tmp_path / "r1.log"]
     statuses = _wait_both(_start_both(data, killed, resume_logs, cache), resume_logs)
@@ -249,3 +253,21 @@ def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
         assert status == 1, text[-2000:]
         (line,) = text.strip().splitlines()
         assert line.startswith(prefix + expected[name]), line
+
+
+def test_a_process_that_fails_alone_ends_the_others_with_one_line(data, tmp_path):
+    """Process 0 cannot write its metrics after epoch 2 (a full disk on its side) while
+    process 1 goes on into the next collective, where it would wait for process 0 forever
+    (before: until JAX's shutdown barrier gave up, then both aborted). Process 1 learns it
+    through the coordination service and leaves `LEAVE_GRACE_S` later."""
+    cache = tmp_path / "jax_cache"
+    logs = [tmp_path / "f0.log", tmp_path / "f1.log"]
+    flags = [*FLAGS[: FLAGS.index("--epochs") + 1], "20", *FLAGS[FLAGS.index("--epochs") + 2 :]]
+    procs = _start_both(data, tmp_path / "run", logs, cache, flags=flags, full_disk=True)
+    assert _wait_both(procs, logs) == [1, 1], logs[1].read_text()[-2000:]
+    (full,) = _errors(logs[0])
+    assert "No space left on device (simulated); the checkpoints are intact" in full
+    assert _errors(logs[1]) == [
+        "python -m experiments.train: error: process 1: process 0 stopped (its output says "
+        "why); leaving too: start them all again to resume"
+    ]

@@ -20,13 +20,19 @@ Waiting and failing, with bounds (docs/parallel.md lists what each case prints):
   through the coordination service's key-value store, not a collective (whose Gloo
   connection set-up gives up after 30 s): the others wait up to `PRIMARY_TIMEOUT_S` and say
   so; if process 0 fails, it publishes its one-line error and the others stop at once with it.
-- A collective whose peer stopped (Gloo: "Connection reset by peer") becomes `ClusterError`;
-  a process that knows a peer is gone leaves without JAX's shutdown barrier, which would
-  otherwise wait for the dead peer and then abort. At a normal exit every process waits for
-  the others up to `EXIT_TIMEOUT_S`.
-- A peer that stops while this process is outside any collective or wait is found by JAX's
-  heartbeats after `HEARTBEAT_TIMEOUT_S`: JAX then aborts this process (exit 134, its own
-  C++ stack trace; nothing in Python can intercept it).
+- A collective whose peer stopped (Gloo: "Connection reset by peer") becomes `ClusterError`.
+  A watcher thread (`_watch_peers`) publishes a sign of life each second and reads the
+  others': a process silent for `PEER_SILENCE_S` (killed, or hung), or one that failed
+  while this one still runs (which would wait for it in its next collective), makes this
+  one print one line and leave (`LEAVE_GRACE_S` after a failure).
+- Leaving (`_leave`, at exit): each process says how it leaves (done, failed, lost) and
+  waits up to `EXIT_TIMEOUT_S` for the others to say so too, then JAX's shutdown barrier;
+  once one is lost, all leave at once without that barrier (which would wait for the dead
+  one and then abort), process 0 last: it hosts the coordination service, whose end makes
+  JAX abort every process still connected.
+- What JAX alone decides, nothing in Python can intercept: process 0's death aborts the
+  others at once, and a silent peer aborts the rest after `HEARTBEAT_TIMEOUT_S` (exit 134,
+  a C++ stack trace); the watcher acts before the second.
 """
 
 from __future__ import annotations
@@ -77,6 +83,11 @@ class ClusterError(RuntimeError):
 
 class _State:
     lost = False  # a peer is known to be gone: leave without JAX's shutdown barrier
+    failed = False  # a `watch_peers` call raised: the others cannot finish without this one
+    leaving = False  # this process is in its exit handler
+    connected = False  # to the coordination service (its key-value store works)
+    formed = False  # every process connected, the counts agreed, the devices known
+    finished = False  # every process is leaving: JAX's shutdown barrier next
     prog = "vae_jax"  # prefix of the lines printed from a watchdog thread
 
 
@@ -145,11 +156,14 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
         heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
         shutdown_timeout_seconds=EXIT_TIMEOUT_S + 30,
     )
+    _state.connected = True
     atexit.register(_leave)  # (runs before JAX's own exit handler, registered at import)
     phase[0] = "agree"
     try:
         _check_counts(timeout_seconds)
         jax.devices()  # the global device list: every process's devices
+        _state.formed = True
+        threading.Thread(target=_watch_peers, daemon=True).start()
     except ClusterError:
         _state.lost = True  # (the cluster never formed: nothing to wait for at exit)
         raise
@@ -163,10 +177,8 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
 def _check_counts(timeout_seconds: int) -> None:
     """Every process publishes its count; each compares with process 0's, and process 0
     with every other's (a mismatch would otherwise wait in the device exchange, 5 minutes)."""
-    from jax._src.distributed import global_state  # (process_index() would start the backend)
-
     client = _client()
-    index, count = global_state.process_id, global_state.num_processes
+    index, count = _here()
     client.key_value_set(f"vae_jax/init/count/{index}", str(count))
     others = range(1, count) if index == 0 else [0]
     wait_ms = 1000 * timeout_seconds
@@ -326,37 +338,157 @@ def lost_peers() -> Iterator[None]:
 
 
 def watch_peers(function: Callable[P, T]) -> Callable[P, T]:
-    """`function`, with `lost_peers` around each call."""
+    """`function` (the whole run: every collective in it), with `lost_peers` around each
+    call; if it raises, the others learn at exit that this process failed, and stop
+    (`LEAVE_GRACE_S` later) instead of waiting in a collective for it."""
 
     def watched(*args: P.args, **kwargs: P.kwargs) -> T:
-        with lost_peers():
-            return function(*args, **kwargs)
+        try:
+            with lost_peers():
+                return function(*args, **kwargs)
+        except BaseException:
+            _state.failed = True
+            raise
 
     return watched
 
 
+# At exit each process publishes how it leaves under this prefix: "done", "failed" (a
+# `watch_peers` call raised) or "lost" (a peer is gone, or failed: it leaves at once).
+_LEAVING = "vae_jax/leaving/"
+LEAVE_GRACE_S = 10  # a process still running this long after a peer failed stops too
+LAST_WAIT_S = 5  # process 0, lost, waits this long for the others to leave first
+PEER_SILENCE_S = 20  # a process silent this long is taken for dead (JAX's own check: 60 s)
+_ALIVE = "vae_jax/alive/"  # each process's sign of life, a counter set each second
+
+
 def _leave() -> None:
-    """At exit (before JAX's handler): wait for the others, boundedly, or leave at once."""
-    if _state.lost:
+    """At exit (before JAX's handler): say how this process leaves, and wait (up to
+    `EXIT_TIMEOUT_S`) until every other has said so too; then JAX's shutdown barrier, which
+    they all reach. Once one of them is "lost", all leave at once without that barrier."""
+    _state.leaving = True
+    if not _state.formed:  # (a start-up failure: every process leaves now)
+        _publish("lost")
         _exit_now()
-    if jax.process_count() == 1:
         return
-    try:
-        _client().wait_at_barrier("vae_jax/exit", 1000 * EXIT_TIMEOUT_S)
-    except Exception as error:
-        _state.lost = True
+    count, client = jax.process_count(), _client()
+    _publish("lost" if _state.lost else "failed" if _state.failed else "done")
+    deadline = time.monotonic() + EXIT_TIMEOUT_S
+    while not _state.lost:
+        leaving = _leaving(client)
+        if leaving is None or "lost" in leaving.values():
+            _state.lost = True  # (that one skips the shutdown barrier: so must this one)
+        elif len(leaving) == count:
+            _state.finished = True  # (the watcher stops: JAX's shutdown comes next)
+            return
+        elif time.monotonic() > deadline:
+            print(
+                f"{_state.prog}: error: process {jax.process_index()}: not every process "
+                f"reached the end within {EXIT_TIMEOUT_S} s of this one; leaving without them",
+                file=sys.stderr,
+            )
+            _state.lost = True
+        else:
+            time.sleep(0.2)
+    _exit_now()
+
+
+def _watch_peers() -> None:
+    """(A daemon thread from `initialize` on.) Each second, publish a sign of life and read
+    the others'. If another process lost a peer, or failed while this one still runs (which
+    may wait in a collective or a barrier for it forever), or gave no sign of life for
+    `PEER_SILENCE_S` (killed: JAX's own heartbeat check would abort this process later, with
+    a stack trace), say so in one line and leave: at once, or `LEAVE_GRACE_S` after a
+    failure unless this one is leaving by then too."""
+    client, index, count = _client(), jax.process_index(), jax.process_count()
+    heard = dict.fromkeys(range(count), (time.monotonic(), ""))  # (when, what) last heard
+    tick = 0
+    while not _state.finished:  # (while leaving too: waiting for the others in `_leave`)
+        time.sleep(1.0)
+        tick += 1
+        with contextlib.suppress(Exception):
+            client.key_value_set(f"{_ALIVE}{index}", str(tick), allow_overwrite=True)
+        leaving, alive = _leaving(client), _read_dir(client, _ALIVE)
+        if leaving is None or alive is None:  # (the coordinator is gone: JAX ends this process)
+            return
+        now = time.monotonic()
+        for key, value in alive.items():
+            other = _index(key)
+            if heard[other][1] != value:
+                heard[other] = (now, value)
+        left = {_index(key) for key in leaving}
+        silent = [i for i in range(count) if i not in left and now - heard[i][0] > PEER_SILENCE_S]
+        stopped = sorted(_index(key) for key, how in leaving.items() if how != "done")
+        if silent and index not in silent:
+            why = f"gave no sign of life for {PEER_SILENCE_S} s (killed?)"
+        elif stopped and not _state.leaving:
+            why = "stopped (its output says why)"
+            if "lost" not in leaving.values():
+                time.sleep(LEAVE_GRACE_S)
+            if _state.leaving:
+                continue
+        else:
+            continue
+        if _state.finished:
+            return
         print(
-            f"{_state.prog}: error: process {jax.process_index()}: not every process reached "
-            f"the end within {EXIT_TIMEOUT_S} s of this one; leaving without them "
-            f"({_short(error)})",
+            f"{_state.prog}: error: process {index}: process "
+            f"{', '.join(map(str, silent or stopped))} {why}; leaving too: start them all "
+            "again to resume",
             file=sys.stderr,
         )
+        _state.lost = True
+        _publish("lost")
         _exit_now()
+
+
+def _here() -> tuple[int, int]:
+    """This process's index and count, as given to JAX (`jax.process_index()` would start
+    the backend, which waits for every process's devices)."""
+    from jax._src.distributed import global_state
+
+    return global_state.process_id, global_state.num_processes
+
+
+def _index(key: str) -> int:
+    return int(key.rsplit("/", 1)[-1])
+
+
+def _publish(how: str) -> None:
+    with contextlib.suppress(Exception):  # (the coordinator gone: nothing to tell)
+        _client().key_value_set(f"{_LEAVING}{_here()[0]}", how, allow_overwrite=True)
+
+
+def _leaving(client: Any) -> dict[str, str] | None:
+    """How the processes that are leaving leave (by key), or None if the coordinator is gone."""
+    return _read_dir(client, _LEAVING)
+
+
+def _read_dir(client: Any, prefix: str) -> dict[str, str] | None:
+    try:
+        return dict(client.key_value_dir_get(prefix))
+    except Exception:
+        return None
 
 
 def _exit_now() -> None:
+    """Leave at once (without JAX's shutdown barrier) if a peer is lost, status 1.
+
+    Process 0 hosts the coordination service, whose end makes JAX abort every process still
+    connected; so it leaves last: once every other has said how it leaves (they leave at
+    once after a "lost"), or after `LAST_WAIT_S` (a dead one never says).
+    """
     if not _state.lost:
         return
+    index, count = _here()
+    if _state.connected and index == 0 and count > 1:
+        client, deadline = _client(), time.monotonic() + LAST_WAIT_S
+        while time.monotonic() < deadline:
+            leaving = _leaving(client)
+            if leaving is None or len(leaving) == count:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # (they poll every 0.2 s in `_leave`, every 1 s in the watcher)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(CLUSTER_STATUS)
