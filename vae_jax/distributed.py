@@ -63,7 +63,16 @@ PRIMARY_TIMEOUT_S = 30 * 60  # process 0 preparing the data (a first MNIST downl
 HEARTBEAT_TIMEOUT_S = 60  # JAX's own detection of a silent peer (then a C++ abort)
 EXIT_TIMEOUT_S = 60  # at exit, how long a process waits for the others to finish too
 WAIT_NOTICE_S = 5  # a waiting process says so after this long
+PEER_SILENCE_S = 20  # a process silent this long is taken for dead (JAX's own check: 60 s)
+LEAVE_GRACE_S = 10  # a process still running this long after a peer failed stops too
+LAST_WAIT_S = 5  # process 0, lost, waits this long for the others to leave first
 CLUSTER_STATUS = 1  # the exit status of every failure in this module (a failure while running)
+
+# Keys in the coordination service's store: each process's sign of life (a counter set
+# each second), and how it leaves: "done", "failed" (a `watch_peers` call raised) or "lost"
+# (a peer is gone or failed: it leaves at once, without JAX's shutdown barrier).
+_ALIVE = "vae_jax/alive/"
+_LEAVING = "vae_jax/leaving/"
 
 # Messages of a collective (Gloo on CPU) or coordination call whose peer is gone.
 _LOST_PEER_SIGNS = (
@@ -351,15 +360,6 @@ def watch_peers(function: Callable[P, T]) -> Callable[P, T]:
             raise
 
     return watched
-
-
-# At exit each process publishes how it leaves under this prefix: "done", "failed" (a
-# `watch_peers` call raised) or "lost" (a peer is gone, or failed: it leaves at once).
-_LEAVING = "vae_jax/leaving/"
-LEAVE_GRACE_S = 10  # a process still running this long after a peer failed stops too
-LAST_WAIT_S = 5  # process 0, lost, waits this long for the others to leave first
-PEER_SILENCE_S = 20  # a process silent this long is taken for dead (JAX's own check: 60 s)
-_ALIVE = "vae_jax/alive/"  # each process's sign of life, a counter set each second
 
 
 def _leave() -> None:
