@@ -158,7 +158,7 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
     ]
 
     # process 1 killed while the checkpoint at step 8 is written: process 0 ends by itself,
-    # with one line (before: a C++ abort after JAX's 100 s heartbeat timeout); both restarted
+    # with one line (before: an abort with a C++ stack trace); both restarted
     killed = tmp_path / "killed"
     kill_logs = [tmp_path / "k0.log", tmp_path / "k1.log"]
     procs = _start_both(data, killed, kill_logs, cache)
