@@ -258,7 +258,7 @@ def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
 def test_a_process_that_fails_alone_ends_the_others_with_one_line(data, tmp_path):
     """Process 0 cannot write its metrics after epoch 2 (a full disk on its side) while
     process 1 goes on into the next collective, where it would wait for process 0 forever
-    (before: until JAX's shutdown barrier gave up, then both aborted). Process 1 learns it
+    (before: both waited 300 s in JAX's shutdown barrier, then aborted). Process 1 learns it
     through the coordination service and leaves `LEAVE_GRACE_S` later."""
     cache = tmp_path / "jax_cache"
     logs = [tmp_path / "f0.log", tmp_path / "f1.log"]
