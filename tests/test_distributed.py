@@ -2,12 +2,15 @@
 
 Each process is the CLI with ``--distributed`` and the variables docs/parallel.md gives
 (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``); the CPU
-collectives are JAX's default, gloo. Checked: both processes exit 0 and print the same
-losses, which match a 1-process run on 4 devices to float rounding (the same data, order
-and keys; only the sums' order differs); process 0 alone writes the work directory's files; a run
-whose process 1 is SIGKILLed (and then process 0, as a scheduler would) resumes on a
-restart of both to bitwise the parameters of the uninterrupted 2-process run; and the
-result loads in this 1-device process.
+collectives are JAX's default, gloo. Checked: with process 0's data preparation slowed past
+Gloo's 30 s connection timeout (`tests.cluster_driver`), both processes exit 0 and print the
+same losses, which match a 1-process run on 4 devices to float rounding (the same data, order
+and keys; only the sums' order differs); process 0 alone writes the work directory's files;
+a second run of another configuration there ends both processes with process 0's one line;
+a run whose process 1 is SIGKILLed ends process 0 by itself with one line, and resumes on a
+restart of both to bitwise the parameters of the uninterrupted 2-process run; the result
+loads in this 1-device process. Start-up failures (a peer that never starts, nothing at the
+coordinator's address, different counts) end every process with one line within the bound.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ FLAGS = (
     "--no_progress",
 )  # fmt: skip  (192 training examples: 6 steps per epoch, 18 in all)
 STEPS = 18
+PREPARE_SLEEP_S = 35  # past Gloo's 30 s
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +68,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_both(data, workdir, logs, cache):
-    """Start processes 0 and 1 of one run; returns them."""
+def _start_both(data, workdir, logs, cache, *, flags=FLAGS, slow_prepare=0, full_disk=False):
+    """Start processes 0 and 1 of one run; returns them. `slow_prepare` (seconds) makes
+    process 0's data preparation that much slower, `full_disk` its metrics unwritable after
+    epoch 2 (`tests.cluster_driver`)."""
     port = _free_port()
     procs = []
     for index in (0, 1):
@@ -74,8 +80,10 @@ def _start_both(data, workdir, logs, cache):
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(index),
+            "VAE_JAX_TEST_PREPARE_SLEEP": str(slow_prepare),
+            "VAE_JAX_TEST_FULL_DISK": "1" if full_disk else "",
         }
-        argv = ["experiments.train", "--distributed", "--dataset", data, *FLAGS]
+        argv = ["tests.cluster_driver", "--distributed", "--dataset", data, *flags]
         procs.append(start_cli([*argv, "--workdir", workdir], logs[index], cache, env=env))
     return procs
 
@@ -98,13 +106,21 @@ def _losses(log: Path) -> list[str]:
     ]
 
 
+def _errors(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if ": error: " in line]
+
+
 def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_path):
     cache = tmp_path / "jax_cache"
     logs = [tmp_path / "p0.log", tmp_path / "p1.log"]
     reference = tmp_path / "reference"
-    statuses = _wait_both(_start_both(data, reference, logs, cache), logs)
+    # Process 0 prepares the data for 35 s: process 1 waits past Gloo's 30 s connection
+    # timeout (before: both aborted, exit 134 with a C++ stack trace), and says so.
+    procs = _start_both(data, reference, logs, cache, slow_prepare=PREPARE_SLEEP_S)
+    statuses = _wait_both(procs, logs, timeout=240 + PREPARE_SLEEP_S)
     assert statuses == [0, 0], logs[0].read_text()[-2000:] + logs[1].read_text()[-2000:]
     assert len(_losses(logs[0])) == 3 and _losses(logs[0]) == _losses(logs[1])
+    assert "process 1: waiting for process 0 to prepare the data" in logs[1].read_text()
     # process 0 alone wrote the directory's files; no temporary file is left
     assert sorted(p.name for p in reference.iterdir()) == [
         ".lock",
@@ -129,7 +145,22 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
     for name in ("train_loss", "test_loss"):
         np.testing.assert_allclose([r[name] for r in records], [r[name] for r in single], rtol=1e-5)
 
-    # process 1 killed after the checkpoint at step 8, then process 0; both restarted
+    # a second run of another configuration there: process 0 refuses the directory, and
+    # process 1 stops with its line at once (before: a 15-line traceback)
+    other_logs = [tmp_path / "o0.log", tmp_path / "o1.log"]
+    other = [*FLAGS[:1], "8", *FLAGS[2:]]  # --hidden 8
+    statuses = _wait_both(_start_both(data, reference, other_logs, cache, flags=other), other_logs)
+    assert statuses == [2, 1], other_logs[1].read_text()[-2000:]
+    (refusal,) = _errors(other_logs[0])
+    assert "holds a run of a different configuration" in refusal
+    message = refusal.split(": error: ", 1)[1]
+    assert _errors(other_logs[1]) == [
+        f"python -m experiments.train: error: process 0 could not claim the work directory: "
+        f"{message}"
+    ]
+
+    # process 1 killed while the checkpoint at step 8 is written: process 0 ends by itself,
+    # with one line (before: an abort with a C++ stack trace); both restarted
     killed = tmp_path / "killed"
     kill_logs = [tmp_path / "k0.log", tmp_path / "k1.log"]
     procs = _start_both(data, killed, kill_logs, cache)
@@ -138,9 +169,12 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
         assert procs[1].poll() is None, kill_logs[1].read_text()[-2000:]
         time.sleep(0.005)
     procs[1].kill()
-    procs[0].kill()
-    for proc in procs:
-        proc.wait()
+    procs[1].wait()
+    assert procs[0].wait(timeout=120) == 1, kill_logs[0].read_text()[-2000:]
+    (lost,) = _errors(kill_logs[0])  # (in a collective: at once; in a barrier: 20 s later)
+    assert "process 0: another process stopped during a collective" in lost or (
+        "process 0: process 1 gave no sign of life for 20 s" in lost
+    ), lost
     assert _steps(killed) and _steps(killed)[-1] < STEPS, _steps(killed)
     resume_logs = [tmp_path / "r0.log", tmp_path / "r1.log"]
     statuses = _wait_both(_start_both(data, killed, resume_logs, cache), resume_logs)
@@ -178,3 +212,64 @@ def test_distributed_variables_that_are_not_numbers_are_one_line_errors(tmp_path
     )
     assert proc.returncode == 2
     assert "JAX_PROCESS_ID=2 must be below JAX_NUM_PROCESSES=2" in proc.stderr
+
+
+def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
+    """Start-up is bounded (here lowered to 10 s by `tests.cluster_driver`; 60 s by
+    default): process 0 alone; process 1 alone, nothing at the coordinator's address; and
+    two processes with different counts. Before: six minutes, then exit 134 and a C++ trace."""
+    cache, bound = tmp_path / "jax_cache", 10
+    runs = {  # name: (port, count, index)
+        "alone0": (_free_port(), 2, 0),
+        "alone1": (_free_port(), 2, 1),
+        "count0": (port := _free_port(), 2, 0),
+        "count1": (port, 3, 1),
+    }
+    procs = {}
+    for name, (port, count, index) in runs.items():
+        env = {
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": str(count),
+            "JAX_PROCESS_ID": str(index),
+            "VAE_JAX_TEST_INIT_TIMEOUT": str(bound),
+        }
+        argv = ["tests.cluster_driver", "--distributed", "--workdir", tmp_path / name]
+        procs[name] = start_cli(argv, tmp_path / f"{name}.log", cache, env=env)
+    prefix = "python -m experiments.train: error: --distributed: "
+    expected = {
+        "alone0": f"process 0 of 2: not every process connected to the coordinator at "
+        f"127.0.0.1:{runs['alone0'][0]} within {bound} s",
+        "alone1": f"process 1 of 2: nothing answers at the coordinator address "
+        f"127.0.0.1:{runs['alone1'][0]} (JAX_COORDINATOR_ADDRESS) after {bound} s",
+        "count0": "process 0 has JAX_NUM_PROCESSES=2 but process 1 has 3",
+        "count1": "process 1 has JAX_NUM_PROCESSES=3 but process 0 has 2",
+    }
+    for name, proc in procs.items():
+        try:
+            status = proc.wait(timeout=180)  # (the start-up of Python and JAX, then `bound`)
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            pytest.fail(f"{name} did not end: " + (tmp_path / f"{name}.log").read_text())
+        text = (tmp_path / f"{name}.log").read_text()
+        assert status == 1, text[-2000:]
+        (line,) = text.strip().splitlines()
+        assert line.startswith(prefix + expected[name]), line
+
+
+def test_a_process_that_fails_alone_ends_the_others_with_one_line(data, tmp_path):
+    """Process 0 cannot write its metrics after epoch 2 (a full disk on its side) while
+    process 1 goes on into the next collective, where it would wait for process 0 forever
+    (before: both waited 300 s in JAX's shutdown barrier, then aborted). Process 1 learns it
+    through the coordination service and leaves `LEAVE_GRACE_S` later."""
+    cache = tmp_path / "jax_cache"
+    logs = [tmp_path / "f0.log", tmp_path / "f1.log"]
+    flags = [*FLAGS[: FLAGS.index("--epochs") + 1], "20", *FLAGS[FLAGS.index("--epochs") + 2 :]]
+    procs = _start_both(data, tmp_path / "run", logs, cache, flags=flags, full_disk=True)
+    assert _wait_both(procs, logs) == [1, 1], logs[1].read_text()[-2000:]
+    (full,) = _errors(logs[0])
+    assert "No space left on device (simulated); the checkpoints are intact" in full
+    assert _errors(logs[1]) == [
+        "python -m experiments.train: error: process 1: process 0 stopped (its output says "
+        "why); leaving too: start them all again to resume"
+    ]

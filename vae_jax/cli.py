@@ -57,6 +57,7 @@ def _error_types() -> list[tuple[type[BaseException], int, int, str]]:
     says that the checkpoints are intact, and how to resume.
     """
     from vae_jax.checkpoint import CheckpointError, NoReadableCheckpointError
+    from vae_jax.distributed import CLUSTER_STATUS, ClusterError
     from vae_jax.evaluate import EvaluationError
     from vae_jax.loop import Preempted
     from vae_jax.mnist import DataUnavailableError
@@ -65,6 +66,7 @@ def _error_types() -> list[tuple[type[BaseException], int, int, str]]:
     return [
         (Preempted, PREEMPTED, PREEMPTED, "line"),  # a scheduler may requeue on it
         (KeyboardInterrupt, INTERRUPTED, INTERRUPTED, "hint"),
+        (ClusterError, CLUSTER_STATUS, CLUSTER_STATUS, "line"),  # a peer failed, or never came
         (ValueError, USAGE, USAGE, "line"),  # (WorkdirError and FieldError are ValueErrors)
         (NoReadableCheckpointError, FAILURE, USAGE, "line"),  # resuming cannot help
         (CheckpointError, FAILURE, USAGE, "hint"),
@@ -78,7 +80,8 @@ def _error_types() -> list[tuple[type[BaseException], int, int, str]]:
 EXIT_STATUSES = """\
   0    done
   1    a failure while running: a non-finite or exploding loss, a checkpoint that cannot
-       be written or read, no data (each source tried), a full disk
+       be written or read, no data (each source tried), a full disk, another process of a
+       distributed run that failed, stopped or never came
   2    a bad input: flag, configuration, path, data file, work directory; for an
        evaluation also a run without a readable checkpoint
   75   preempted (SIGTERM or SIGUSR1): a checkpoint was written; run it again to resume
@@ -452,10 +455,10 @@ def train(argv: Sequence[str] | None = None, *, prog: str = "vae-jax train") -> 
 
 def _train(prog: str, config: ExperimentConfig, run: RunOptions) -> int:
     hint = f"run the same command again to resume from the last checkpoint in {run.workdir}"
-    return guarded(prog, lambda: _run_training(config, run), resume_hint=hint)
+    return guarded(prog, lambda: _run_training(prog, config, run), resume_hint=hint)
 
 
-def _run_training(config: ExperimentConfig, run: RunOptions) -> None:
+def _run_training(prog: str, config: ExperimentConfig, run: RunOptions) -> None:
     from vae_jax.experiment import run_experiment
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -466,14 +469,16 @@ def _run_training(config: ExperimentConfig, run: RunOptions) -> None:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-    if run.distributed:
-        from vae_jax.distributed import initialize
+    run_function = run_experiment
+    if run.distributed:  # (a missing peer or address: one line and status 1 within 60 s)
+        from vae_jax.distributed import initialize, watch_peers
 
         try:
-            initialize()
+            initialize(prog=prog)
         except ValueError as error:  # (a variable, or nothing that says how many processes)
             raise ValueError(f"--distributed: {one_line(error)}") from None
-    run_experiment(
+        run_function = watch_peers(run_experiment)  # (a peer stopped: ClusterError)
+    run_function(
         config,
         run.workdir,
         data_dir=run.data_dir,
