@@ -59,7 +59,9 @@ def test_a_user_conv_module_without_the_attribute_gets_the_host_loop_on_cpu():
     assert trainer.step_loop == "host"
     options = vae_jax.FitOptions(batch_size=16, step_loop="scan")
     assert vae_jax.Trainer(objective, tx, split, options=options).step_loop == "scan"
-    with pytest.raises(ValueError, match="step_loop must be 'auto', 'scan' or 'host', got 'x'"):
+    with pytest.raises(
+        ValueError, match=r"step_loop must be one of \('auto', 'scan', 'host'\), got 'x'"
+    ):
         vae_jax.FitOptions(step_loop="x")
 
 

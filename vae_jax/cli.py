@@ -471,12 +471,14 @@ def _run_training(prog: str, config: ExperimentConfig, run: RunOptions) -> None:
         tfds.disable_progress_bar()
     run_function = run_experiment
     if run.distributed:  # (a missing peer or address: one line and status 1 within 60 s)
-        from vae_jax.distributed import initialize, watch_peers
+        from vae_jax.distributed import ClusterError, initialize, watch_peers
 
         try:
             initialize(prog=prog)
         except ValueError as error:  # (a variable, or nothing that says how many processes)
             raise ValueError(f"--distributed: {one_line(error)}") from None
+        except ClusterError as error:  # (the processes disagree on their count)
+            raise ClusterError(f"--distributed: {one_line(error)}") from None
         run_function = watch_peers(run_experiment)  # (a peer stopped: ClusterError)
     run_function(
         config,

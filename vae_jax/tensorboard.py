@@ -29,7 +29,7 @@ registers an atexit hook per writer and flushes every 120 s) and writes grey gri
 PNGs (its `summary.image` stores them as RGB: twice the bytes). Measured on the 2-core dev
 machine (`python -X importtime`, shared, so rough): ``import tensorboardX`` takes about
 40 ms, but it imports PyTorch when PyTorch is installed (about 1.8 s, once per process), so
-the import here waits for the first write, and ``--tensorboard false`` avoids it. The
+the import here waits for the first write, and ``--no_tensorboard`` avoids it. The
 alternatives: clu's `metric_writers` writes TensorBoard files through TensorFlow
 (`tf.summary`) or PyTorch, and brings ml_collections, etils and wrapt; TensorBoard's own
 writer (`tensorboard.summary.writer`) imports in about 150 ms but needs about 50 MB of
@@ -121,7 +121,7 @@ class TensorBoardWriter:
         if self.directory.is_symlink():
             raise WorkdirError(
                 f"{self.directory} is a symbolic link; TensorBoard files are written only "
-                "inside the work directory (remove it, or --tensorboard false)"
+                "inside the work directory (remove it, or --no_tensorboard)"
             )
 
     def _checked_directory(self) -> Path:
