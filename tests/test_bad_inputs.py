@@ -281,6 +281,41 @@ def test_workdir_in_use_by_another_run_is_refused(tiny, tmp_path, capsys):
     assert not (workdir / "config.json").exists()
 
 
+def test_a_second_run_meanwhile_is_refused_touching_nothing_and_the_first_finishes(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    """Two runs started on one work directory at once: the second, started here while the
+    first holds the lock (from within the first, as it prepares its data), is refused in
+    one line and leaves every entry as it was, the first's write probe included (before: it
+    removed the probe before it asked for the lock, so the first could fail "not
+    writable"); the first finishes normally."""
+    from vae_jax import experiment
+
+    workdir = tmp_path / "run"
+    prepare = experiment.prepare_data
+    second = {}
+
+    def listing():
+        return sorted((p.name, p.read_bytes()) for p in workdir.iterdir() if p.is_file())
+
+    def prepare_while_another_run_starts(*args, **kwargs):
+        if not second:
+            (workdir / ".write_test").write_bytes(b"")  # (the first, as if mid-probe)
+            before = listing()
+            second["status"], second["err"] = _cli(_base_argv(tiny, workdir), capsys)
+            second["touched"] = listing() != before
+            (workdir / ".write_test").unlink()
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "prepare_data", prepare_while_another_run_starts)
+    status, err = _cli(_base_argv(tiny, workdir), capsys)
+    assert second["status"] == 2 and len(second["err"].strip().splitlines()) == 1
+    assert f"is in use by another run (pid {os.getpid()})" in second["err"]
+    assert not second["touched"]
+    assert status == 0, err
+    assert load_checkpoint(workdir).step == N_TRAIN // 16
+
+
 def test_missing_mnist_dir_and_data_dir_that_is_a_file(tiny, tmp_path, capsys):
     status, err = _cli(_base_argv(tiny, tmp_path / "run", "--mnist_dir", tmp_path / "no"), capsys)
     assert status == 2 and f"mnist_dir '{tmp_path / 'no'}' is not a directory" in err
@@ -643,6 +678,24 @@ def _npz(**arrays):
     return write
 
 
+def _npy_bytes(shape, data=b"\0" * 64, descr="<f4"):
+    """A .npy whose header claims `shape` but holds only `data`."""
+    buffer = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + data
+
+
+def _npz_claiming(shape):
+    """A .npz whose x_train header claims `shape` (stored uncompressed, 64 bytes of data)."""
+
+    def write(path):
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x_train.npy", _npy_bytes(shape))
+
+    return write
+
+
 RNG = np.random.default_rng(0)
 GREY = RNG.random((40, 4)).astype(np.float32)
 BAD_DATASETS = {
@@ -675,6 +728,11 @@ BAD_DATASETS = {
         "data.npz is not a .npy or .npz file (it starts with b'garbag')",
     ),
     "missing file": (lambda path: None, "does not exist"),
+    "a header claiming 10^12 rows": (  # (before: a MemoryError, a 36-line traceback)
+        _npz_claiming((10**12, 4)),
+        "data.npz: array 'x_train': its header claims shape (1000000000000, 4) float32 = "
+        "16,000,000,000,000 bytes, but the file holds 64",
+    ),
     "unknown TFDS name": (None, "no TFDS dataset 'no_such_dataset'"),
 }
 
@@ -692,6 +750,29 @@ def test_bad_dataset_is_a_one_line_error_with_status_2(tmp_path, capsys, case):
     status, err = _cli([*flags, *BASE], capsys)
     assert status == 2, err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_npy_and_npz_headers_claiming_more_than_stored_or_memory_are_refused_unread(
+    tmp_path, capsys, monkeypatch
+):
+    """numpy allocates what a header claims before it reads: a .npy and a .npz member
+    claiming more bytes than they hold, or .npz arrays beyond the machine's memory, are
+    refused from their headers (before: a MemoryError traceback, or the allocation)."""
+    from vae_jax import sources
+
+    npy = tmp_path / "data.npy"
+    npy.write_bytes(_npy_bytes((10**12, 784), descr="|u1"))
+    flags = ["--dataset", npy, "--workdir", tmp_path / "run", *BASE]
+    status, err = _cli(flags, capsys)
+    assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "data.npy: its header claims shape (1000000000000, 784) uint8" in err
+    np.savez(tmp_path / "ok.npz", x_train=GREY, x_test=GREY)  # 2 x 640 bytes
+    monkeypatch.setattr(sources, "machine_memory", lambda: 1000)
+    with pytest.raises(ValueError, match="claim 1,280 bytes, more than this machine's memory"):
+        sources.load_file(tmp_path / "ok.npz")
+    monkeypatch.undo()
+    assert sources.load_file(tmp_path / "ok.npz").x_train.shape == (40, 4)
     assert not (tmp_path / "run" / "config.json").exists()
 
 

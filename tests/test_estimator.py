@@ -320,6 +320,28 @@ def _add_file(path):
     return "stray.bin was not written by save"
 
 
+def _add_top_level_file(path):  # (before: loaded silently)
+    (path / "notes.txt").write_text("x")
+    return "notes.txt was not written by save"
+
+
+def _edited_setting(name, value, why):
+    """An edited setting whose digest was recomputed (damage by design: the digest cannot
+    tell; before: loaded, then `transform` failed with a Flax ScopeParamShapeError)."""
+
+    def edit(path):
+        from vae_jax.estimator_files import _meta_digest
+
+        meta = json.loads((path / "estimator.json").read_text())
+        meta["hyperparameters"][name] = value
+        meta["sha256"] = _meta_digest(meta)
+        (path / "estimator.json").write_text(json.dumps(meta))
+        return re.escape("estimator.json: its settings do not fit the saved parameters (") + why
+
+    edit.__name__ = f"_edited_{name}"
+    return edit
+
+
 def _remove_params_dir(path):
     shutil.rmtree(path / "params")
     return "params is missing"
@@ -336,8 +358,16 @@ def _remove_params_dir(path):
         _truncate_params,
         _remove_params_file,
         _add_file,
+        _add_top_level_file,
         _remove_params_dir,
+        _edited_setting(
+            "z_dim", 3, r"decoder/Dense_0/kernel: \(3, 64\) for these settings, \(2, 64\) saved\)"
+        ),
+        _edited_setting(
+            "hidden", [64, 64], r"decoder/Dense_2/bias: \(64,\) for these settings, none saved\)"
+        ),
     ],
+    ids=lambda damage: damage.__name__,
 )
 def test_a_damaged_save_is_a_one_line_error_naming_the_file(saved, tmp_path, damage):
     path = shutil.copytree(saved, tmp_path / "copy")

@@ -7,13 +7,16 @@ A saved estimator is a directory::
     params/          the parameters, written by Orbax (no pickle)
 
 `load_estimator` checks the JSON's digest, then every file's (`vae_jax.digests`), before
-Orbax reads anything, so a damaged, truncated, incomplete, added-to or foreign directory is a
-one-line `SavedEstimatorError` naming the file instead of an Orbax traceback or, worse,
-parameters that load and give NaN. Version 1 directories (written before the digests) load
-only when the caller says so (``allow_unverified=True``), with a warning that they cannot be
-checked. The file list names files inside ``params/`` only (`vae_jax.digests.check_name`).
-A save writes a new sibling directory and swaps it in with one rename, so a save killed at
-any point leaves the previous one loadable.
+Orbax reads anything, so a damaged, truncated, incomplete, added-to (in ``params/`` or beside
+it) or foreign directory is a one-line `SavedEstimatorError` naming the file instead of an
+Orbax traceback or, worse, parameters that load and give NaN. The settings are then checked
+against the stored parameters' paths and shapes (Orbax's metadata, before any array is read):
+an edited ``z_dim`` or ``hidden`` whose digest was recomputed is refused in one line too.
+Version 1 directories (written before the digests) load only when the caller says so
+(``allow_unverified=True``), with a warning that they cannot be checked. The file list
+names files inside ``params/`` only (`vae_jax.digests.check_name`). A save writes a new
+sibling directory and swaps it in with one rename, so a save killed at any point leaves the
+previous one loadable.
 
 The digests find accidental damage; they are no signature: whoever can write the directory
 can change a file and its digest together (docs/robustness.md).
@@ -141,6 +144,11 @@ def load_estimator(cls: type, path: str | os.PathLike, *, allow_unverified: bool
     meta = _read_meta(meta_path)
     params_dir = path / PARAMS_DIR
     if meta["version"] >= 2:
+        extra = sorted(set(os.listdir(path)) - {META_FILE, PARAMS_DIR})
+        if extra:  # (a save holds these two entries only)
+            raise SavedEstimatorError(
+                f"{path / extra[0]} was not written by save (an unexpected file)"
+            )
         try:
             check_tree(params_dir, meta["files"])
         except DigestError as error:
@@ -173,7 +181,10 @@ def load_estimator(cls: type, path: str | os.PathLike, *, allow_unverified: bool
         raise SavedEstimatorError(f"{meta_path}: invalid settings: {one_line(error)}") from None
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     try:
+        _check_fits(meta_path, params_dir, checkpointer, target)
         params = checkpointer.restore(params_dir, args=ocp.args.StandardRestore(target))
+    except SavedEstimatorError:
+        raise
     except Exception as error:  # Orbax/tensorstore raise many kinds; name the directory
         raise SavedEstimatorError(
             f"{params_dir}: the parameters cannot be read: {one_line(error)[:300]}"
@@ -194,6 +205,46 @@ def load_estimator(cls: type, path: str | os.PathLike, *, allow_unverified: bool
     kl = fitted.get("latent_kl_")
     estimator.latent_kl_ = np.asarray(kl) if kl is not None else np.full(model.z_dim, np.nan)
     return estimator
+
+
+def _check_fits(meta_path: Path, params_dir: Path, checkpointer: Any, target: Any) -> None:
+    """Raise SavedEstimatorError (one line) unless the parameters stored in `params_dir` have
+    the paths and shapes of `target` (those the settings in `meta_path` make), read from
+    Orbax's metadata before any array: an edited setting (``z_dim``, ``hidden``, ...) with
+    its digest recomputed loaded, then failed in `transform` with a Flax traceback. A
+    setting that changes no shape (``activation``) cannot be told apart this way."""
+    try:
+        stored = checkpointer.metadata(params_dir).item_metadata
+        have = _shapes(stored.tree)
+    except Exception as error:  # (no metadata, or unreadable: Orbax raises many kinds)
+        raise SavedEstimatorError(
+            f"{params_dir}: the parameters' metadata cannot be read: {one_line(error)[:300]}"
+        ) from None
+    want = _shapes(target)
+    why = next(
+        (
+            f"{name}: {want.get(name, 'none')} for these settings, {have.get(name, 'none')} saved"
+            for name in sorted(set(want) | set(have))
+            if want.get(name) != have.get(name)
+        ),
+        None,
+    )
+    if why is not None:
+        raise SavedEstimatorError(
+            f"{meta_path}: its settings do not fit the saved parameters ({why}): a setting was "
+            "edited, or the parameters are another model's"
+        )
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{'encoder/Dense_0/kernel': shape} of every array of a parameter tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(
+            int(d) for d in leaf.shape
+        )
+        for path, leaf in leaves
+    }
 
 
 def _jsonable(value: Any) -> Any:

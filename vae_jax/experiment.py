@@ -156,7 +156,8 @@ def run_experiment(
     # read the data, and all of them train.
     primary = is_primary()
     path = Path(workdir)
-    with workdir_lock(writable_dir(workdir)) if primary else contextlib.nullcontext():
+    # (the lock first: the directory is probed by `claim`, inside it)
+    with workdir_lock(writable_dir(workdir, probe=False)) if primary else contextlib.nullcontext():
 
         def load() -> tuple[ExperimentConfig, Split, Split | None]:
             return prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)

@@ -5,10 +5,11 @@
 
 - ``"mnist"``: MNIST through its offline preparation chain (`vae_jax.mnist.load_mnist`);
 - a path ending in ``.npz``: arrays ``x_train`` (required), ``x_test``, ``y_train``,
-  ``y_test`` (optional); read without pickle;
+  ``y_test`` (optional); read without pickle, each array's header checked first against
+  the bytes stored and the machine's memory (`check_headers`);
 - a path ending in ``.npy``: one array ``[N, *event_shape]``, the training set, memory-mapped
   (uint8 and float32 arrays are never copied whole: with ``--data_placement host`` they can
-  be larger than memory);
+  be larger than memory; its header is checked against the file's size first);
 - any other name: a TFDS dataset already prepared as ``array_record`` in the TFDS data
   directory, read with ``tfds.data_source`` (no TensorFlow). Its example feature is the
   ``tfds.features.Image`` (or else the numeric ``Tensor``) among its features, preferring one
@@ -21,6 +22,7 @@ check_split`), and returns `Split`s that `fit` takes as checked.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from collections.abc import Callable
@@ -92,6 +94,7 @@ def load_file(path: str | os.PathLike) -> Dataset:
         magic = f.read(6)
     if not magic.startswith((b"\x93NUMPY", b"PK")):  # .npy header, zip (.npz) header
         raise ValueError(f"{path} is not a .npy or .npz file (it starts with {magic!r})")
+    check_headers(path)  # (before numpy allocates what a header claims)
     try:  # a .npy is memory-mapped: rows are read when used (--data_placement host)
         if path.suffix.lower() == ".npy":
             loaded = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -119,6 +122,69 @@ def load_file(path: str | os.PathLike) -> Dataset:
             raise ValueError(f"cannot read the arrays of {path}: {one_line(error)}") from None
     get = arrays.get
     return Dataset(arrays["x_train"], get("y_train"), get("x_test"), get("y_test"), None, f"{path}")
+
+
+def check_headers(path: Path) -> None:
+    """Raise ValueError (one line) unless every array header of the .npy or .npz at `path`
+    claims at most the bytes stored for it and, for a .npz (read into memory), at most the
+    machine's memory in all: numpy allocates what a header claims before it reads (a header
+    claiming 10^12 rows was a MemoryError traceback). Only headers are read; nothing is
+    unpickled."""
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                _check_header(f, path.stat().st_size, f"{path}")
+            return
+        total = 0
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.filename.endswith(".npy"):
+                    with archive.open(member) as f:
+                        where = f"{path}: array {member.filename[:-4]!r}"
+                        total += _check_header(f, member.file_size, where)
+    except HeaderError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read {path} as a NumPy file: {one_line(error)}") from None
+    memory = machine_memory()
+    if total > memory:
+        raise HeaderError(
+            f"{path}: its array headers claim {total:,} bytes, more than this machine's memory "
+            f"({memory:,} bytes): a damaged or crafted file, or data too large for a .npz (a "
+            ".npy is memory-mapped)"
+        )
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class HeaderError(ValueError):
+    """An array header claims more bytes than its file holds or the machine has."""
+
+
+def _check_header(f: Any, size: int, where: str) -> int:
+    """The bytes of data the .npy header at the start of `f` (of `size` bytes in all)
+    claims; HeaderError if the file holds fewer (object arrays are left to np.load, which
+    refuses them without pickle)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise HeaderError(f"{where} has .npy format version {version}; this reads 1.0 and 2.0")
+    if dtype.hasobject:
+        return 0
+    nbytes = math.prod(shape) * dtype.itemsize
+    stored = size - f.tell()
+    if nbytes > stored:
+        raise HeaderError(
+            f"{where}: its header claims shape {shape} {dtype} = {nbytes:,} bytes, but the "
+            f"file holds {max(stored, 0):,} (truncated, damaged or crafted)"
+        )
+    return nbytes
 
 
 def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:

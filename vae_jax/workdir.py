@@ -229,10 +229,13 @@ def read_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
     return values
 
 
-def writable_dir(workdir: str | os.PathLike) -> Path:
+def writable_dir(workdir: str | os.PathLike, *, probe: bool = True) -> Path:
     """Create `workdir` if needed and check that the library may write there: its entries
-    are not links out of it (`check_entries`) and a probe file can be created (without
-    following a link). Returns it as a `Path`.
+    are not links out of it (`check_entries`) and (with `probe`) a probe file can be created
+    (without following a link). Returns it as a `Path`.
+
+    The probe has one name: call it with `probe` only while holding `workdir_lock`, so a
+    run that is refused the lock never removes the probe of the run that holds it.
 
     Raises:
       WorkdirError: one line saying why not.
@@ -247,6 +250,8 @@ def writable_dir(workdir: str | os.PathLike) -> Path:
             f"work directory {path} is not writable: {error.strerror or error}"
         ) from error
     check_entries(path)
+    if not probe:
+        return path
     try:
         directory = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
@@ -364,8 +369,10 @@ def workdir_lock(path: Path) -> Iterator[None]:
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
     except OSError as error:
-        why = "a symbolic link" if lock.is_symlink() else (error.strerror or str(error))
-        raise WorkdirError(f"cannot open the lock file {lock}: {why}") from None
+        if not lock.is_symlink():  # (the first write in the directory: no probe before it)
+            why = error.strerror or str(error)
+            raise WorkdirError(f"work directory {path} is not writable: {why}") from None
+        raise WorkdirError(f"cannot open the lock file {lock}: a symbolic link") from None
     with os.fdopen(fd, "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
