@@ -58,3 +58,17 @@ def write_idx_files(
                 (directory / f"{name}.gz").write_bytes(gzip_lib.compress(content, mtime=0))
             else:
                 (directory / name).write_bytes(content)
+
+
+def write_random_mnist(
+    directory: str | os.PathLike, n_train: int, n_test: int, rng: np.random.Generator
+) -> None:
+    """IDX files of `n_train` + `n_test` blurry random 28x28 'digits' with random labels,
+    drawn from `rng` (images first, then labels: callers that draw more afterwards get the
+    same stream as before this helper existed)."""
+    n = n_train + n_test
+    images = (rng.random((n, 28, 28)) ** 3 * 255).astype(np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    write_idx_files(
+        directory, images[:n_train], labels[:n_train], images[n_train:], labels[n_train:]
+    )

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments import mnist
-from tests.idx_files import write_idx_files
+from tests.idx_files import write_random_mnist
 from vae_jax import load_checkpoint, make_elbo
 
 N_TRAIN, N_TEST = 96, 48
@@ -20,11 +20,7 @@ def tiny_mnist(tmp_path_factory):
     """Four IDX files of blurry random 'digits' and the TFDS dir they are prepared into."""
     root = tmp_path_factory.mktemp("tiny_mnist")
     rng = np.random.default_rng(0)
-    images = (rng.random((N_TRAIN + N_TEST, 28, 28)) ** 3 * 255).astype(np.uint8)
-    labels = rng.integers(0, 10, N_TRAIN + N_TEST).astype(np.uint8)
-    write_idx_files(
-        root / "idx", images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
-    )
+    write_random_mnist(root / "idx", N_TRAIN, N_TEST, rng)
     colour = rng.integers(0, 256, (N_TRAIN + N_TEST, 32, 32, 3), dtype=np.uint8)
     np.savez(root / "rgb.npz", x_train=colour[:N_TRAIN], x_test=colour[N_TRAIN:])
     return {

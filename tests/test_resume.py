@@ -31,7 +31,7 @@ import pytest
 
 from experiments import mnist
 from tests.fit_config import fit_config
-from tests.idx_files import write_idx_files
+from tests.idx_files import write_random_mnist
 from tests.kill_helpers import TMP_SUFFIX, _entries, _kill_when, _steps, _writing, start_cli
 from vae_jax import VAE, FitOptions, fit, load_checkpoint, make_elbo
 from vae_jax import mnist as data
@@ -57,11 +57,7 @@ def tiny_mnist(tmp_path_factory):
     """IDX files of 256 + 64 random images, prepared once (so runs only read them)."""
     root = tmp_path_factory.mktemp("resume_mnist")
     rng = np.random.default_rng(0)
-    images = (rng.random((N_TRAIN + N_TEST, 28, 28)) ** 3 * 255).astype(np.uint8)
-    labels = rng.integers(0, 10, N_TRAIN + N_TEST).astype(np.uint8)
-    write_idx_files(
-        root / "idx", images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
-    )
+    write_random_mnist(root / "idx", N_TRAIN, N_TEST, rng)
     data.prepare_mnist(root / "tfds", mnist_dir=root / "idx", allow_download=False, allow_pip=False)
     return {"mnist_dir": str(root / "idx"), "data_dir": str(root / "tfds")}
 

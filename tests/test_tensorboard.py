@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 from experiments import mnist
-from tests.idx_files import write_idx_files
+from tests.idx_files import write_random_mnist
 from vae_jax.tensorboard import SUBDIR, TensorBoardWriter, last_step_written, numbers
 from vae_jax.workdir import WorkdirError
 
@@ -29,11 +29,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def tiny_mnist(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_mnist")
     rng = np.random.default_rng(0)
-    images = (rng.random((N_TRAIN + N_TEST, 28, 28)) ** 3 * 255).astype(np.uint8)
-    labels = rng.integers(0, 10, N_TRAIN + N_TEST).astype(np.uint8)
-    write_idx_files(
-        root / "idx", images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
-    )
+    write_random_mnist(root / "idx", N_TRAIN, N_TEST, rng)
     return {"mnist_dir": str(root / "idx"), "data_dir": str(root / "tfds")}
 
 
