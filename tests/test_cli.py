@@ -303,7 +303,41 @@ def test_an_evaluation_batch_beyond_memory_is_refused_before_loading(flag, tmp_p
     write_config(tmp_path, ExperimentConfig())
     other = "--sample_chunk" if flag == "--batch_size" else "--batch_size"
     argv = ["evaluate", "--workdir", tmp_path, flag, 10**9, other, 10**4]
-    argv += ["--num_samples", 10**9]
+    argv += ["--num_samples", cli.MAX_IS_SAMPLES]
     status, err = run_cli(cli.main, argv, capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert "GiB of activations, more than the devices'" in err
+
+
+# Evaluation flags whose huge values pass, and why; every other one is refused in one line.
+EVALUATE_ACCEPTED = {
+    "num_examples": "harmless: at most the test set is evaluated",
+    "seed": "a valid 32-bit seed",
+    "step": "the evaluation says no checkpoint has that step (status 2)",
+    "sample_chunk": "harmless: at most num_samples are decoded per step",
+}
+
+
+@pytest.mark.parametrize("text", HUGE)
+@pytest.mark.parametrize("flag", ["num_samples", "batch_size", *EVALUATE_ACCEPTED])
+def test_huge_evaluation_flag_is_refused_in_one_line_or_harmless(
+    flag, text, tmp_path, capsys, monkeypatch
+):
+    """(issue #21: `evaluate --num_samples 1e9` used to start an evaluation that would run for
+    years; now every evaluation flag is bounded before the checkpoint is read.)"""
+    from vae_jax.workdir import write_config
+
+    def reached(*args, **kwargs):
+        raise _Reached
+
+    monkeypatch.setattr("vae_jax.evaluate.evaluate_checkpoint", reached)
+    write_config(tmp_path, ExperimentConfig())
+    argv = ["evaluate", "--workdir", tmp_path, f"--{flag}", text]
+    if flag in EVALUATE_ACCEPTED and text == "1000000000":
+        with pytest.raises(_Reached):
+            cli.main([str(a) for a in argv])
+        return
+    status, err = run_cli(cli.main, argv, capsys)
+    assert status == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert flag in err or "batch" in err, err
