@@ -30,6 +30,13 @@ CACHE_DIR = Path(os.environ[_CACHE_ENV])
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# ...and every subprocess a test starts (the CLI, killed and resumed runs, clusters), which
+# reads JAX's settings from the environment: one compilation per program for the whole run.
+os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=str(CACHE_DIR),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -19,15 +19,15 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 def start_cli(argv, log_path, cache_dir, env=None):
     """`python -m ARGV...` from the repository root, output to `log_path`, sharing compiled
-    executables through `cache_dir` (the same ones, so the same numbers); `env` adds
-    environment variables."""
+    executables (the same ones, so the same numbers) through the suite's compilation cache
+    (tests/conftest.py), or `cache_dir` outside the suite; `env` adds environment variables."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",  # a killed run's log keeps its last lines
         # Each process after the first starts in about half the time.
-        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get("VAE_JAX_TEST_JIT_CACHE", str(cache_dir)),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         **(env or {}),
