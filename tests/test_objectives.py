@@ -277,9 +277,8 @@ def test_out_of_range_labels_are_refused_eagerly_and_nan_under_jit():
                 per = per_example(params, bad, key)
                 for value in per:  # the bound and its terms: NaN for example 1 only
                     assert np.isnan(value[1]) and np.all(np.isfinite(np.delete(value, 1)))
-                if (
-                    architecture == "mlp"
-                ):  # (the conv's gradient: the same one-hot, slow to compile)
+                # (the conv's gradient: the same one-hot, and the test's slowest compile)
+                if architecture == "mlp":
                     assert any(np.isnan(g).any() for g in jax.tree.leaves(grad(params, bad, key)))
             if architecture == "mlp":
                 assert np.isnan(jax.jit(objective)(params, bad, key))
