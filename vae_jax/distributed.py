@@ -566,12 +566,14 @@ def _aborted(signum: int) -> None:
     printing the process's last line (a lost peer: `_state.lost`)."""
     del signum
     try:
-        if _state.lost and not _state.said:  # (a ClusterError on its way to the CLI's line)
+        message = None if _state.said or _state.lost else _abort_message()
+        if message is not None and not _state.lost:  # (lost: looked at again, just before)
+            _state.said = True
+            os.write(2, f"{_state.prog}: error: {message}\n".encode())
+        elif not _state.said:  # (a ClusterError on its way to the CLI's line)
             deadline = time.monotonic() + LAST_WAIT_S
             while not _state.leaving and time.monotonic() < deadline:
                 time.sleep(0.05)  # (lets the main thread print it, and exit itself)
-        elif not _state.said:
-            os.write(2, f"{_state.prog}: error: {_abort_message()}\n".encode())
         with contextlib.suppress(Exception):
             sys.stdout.flush()
     finally:
@@ -581,6 +583,11 @@ def _aborted(signum: int) -> None:
 def _abort_message() -> str:
     where = _state.coordinator or "the address JAX detected"
     who = f"process {'?' if _state.index is None else _state.index}"
+    if not _state.connected and _state.index != 0 and _coordinator_gone(seconds=1.0):
+        return (
+            f"--distributed: {who}{_state.of}: the coordinator at {where} stopped during "
+            "start-up (process 0 killed or failed? see its output): start them all again"
+        )
     if not _state.connected:
         return (
             f"--distributed: {who}{_state.of}: the coordinator at {where} ended this "
