@@ -10,7 +10,8 @@ a second run of another configuration there ends both processes with process 0's
 a run whose process 1 is SIGKILLed ends process 0 by itself with one line, and resumes on a
 restart of both to bitwise the parameters of the uninterrupted 2-process run; the result
 loads in this 1-device process. Start-up failures (a peer that never starts, nothing at the
-coordinator's address, different counts) end every process with one line within the bound.
+coordinator's address, different counts, an index process 0 does not expect) end every process
+with one line within the bound; so does process 0's death (JAX's abort, caught).
 """
 
 from __future__ import annotations
