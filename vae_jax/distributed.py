@@ -66,7 +66,7 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 INIT_TIMEOUT_S = 60  # every process connected, counts agreed, devices listed
 PRIMARY_TIMEOUT_S = 30 * 60  # process 0 preparing the data (a first MNIST download) or claiming
-HEARTBEAT_TIMEOUT_S = 60  # JAX's own detection of a silent peer (then a C++ abort)
+HEARTBEAT_TIMEOUT_S = 60  # JAX's own detection of a silent peer (then its abort: `_aborted`)
 EXIT_TIMEOUT_S = 60  # at exit, how long a process waits for the others to finish too
 WAIT_NOTICE_S = 5  # a waiting process says so after this long
 PEER_SILENCE_S = 20  # a process silent this long is taken for dead (JAX's own check: 60 s)
@@ -415,8 +415,8 @@ def _watch_peers() -> None:
     the others'. If another process lost a peer, or failed while this one still runs (which
     may wait in a collective or a barrier for it forever), or gave no sign of life for
     `PEER_SILENCE_S` (killed: JAX's own heartbeat check would abort this process later, with
-    a stack trace), say so in one line and leave: at once, or `LEAVE_GRACE_S` after a
-    failure unless this one is leaving by then too."""
+    a vaguer line from `_aborted`), say so in one line and leave: at once, or `LEAVE_GRACE_S`
+    after a failure unless this one is leaving by then too."""
     client, index, count = _client(), jax.process_index(), jax.process_count()
     heard = dict.fromkeys(range(count), (time.monotonic(), ""))  # (when, what) last heard
     tick = 0
@@ -547,8 +547,10 @@ def _catch_abort() -> None:
     if os.name != "posix":
         return
     if not _cpp_log_wanted():
-        from jaxlib import utils  # (absl_set_min_log_level: jaxlib 0.4.36 on; guarded)
-
+        try:  # (jaxlib's utils.absl_set_min_log_level, used by JAX's own logging config)
+            from jaxlib import utils
+        except ImportError:  # (another jaxlib: its FATAL line and trace come before ours)
+            utils = None
         set_level = getattr(utils, "absl_set_min_log_level", None)
         if set_level is not None:
             set_level(_SILENT)
