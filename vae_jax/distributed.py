@@ -627,8 +627,10 @@ def _cpp_log_wanted() -> bool:
 
 
 def _coordinator_address() -> str | None:
-    from jax._src.distributed import global_state
-
+    try:  # (JAX's private state: another version may move it; the caller has a fallback)
+        from jax._src.distributed import global_state
+    except ImportError:
+        return None
     return getattr(global_state, "coordinator_address", None)
 
 
