@@ -9,8 +9,8 @@
    same standardized X, so they are comparable; higher is better.
 2. Codes: 5-nearest-neighbour accuracy on 2-D codes (VAE transform with z_dim=2 against
    PCA with 2 components), stratified 5-fold cross-validation.
-3. Digits (the issue's case): 5-NN accuracy on 2-D codes of load_digits / 16, the default
-   Bernoulli likelihood and "gaussian_pixel", against PCA(2); one stratified 5-fold CV.
+3. Digits (the issue's case): 5-NN accuracy on 2-D codes of load_digits / 16, the Bernoulli
+   likelihood and "gaussian_pixel" (the default), against PCA(2); one stratified 5-fold CV.
 4. Grid search: GridSearchCV(Pipeline([StandardScaler(), VAEEstimator(likelihood=
    "gaussian_pixel")]), z_dim in {1, 2}, cv=2) on breast cancer, default settings
    otherwise (issue #12's check): the held-out scores.

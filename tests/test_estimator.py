@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ import sklearn.exceptions
 from sklearn.datasets import load_digits
 
 from vae_jax.estimator import (
+    IncomparableScoreWarning,
     NotFittedError,
     PosteriorCollapseWarning,
     SavedEstimatorError,
@@ -32,7 +34,10 @@ def digits():
 @pytest.fixture(scope="module")
 def fitted(digits):
     x, _ = digits
-    vae = VAEEstimator(z_dim=2, hidden=(64,), max_epochs=15, early_stopping=False, random_state=0)
+    vae = VAEEstimator(
+        z_dim=2, hidden=(64,), likelihood="bernoulli", max_epochs=15, early_stopping=False,
+        random_state=0,
+    )  # fmt: skip
     return vae.fit(x)
 
 
@@ -122,7 +127,9 @@ def test_vectors_and_deprecated_epochs_and_seed(digits):
     x, _ = digits
     vectors = x.reshape(len(x), 64)[:256]
     with pytest.warns(FutureWarning) as record:
-        vae = VAEEstimator(z_dim=3, hidden=(32,), epochs=2, seed=5, binarize=True).fit(vectors)
+        vae = VAEEstimator(
+            z_dim=3, hidden=(32,), likelihood="bernoulli", epochs=2, seed=5, binarize=True
+        ).fit(vectors)
     assert {str(w.message).split(":")[0] for w in record} == {
         "VAEEstimator(epochs=...) is deprecated",
         "VAEEstimator(seed=...) is deprecated",
@@ -160,7 +167,7 @@ def test_input_validation(fitted, digits):
     ):
         fitted.transform(np.full(x[:3].shape, 1e300))
     with pytest.raises(ValueError, match=r"values in \[0, 16\].*Bernoulli.*clip=True"):
-        VAEEstimator().fit(x * 16.0)
+        VAEEstimator(likelihood="bernoulli").fit(x * 16.0)
     with pytest.raises(ValueError, match=r"values in \[0, 16\]"):
         fitted.score(x[:5] * 16.0)  # the Bernoulli likelihood is for [0, 1]...
     assert fitted.transform(x[:5] * 16.0).shape == (5, 2)  # ...the encoder takes any value
@@ -205,6 +212,7 @@ def test_input_validation(fitted, digits):
             {"binarize": True, "likelihood": "gaussian"},
             "binarize=True needs likelihood='bernoulli'",
         ),
+        ({"binarize": True}, "binarize=True needs likelihood='bernoulli'"),  # (the default)
     ],
 )
 def test_constructor_arguments_are_checked_by_fit_in_one_line(params, message):
@@ -217,6 +225,19 @@ def test_constructor_arguments_are_checked_by_fit_in_one_line(params, message):
         with pytest.raises(ValueError, match=message) as error:
             vae._check_params()  # (what fit runs first, before it looks at X)
     assert "\n" not in str(error.value)
+
+
+def test_changing_a_fitted_estimators_likelihood_kind_warns(fitted):
+    """A Bernoulli score (log-probability mass) and a Gaussian one (log-density) are not
+    comparable: set_params says so when it switches a fitted estimator between the two."""
+    vae = copy.deepcopy(fitted)  # (the fixture stays as it is)
+    with pytest.warns(IncomparableScoreWarning, match="from 'bernoulli' to 'gaussian_pixel'") as w:
+        vae.set_params(likelihood="gaussian_pixel")
+    assert len(w) == 1 and "\n" not in str(w[0].message)
+    assert isinstance(w[0].message, UserWarning)
+    vae.set_params(likelihood="bernoulli", z_dim=3)  # back to the fitted kind: no warning
+    VAEEstimator().set_params(likelihood="bernoulli")  # not fitted: nothing to compare
+    assert VAEEstimator().likelihood == "gaussian_pixel"  # the default: any real values
 
 
 def test_random_state_kinds():

@@ -4,7 +4,7 @@ For people who want ``fit`` / ``transform`` rather than a training loop::
 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    vae = make_pipeline(StandardScaler(), VAEEstimator(likelihood="gaussian_pixel"))
+    vae = make_pipeline(StandardScaler(), VAEEstimator())
     codes = vae.fit(X).transform(X)        # [N, z_dim] posterior means
     vae.score(X)                           # mean log-density estimate, nats per example
 
@@ -14,10 +14,10 @@ search, `clone`, `check_is_fitted`, `set_output`), so it needs scikit-learn
 scanned step as the MNIST experiments) from `VAEEstimator._run_fit`, its only call site.
 
 X is used exactly as given (computed in float32): any real values for the Gaussian
-likelihoods, values in [0, 1] for the Bernoulli one (float round-off at the edges is
-clipped). Saving writes the parameters with Orbax and the rest as JSON with a SHA-256
-digest of every file, checked on load: no pickle. docs/evaluation.md says what a
-scikit-learn user must know.
+likelihoods (the default, "gaussian_pixel"), values in [0, 1] for the Bernoulli one (float
+round-off at the edges is clipped). Saving writes the parameters with Orbax and the rest
+as JSON with a SHA-256 digest of every file, checked on load: no pickle.
+docs/evaluation.md says what a scikit-learn user must know.
 """
 
 from __future__ import annotations
@@ -58,20 +58,33 @@ from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
 
 __all__ = [
+    "IncomparableScoreWarning",
     "NotFittedError",
     "PosteriorCollapseWarning",
     "SavedEstimatorError",
     "VAEEstimator",
 ]
 
-_BATCH = 1024  # rows per compiled call in transform / inverse_transform / sample
-_SCORE_BATCH = 128  # examples per compiled call in score_samples
+# Rows per compiled call in transform / inverse_transform / sample, and examples per call in
+# score_samples: one fixed size each (short inputs padded), so a row's result does not depend
+# on how many rows came with it. (With a power of two up to these, XLA's CPU matmuls for
+# different batch sizes summed in different orders: a row's code moved by ~4e-7 between a
+# call on 8 rows and one on 178, and scikit-learn's check_methods_subset_invariance failed
+# for 256 hidden units.) One shape also means one compilation per model.
+_BATCH = 1024
+_SCORE_BATCH = 128
 _COLLAPSE_KL = 0.01  # nats: a latent whose mean KL is below this carries no information
 _DEPRECATED = "deprecated"
 
 
 class PosteriorCollapseWarning(UserWarning):
     """Every latent's KL(q(z|x) || p(z)) is near 0: the codes carry no information."""
+
+
+class IncomparableScoreWarning(UserWarning):
+    """A score in other units than before: a Bernoulli likelihood's score is a log-probability
+    mass, a Gaussian one's a log-density of X, so the two are not comparable
+    (`VAEEstimator.score`)."""
 
 
 class _Settings(NamedTuple):
@@ -104,11 +117,12 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       z_dim: latent dimension (the number of features `transform` returns).
       hidden: MLP hidden widths, a tuple such as ``(256,)``; the decoder mirrors them.
       activation: "relu", "tanh", "softplus", "elu", "gelu", "silu" or "leaky_relu".
-      likelihood: p(x|z). "bernoulli" (the default, for data in [0, 1]; on values
-        between 0 and 1 its "log-likelihood" is minus a cross-entropy, not a log-density),
-        "gaussian" (fixed std `obs_std`), "gaussian_global" (one learned variance) or
-        "gaussian_pixel" (a learned variance per feature): any real data, e.g. after
-        `StandardScaler`.
+      likelihood: p(x|z). For any real data (e.g. after `StandardScaler` or
+        `MinMaxScaler`): "gaussian_pixel" (the default: a learned variance per feature, the
+        noise model of factor analysis), "gaussian_global" (one learned variance) or
+        "gaussian" (fixed std `obs_std`). For data in [0, 1]: "bernoulli" (on values between
+        0 and 1 its "log-likelihood" is minus a cross-entropy, not a log-probability).
+        Scores of different likelihoods are in different units (see `score`).
       obs_std: std of the fixed-variance "gaussian" likelihood, in the units of X.
       max_epochs: the most passes over the training data.
       early_stopping: hold out `validation_fraction` of X, stop when its ELBO has not
@@ -142,7 +156,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         z_dim: int = 2,
         hidden: tuple[int, ...] = (256,),
         activation: str = "relu",
-        likelihood: str = "bernoulli",
+        likelihood: str = "gaussian_pixel",
         obs_std: float = 0.1,
         *,
         max_epochs: int = 200,
@@ -182,6 +196,28 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         # transform and score_samples compute in float32 and return float64 for float64 X.
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+    def set_params(self, **params: Any) -> VAEEstimator:
+        """scikit-learn's `set_params`; warns (`IncomparableScoreWarning`) when it changes a
+        fitted estimator's likelihood between "bernoulli" and a Gaussian one, whose scores
+        are in other units (a log-probability mass against a log-density)."""
+        new = params.get("likelihood")
+        fitted = getattr(self, "model_", None)
+        if (
+            fitted is not None
+            and isinstance(new, str)
+            and (new == "bernoulli") != (fitted.likelihood == "bernoulli")
+        ):
+            warnings.warn(
+                IncomparableScoreWarning(
+                    f"likelihood changed from {fitted.likelihood!r} to {new!r} on a fitted "
+                    "VAEEstimator: its scores before and after are not comparable (a "
+                    "log-probability mass for 'bernoulli', a log-density of X otherwise)"
+                ),
+                stacklevel=2,
+            )
+        super().set_params(**params)
+        return self
 
     # ------------------------------------------------------------------ parameters
 
@@ -513,7 +549,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         evaluate = make_batch_evaluator(self.model_, num_samples=k, sample_chunk=min(chunk, k))
         ids = _row_ids(rows)
         n = len(rows)
-        size = min(_SCORE_BATCH, _pow2(n))  # one compiled shape for every small X
+        size = _SCORE_BATCH  # one compiled shape for every X (see _BATCH)
         values = []
         for start in range(0, n, size):
             part = jnp.asarray(_pad(rows[start : start + size], size))
@@ -532,7 +568,18 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         key: Any = None,
         sample_chunk: int = 20,
     ) -> float:
-        """Mean of `score_samples` (nats per example; higher is better). y is ignored."""
+        """Mean of `score_samples`: nats per example, higher is better. y is ignored.
+
+        The unit depends on the likelihood. With the Gaussian ones (the default
+        "gaussian_pixel", "gaussian_global", "gaussian") it is a log-density of X in X's own
+        units: comparable with any density model of the same X (`GaussianMixture.score`,
+        `FactorAnalysis.score`), and it changes by ``-sum(log scale)`` when X is rescaled.
+        With "bernoulli" it is a log-probability mass (of binary X; minus a cross-entropy
+        for values between 0 and 1). A Bernoulli score and a Gaussian score are therefore
+        not comparable: do not pick between them by `score` (``set_params`` warns with an
+        `IncomparableScoreWarning` when it changes a fitted estimator's likelihood from one
+        kind to the other). The Gaussian likelihoods' scores are comparable with each other.
+        """
         del y
         values = self.score_samples(X, num_samples=num_samples, key=key, sample_chunk=sample_chunk)
         return float(np.mean(values))
@@ -634,10 +681,11 @@ def _programs(model: VAE) -> _Programs:
 
 
 def _map_rows(fn: Any, params: Any, rows: np.ndarray) -> Any:
-    """``fn(params, batch)`` over `rows` in batches of one size (a power of two up to
-    `_BATCH`; the last one padded and trimmed), so small inputs share compiled programs."""
+    """``fn(params, batch)`` over `rows` in batches of `_BATCH` rows (the last one padded and
+    trimmed), so every input shares one compiled program
+    and a row's result does not depend on the other rows."""
     n = len(rows)
-    size = min(_BATCH, _pow2(n))
+    size = _BATCH
     outputs = []
     for start in range(0, n, size):
         keep = min(size, n - start)
