@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import pickle
 import re
 import shutil
 import subprocess
@@ -16,12 +17,14 @@ import pytest
 import sklearn.exceptions
 from sklearn.datasets import load_digits
 
+import vae_jax
 from vae_jax.estimator import (
     IncomparableScoreWarning,
     NotFittedError,
     PosteriorCollapseWarning,
     SavedEstimatorError,
     VAEEstimator,
+    VersionWarning,
 )
 
 
@@ -110,6 +113,7 @@ def test_save_and_load(fitted, digits, tmp_path):
     meta = json.loads((path / "estimator.json").read_text())
     assert meta["feature_shape"] == [8, 8] and meta["hyperparameters"]["z_dim"] == 2
     assert meta["version"] == 2 and meta["files"] and len(meta["sha256"]) == 64
+    assert meta["vae_jax_version"] == vae_jax.__version__
     assert not list(path.rglob("*.pkl")) and not list(path.rglob("*.pickle"))
     loaded = VAEEstimator.load(path)
     np.testing.assert_array_equal(loaded.transform(x), fitted.transform(x))
@@ -418,6 +422,45 @@ def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_
     np.testing.assert_array_equal(
         loaded.transform(digits[0][:50]), fitted.transform(digits[0][:50])
     )
+
+
+def _as_written_by(path, version):
+    """The save at `path`, its recorded vae_jax version changed (digest recomputed, as a
+    save by that version would have it), or removed (None: a save from before versions)."""
+    from vae_jax.estimator_files import _meta_digest
+
+    meta = json.loads((path / "estimator.json").read_text())
+    meta.pop("vae_jax_version")
+    if version is not None:
+        meta["vae_jax_version"] = version
+    meta["sha256"] = _meta_digest(meta)
+    (path / "estimator.json").write_text(json.dumps(meta))
+
+
+def test_a_save_of_another_version_loads_with_a_warning_naming_both(saved, digits, tmp_path):
+    path = shutil.copytree(saved, tmp_path / "other")
+    _as_written_by(path, "0.0.1")
+    with pytest.warns(VersionWarning, match="written by vae_jax 0.0.1; this is vae_jax ") as w:
+        loaded = VAEEstimator.load(path)
+    assert len(w) == 1 and vae_jax.__version__ in str(w[0].message)
+    assert "\n" not in str(w[0].message) and w[0].filename == __file__
+    x = digits[0][:20]
+    np.testing.assert_array_equal(loaded.transform(x), VAEEstimator.load(saved).transform(x))
+    _as_written_by(path, None)  # (before versions were recorded: nothing to compare)
+    VAEEstimator.load(path)  # (no warning: warnings are errors)
+
+
+def test_a_pickle_records_the_version_and_another_versions_pickle_warns(fitted, digits):
+    data = pickle.dumps(fitted)
+    state = pickle.loads(pickle.dumps(fitted.__getstate__()))
+    assert state["_vae_jax_version"] == vae_jax.__version__
+    same = pickle.loads(data)  # this version's pickle: no warning
+    assert "_vae_jax_version" not in vars(same)
+    np.testing.assert_array_equal(same.transform(digits[0][:5]), fitted.transform(digits[0][:5]))
+    other = VAEEstimator.__new__(VAEEstimator)
+    with pytest.warns(VersionWarning, match="pickled VAEEstimator was written by vae_jax 9.9"):
+        other.__setstate__({**state, "_vae_jax_version": "9.9"})
+    assert "_vae_jax_version" not in vars(other) and other.z_dim == fitted.z_dim
 
 
 # ----------------------------------------------------------------------------- safe saves

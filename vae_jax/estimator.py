@@ -47,9 +47,16 @@ except ImportError:  # one line, not a chain of two tracebacks
         "vae_jax.VAEEstimator needs scikit-learn >= 1.6: pip install 'vae-jax[sklearn]'"
     ) from None
 
+from vae_jax._version import __version__
 from vae_jax.arrays import Split, check_values
 from vae_jax.config import ModelConfig
-from vae_jax.estimator_files import SavedEstimatorError, load_estimator, save_estimator
+from vae_jax.estimator_files import (
+    SavedEstimatorError,
+    VersionWarning,
+    load_estimator,
+    save_estimator,
+    warn_other_version,
+)
 from vae_jax.evaluate import make_batch_evaluator
 from vae_jax.loop import fit as fit_loop
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
@@ -63,6 +70,7 @@ __all__ = [
     "PosteriorCollapseWarning",
     "SavedEstimatorError",
     "VAEEstimator",
+    "VersionWarning",
 ]
 
 # Rows per compiled call in transform / inverse_transform / sample, and examples per call in
@@ -585,6 +593,19 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return float(np.mean(values))
 
     # ------------------------------------------------------------------ persistence
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle state: scikit-learn's, plus the vae_jax version (``_vae_jax_version``)."""
+        state = dict(super().__getstate__())
+        state["_vae_jax_version"] = __version__
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle; a pickle of another vae_jax version warns (`VersionWarning`, both
+        versions). A pickle runs code as it loads: unpickle only files you trust."""
+        state = dict(state)
+        warn_other_version("this pickled VAEEstimator", state.pop("_vae_jax_version", None), 2)
+        super().__setstate__(state)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the fitted estimator to the directory `path`: Orbax parameters, and
