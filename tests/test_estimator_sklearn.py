@@ -152,3 +152,52 @@ def test_early_stopping_keeps_the_best_epoch(cancer):
         np.testing.assert_array_equal(a, b)
     losses = [r["test_loss"] for r in stopped.history_]
     assert all(np.isfinite(losses))
+
+
+# ----------------------------------------------------------------------------- warm_start
+
+WARM = dict(z_dim=2, hidden=(16,), early_stopping=False, batch_size=32)
+
+
+def test_warm_start_continues_bitwise_as_one_longer_fit(cancer):
+    """warm_start=True continues from the fitted parameters, Adam's state and step: 2
+    epochs then 1 more are bitwise one fit of 3 epochs (the same orders, keys and updates),
+    with the history appended and the epochs numbered on."""
+    x = StandardScaler().fit_transform(cancer[0][:96])
+    three = VAEEstimator(**WARM, max_epochs=3).fit(x)
+    vae = VAEEstimator(**WARM, max_epochs=2).fit(x)
+    vae.set_params(warm_start=True, max_epochs=1).fit(x)
+    for a, b in zip(jax.tree.leaves(vae.params_), jax.tree.leaves(three.params_), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [r["epoch"] for r in vae.history_] == [1, 2, 3] == [r["epoch"] for r in three.history_]
+    assert vae.n_iter_ == vae.best_epoch_ == 3
+    # warm_start=False (the default) starts afresh: the 2-epoch fit again
+    fresh = vae.set_params(warm_start=False, max_epochs=2).fit(x)
+    assert fresh.n_iter_ == 2
+
+
+def test_warm_start_refuses_another_model_or_example_shape_in_one_line(cancer):
+    x = StandardScaler().fit_transform(cancer[0][:96])
+    vae = VAEEstimator(**WARM, max_epochs=1, warm_start=True).fit(x)  # (nothing to continue)
+    with pytest.raises(ValueError, match=r"settings changed \(z_dim 2 -> 3\)") as error:
+        vae.set_params(z_dim=3).fit(x)
+    assert "\n" not in str(error.value)
+    vae.set_params(z_dim=2)
+    with pytest.raises(ValueError, match=r"examples of shape \(30,\); X has examples of shape"):
+        vae.fit(x[:, :5])
+    # a loaded estimator keeps no optimizer state: it continues from the kept epoch's step
+    # (96 rows in batches of 32: 3 per epoch) with a fresh Adam state
+    del vae._train_state
+    vae.fit(x)
+    assert [(r["epoch"], r["step"]) for r in vae.history_] == [(1, 3), (2, 6)]
+
+
+def test_warm_start_after_early_stopping_continues_from_the_kept_epoch(cancer):
+    """The kept (best) epoch's state is continued; the epochs after it, whose updates early
+    stopping discarded, are replaced in history_ by the new ones."""
+    x = StandardScaler().fit_transform(cancer[0][:96])
+    stop = dict(early_stopping=True, n_iter_no_change=2, tol=1e9)  # epoch 1 stays the best
+    vae = VAEEstimator(**{**WARM, **stop}, max_epochs=5).fit(x)
+    assert vae.n_iter_ == 3 and vae.best_epoch_ == 1
+    vae.set_params(warm_start=True, tol=0.0, max_epochs=2).fit(x)
+    assert [r["epoch"] for r in vae.history_] == [1, 2, 3] and vae.n_iter_ == 3

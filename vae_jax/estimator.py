@@ -63,6 +63,7 @@ from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
 from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
+from vae_jax.train import TrainState, steps_per_epoch
 
 __all__ = [
     "IncomparableScoreWarning",
@@ -108,10 +109,11 @@ class _Settings(NamedTuple):
     learning_rate: float
     seed: int
     binarize: bool
+    warm_start: bool
 
 
 class _Trained(NamedTuple):
-    params: Any
+    state: Any  # the kept epoch's TrainState on the host: params, Adam's state, step
     records: list[dict[str, Any]]
     best_epoch: int
 
@@ -148,6 +150,19 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       binarize: resample every training value ~ Bernoulli(value) at each use (dynamic
         binarization; Bernoulli likelihood only).
       verbose: print one line per epoch and show a progress bar.
+      warm_start: False: each `fit` starts from a fresh initialisation. True (scikit-learn's
+        convention for iterative estimators): a `fit` of a fitted estimator continues from
+        its parameters, Adam's state and step count (those of the kept epoch), for up to
+        `max_epochs` more epochs, and appends to ``history_`` (``n_iter_`` counts every
+        epoch; epochs are numbered on; with early stopping, the epochs after the kept one
+        are replaced by the new ones). The model settings (z_dim, hidden, activation,
+        likelihood, obs_std) and the example shape must be those fitted (else a one-line
+        ValueError); learning_rate, batch_size, the stopping rule and the data may change.
+        A loaded estimator (`load` keeps no optimizer state) continues from its parameters
+        with a fresh Adam state. There is no `partial_fit`: training is by epochs of a
+        compiled loop with early stopping on a held-out split drawn from X, which one
+        mini-batch per call would bypass (and recompile for every batch size);
+        ``warm_start=True, max_epochs=1`` is one more pass over X.
       epochs: deprecated; ``epochs=n`` means ``max_epochs=n, early_stopping=False`` (what
         it meant before early stopping existed).
       seed: deprecated; ``seed=s`` means ``random_state=s``.
@@ -177,6 +192,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         random_state: Any = 0,
         binarize: bool = False,
         verbose: bool = False,
+        warm_start: bool = False,
         epochs: Any = _DEPRECATED,
         seed: Any = _DEPRECATED,
     ) -> None:
@@ -195,6 +211,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.random_state = random_state
         self.binarize = binarize
         self.verbose = verbose
+        self.warm_start = warm_start
         self.epochs = epochs
         self.seed = seed
 
@@ -252,6 +269,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         _check_bool("early_stopping", early_stopping)
         _check_bool("binarize", self.binarize)
         _check_bool("verbose", self.verbose)
+        _check_bool("warm_start", self.warm_start)
         fraction = _check_float("validation_fraction", self.validation_fraction)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
@@ -293,6 +311,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             learning_rate=learning_rate,
             seed=_seed_from(random_state),
             binarize=bool(self.binarize),
+            warm_start=bool(self.warm_start),
         )
 
     # ------------------------------------------------------------------ training
@@ -312,7 +331,14 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         del y
         settings = self._check_params()
         # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
+        fitted_shape = getattr(self, "feature_shape_", None)
         x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
+        if settings.warm_start and hasattr(self, "params_") and x.shape[1:] != fitted_shape:
+            raise ValueError(
+                f"warm_start=True continues the fitted model, which takes examples of shape "
+                f"{fitted_shape}; X has examples of shape {tuple(x.shape[1:])}: set "
+                "warm_start=False to fit afresh"
+            )
         self.feature_shape_ = tuple(int(d) for d in x.shape[1:])
         self.n_features_in_ = math.prod(self.feature_shape_)
         rows = _model_input(x, self.feature_shape_)
@@ -329,11 +355,15 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
         model = settings.model.build(_image_shape(self.feature_shape_))
-        trained = self._run_fit(settings, rows, x_val)
+        start, history = None, []
+        if settings.warm_start and hasattr(self, "params_"):
+            start, history = self._warm_state(model)
+        trained = self._run_fit(settings, rows, x_val, start)
         self.model_ = model
-        self.params_ = trained.params
-        self.history_ = trained.records
-        self.n_iter_ = len(trained.records)
+        self.params_ = trained.state.params
+        self._train_state = trained.state  # (what warm_start continues from; not saved)
+        self.history_ = history + trained.records
+        self.n_iter_ = len(self.history_)
         self.best_epoch_ = trained.best_epoch
         self.seed_ = settings.seed
         self.latent_kl_ = self._latent_kl(_model_input(x, self.feature_shape_))
@@ -349,23 +379,60 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             )
         return self
 
+    def _warm_state(self, model: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """The host `TrainState` a warm start continues from (the kept epoch's; for a loaded
+        estimator, its parameters with a fresh Adam state at the kept epoch's step), and the
+        history up to that epoch (epochs after it, discarded by early stopping, are
+        replaced by the new ones)."""
+        if model != self.model_:
+            changed = ", ".join(
+                f"{name} {getattr(self.model_, name, None)!r} -> {getattr(model, name, None)!r}"
+                for name in ("z_dim", "hidden", "activation", "likelihood", "obs_std")
+                if getattr(self.model_, name, None) != getattr(model, name, None)
+            )
+            raise ValueError(
+                f"warm_start=True continues the fitted model, but its settings changed "
+                f"({changed or 'the model'}): set warm_start=False to fit afresh"
+            )
+        history = list(getattr(self, "history_", []))
+        kept = [r for r in history if r.get("epoch", math.inf) <= self.best_epoch_]
+        state = getattr(self, "_train_state", None)
+        if state is None:
+            params = self.params_
+            step = int(kept[-1].get("step", 0)) if kept else 0
+            state = TrainState(
+                step=jnp.asarray(step, jnp.int32),
+                params=params,
+                opt_state=jax.device_get(optax.adam(self.learning_rate).init(params)),
+                skipped=jnp.zeros((), jnp.int32),
+            )
+        return state, kept
+
     def _run_fit(
-        self, settings: _Settings, x_train: np.ndarray, x_val: np.ndarray | None
+        self,
+        settings: _Settings,
+        x_train: np.ndarray,
+        x_val: np.ndarray | None,
+        start: Any = None,
     ) -> _Trained:
         """Train with `vae_jax.loop.fit`: its only call site in the estimator.
 
         With ``x_val`` the loop evaluates the held-out -ELBO after every epoch and the
-        `_EarlyStopping` hook (``on_epoch_end``) keeps a host copy of the best parameters and
-        returns True, which stops the loop, once `n_iter_no_change` epochs have not improved
-        it.
+        `_EarlyStopping` hook (``on_epoch_end``) keeps a host copy of the best epoch's state
+        and returns True, which stops the loop, once `n_iter_no_change` epochs have not
+        improved it. `start` (a host `TrainState`, warm_start) is continued for
+        `max_epochs` more epochs (a partial epoch first when its step is not at an epoch's
+        end, as when X's size changed).
         """
         n_train = len(x_train)
         eval_batch = 1000 if x_val is None else min(1000, _pow2(len(x_val)))
         model = settings.model.build(x_train.shape[1:])
         variant = "binarized" if settings.binarize else "values as given"
+        batch_size = min(settings.batch_size, n_train)  # a small X: one batch per epoch
+        done = 0 if start is None else -(-int(start.step) // steps_per_epoch(n_train, batch_size))
         options = FitOptions(
-            epochs=settings.max_epochs,
-            batch_size=min(settings.batch_size, n_train),  # a small X: one batch per epoch
+            epochs=done + settings.max_epochs,
+            batch_size=batch_size,
             seed=settings.seed,
             eval_batch_size=eval_batch,
             binarize=settings.binarize,
@@ -384,11 +451,13 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             options=options,
             on_epoch_end=stopper,
             progress=bool(self.verbose),
+            initial_state=start,
         )
         if stopper is not None:
             return stopper.trained()
         records = result.records
-        return _Trained(jax.device_get(result.state.params), records, len(records))
+        last = records[-1]["epoch"] if records else done
+        return _Trained(jax.device_get(result.state), records, last)
 
     # ------------------------------------------------------------------ input checks
 
@@ -645,29 +714,30 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
 class _EarlyStopping:
     """``on_epoch_end`` hook: track the held-out -ELBO (``records[-1]["test_loss"]``), keep
-    a host copy of the best epoch's parameters, and return True (stop) after
+    a host copy of the best epoch's state (parameters, Adam's state, step: what warm_start
+    continues from), and return True (stop) after
     `n_iter_no_change` epochs without an improvement of more than `tol`."""
 
     def __init__(self, n_iter_no_change: int, tol: float) -> None:
         self.n_iter_no_change, self.tol = n_iter_no_change, tol
         self.best_loss = math.inf
         self.best_epoch = 0
-        self.best_params: Any = None
+        self.best_state: Any = None
         self.waited = 0
         self.records: list[dict[str, Any]] = []
 
     def __call__(self, epoch: int, state: Any, records: list[dict[str, Any]]) -> bool:
         self.records = records
         loss = float(records[-1]["test_loss"])
-        if self.best_params is None or loss < self.best_loss - self.tol:
+        if self.best_state is None or loss < self.best_loss - self.tol:
             self.best_loss, self.best_epoch, self.waited = loss, epoch, 0
-            self.best_params = jax.device_get(state.params)  # host copy: the state is donated
+            self.best_state = jax.device_get(state)  # host copy: the state is donated
             return False
         self.waited += 1
         return self.waited >= self.n_iter_no_change  # (True: fit stops after this epoch)
 
     def trained(self) -> _Trained:
-        return _Trained(self.best_params, list(self.records), self.best_epoch)
+        return _Trained(self.best_state, list(self.records), self.best_epoch)
 
 
 # ----------------------------------------------------------------------------- helpers
