@@ -355,7 +355,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
         model = settings.model.build(_image_shape(self.feature_shape_))
-        start, history = None, []
+        start: Any = None
+        history: list[dict[str, Any]] = []
         if settings.warm_start and hasattr(self, "params_"):
             start, history = self._warm_state(model)
         trained = self._run_fit(settings, rows, x_val, start)
