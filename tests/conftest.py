@@ -27,6 +27,10 @@ _OWNER = _CACHE_ENV not in os.environ
 if _OWNER:
     os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="vae_jax_test_jit_cache_")
 CACHE_DIR = Path(os.environ[_CACHE_ENV])
+# The estimator turns a persistent cache on in the user's home (vae_jax.jit_cache) unless
+# one is set up, as below; the suite's subprocesses use this run's directory too, so no
+# test writes to the home directory.
+os.environ["VAE_JAX_COMPILATION_CACHE"] = str(CACHE_DIR)
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -201,3 +203,24 @@ def test_warm_start_after_early_stopping_continues_from_the_kept_epoch(cancer):
     assert vae.n_iter_ == 3 and vae.best_epoch_ == 1
     vae.set_params(warm_start=True, tol=0.0, max_epochs=2).fit(x)
     assert [r["epoch"] for r in vae.history_] == [1, 2, 3] and vae.n_iter_ == 3
+
+
+# ----------------------------------------------------------------------------- compilation
+
+
+def test_a_second_fit_of_one_configuration_and_shape_compiles_nothing(cancer, caplog):
+    """Every fold of a cross-validation fits the same configuration on data of one shape:
+    the trainer keeps its compiled programs (vae_jax.trainer._reused), so only the first
+    fit compiles (before: 3 programs compiled again by every fit)."""
+    x = StandardScaler().fit_transform(cancer[0])
+    settings = dict(WARM, max_epochs=1, early_stopping=True, learning_rate=2e-3)
+    VAEEstimator(**settings).fit(x[:96])
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            vae = VAEEstimator(**settings, random_state=1).fit(x[96:192])  # other data and seed
+            vae.transform(x[:5])
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage()[:80] for r in caplog.records if "Compiling" in r.getMessage()]
+    assert compiled == []

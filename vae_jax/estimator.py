@@ -58,6 +58,7 @@ from vae_jax.estimator_files import (
     warn_other_version,
 )
 from vae_jax.evaluate import make_batch_evaluator
+from vae_jax.jit_cache import use_compilation_cache
 from vae_jax.loop import fit as fit_loop
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
 from vae_jax.models import encode as encode_
@@ -330,6 +331,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         del y
         settings = self._check_params()
+        use_compilation_cache()  # (once per process; vae_jax.jit_cache)
         # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
         fitted_shape = getattr(self, "feature_shape_", None)
         x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
@@ -446,7 +448,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         # Splits: X was checked once, by `_validate`; fit takes a Split as checked.
         result = fit_loop(
             make_elbo(model),
-            optax.adam(settings.learning_rate),
+            _adam(settings.learning_rate),
             _unlabelled(x_train),
             x_test=None if x_val is None else _unlabelled(x_val),
             options=options,
@@ -619,6 +621,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
           sample_chunk: samples decoded at once (memory; not the result).
         """
         check_is_fitted(self)
+        use_compilation_cache()
         k = _check_int("num_samples", num_samples, 1)
         chunk = _check_int("sample_chunk", sample_chunk, 1)
         jax_key = _key_from(key, self.seed_, "key")
@@ -772,10 +775,19 @@ def _programs(model: VAE) -> _Programs:
     return _Programs(jax.jit(encode), jax.jit(decode_))
 
 
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    """`optax.adam(learning_rate)`, one object per rate: the trainer reuses compiled programs
+    for an equal objective and the same optimizer object (`vae_jax.trainer._reused`), so
+    fits of one configuration and shape compile once per process."""
+    return optax.adam(learning_rate)
+
+
 def _map_rows(fn: Any, params: Any, rows: np.ndarray) -> Any:
     """``fn(params, batch)`` over `rows` in batches of `_BATCH` rows (the last one padded and
     trimmed), so every input shares one compiled program
     and a row's result does not depend on the other rows."""
+    use_compilation_cache()
     n = len(rows)
     size = _BATCH
     outputs = []
