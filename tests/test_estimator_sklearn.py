@@ -187,6 +187,7 @@ def test_warm_start_refuses_another_model_or_example_shape_in_one_line(cancer):
     vae.set_params(z_dim=2)
     with pytest.raises(ValueError, match=r"examples of shape \(30,\); X has examples of shape"):
         vae.fit(x[:, :5])
+    assert vae.n_features_in_ == 30  # (refused before X was recorded: still the fitted model)
     # a loaded estimator keeps no optimizer state: it continues from the kept epoch's step
     # (96 rows in batches of 32: 3 per epoch) with a fresh Adam state
     del vae._train_state

@@ -175,6 +175,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     (per-epoch records, losses in nats per example; ``test_loss`` is the held-out -ELBO).
     """
 
+    feature_shape_: tuple[int, ...]  # (set by fit; annotated for the type checker only)
+
     def __init__(
         self,
         z_dim: int = 2,
@@ -332,15 +334,14 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         del y
         settings = self._check_params()
         use_compilation_cache()  # (once per process; vae_jax.jit_cache)
+        start: Any = None
+        history: list[dict[str, Any]] = []
+        if settings.warm_start and hasattr(self, "params_"):  # (checked before X is recorded)
+            self._check_warm_shape(X)
+            fitted = settings.model.build(_image_shape(self.feature_shape_))
+            start, history = self._warm_state(fitted)
         # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
-        fitted_shape = getattr(self, "feature_shape_", None)
         x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
-        if settings.warm_start and hasattr(self, "params_") and x.shape[1:] != fitted_shape:
-            raise ValueError(
-                f"warm_start=True continues the fitted model, which takes examples of shape "
-                f"{fitted_shape}; X has examples of shape {tuple(x.shape[1:])}: set "
-                "warm_start=False to fit afresh"
-            )
         self.feature_shape_ = tuple(int(d) for d in x.shape[1:])
         self.n_features_in_ = math.prod(self.feature_shape_)
         rows = _model_input(x, self.feature_shape_)
@@ -357,10 +358,6 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
         model = settings.model.build(_image_shape(self.feature_shape_))
-        start: Any = None
-        history: list[dict[str, Any]] = []
-        if settings.warm_start and hasattr(self, "params_"):
-            start, history = self._warm_state(model)
         trained = self._run_fit(settings, rows, x_val, start)
         self.model_ = model
         self.params_ = trained.state.params
@@ -381,6 +378,20 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 stacklevel=2,
             )
         return self
+
+    def _check_warm_shape(self, X: Any) -> None:
+        """Raise ValueError (one line) unless X's examples have the fitted shape (X itself
+        is checked by `_validate` afterwards)."""
+        try:
+            shape = tuple(int(d) for d in np.shape(X)[1:])
+        except (ValueError, TypeError):  # (ragged or odd input: _validate says what is wrong)
+            return
+        if shape != self.feature_shape_:
+            raise ValueError(
+                f"warm_start=True continues the fitted model, which takes examples of shape "
+                f"{self.feature_shape_}; X has examples of shape {shape}: set "
+                "warm_start=False to fit afresh"
+            )
 
     def _warm_state(self, model: Any) -> tuple[Any, list[dict[str, Any]]]:
         """The host `TrainState` a warm start continues from (the kept epoch's; for a loaded
