@@ -32,7 +32,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # ...and every subprocess a test starts (the CLI, killed and resumed runs, clusters), which
 # reads JAX's settings from the environment: one compilation per program for the whole run.
+# (The estimator turns a persistent cache on in the user's home, vae_jax.jit_cache, unless
+# VAE_JAX_COMPILATION_CACHE names another: no test writes to the home directory.)
 os.environ.update(
+    VAE_JAX_COMPILATION_CACHE=str(CACHE_DIR),
     JAX_COMPILATION_CACHE_DIR=str(CACHE_DIR),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",

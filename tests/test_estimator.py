@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import pickle
 import re
 import shutil
 import subprocess
@@ -15,11 +17,14 @@ import pytest
 import sklearn.exceptions
 from sklearn.datasets import load_digits
 
+import vae_jax
 from vae_jax.estimator import (
+    IncomparableScoreWarning,
     NotFittedError,
     PosteriorCollapseWarning,
     SavedEstimatorError,
     VAEEstimator,
+    VersionWarning,
 )
 
 
@@ -32,7 +37,10 @@ def digits():
 @pytest.fixture(scope="module")
 def fitted(digits):
     x, _ = digits
-    vae = VAEEstimator(z_dim=2, hidden=(64,), max_epochs=15, early_stopping=False, random_state=0)
+    vae = VAEEstimator(
+        z_dim=2, hidden=(64,), likelihood="bernoulli", max_epochs=15, early_stopping=False,
+        random_state=0,
+    )  # fmt: skip
     return vae.fit(x)
 
 
@@ -105,6 +113,7 @@ def test_save_and_load(fitted, digits, tmp_path):
     meta = json.loads((path / "estimator.json").read_text())
     assert meta["feature_shape"] == [8, 8] and meta["hyperparameters"]["z_dim"] == 2
     assert meta["version"] == 2 and meta["files"] and len(meta["sha256"]) == 64
+    assert meta["vae_jax_version"] == vae_jax.__version__
     assert not list(path.rglob("*.pkl")) and not list(path.rglob("*.pickle"))
     loaded = VAEEstimator.load(path)
     np.testing.assert_array_equal(loaded.transform(x), fitted.transform(x))
@@ -122,7 +131,9 @@ def test_vectors_and_deprecated_epochs_and_seed(digits):
     x, _ = digits
     vectors = x.reshape(len(x), 64)[:256]
     with pytest.warns(FutureWarning) as record:
-        vae = VAEEstimator(z_dim=3, hidden=(32,), epochs=2, seed=5, binarize=True).fit(vectors)
+        vae = VAEEstimator(
+            z_dim=3, hidden=(32,), likelihood="bernoulli", epochs=2, seed=5, binarize=True
+        ).fit(vectors)
     assert {str(w.message).split(":")[0] for w in record} == {
         "VAEEstimator(epochs=...) is deprecated",
         "VAEEstimator(seed=...) is deprecated",
@@ -160,7 +171,7 @@ def test_input_validation(fitted, digits):
     ):
         fitted.transform(np.full(x[:3].shape, 1e300))
     with pytest.raises(ValueError, match=r"values in \[0, 16\].*Bernoulli.*clip=True"):
-        VAEEstimator().fit(x * 16.0)
+        VAEEstimator(likelihood="bernoulli").fit(x * 16.0)
     with pytest.raises(ValueError, match=r"values in \[0, 16\]"):
         fitted.score(x[:5] * 16.0)  # the Bernoulli likelihood is for [0, 1]...
     assert fitted.transform(x[:5] * 16.0).shape == (5, 2)  # ...the encoder takes any value
@@ -205,6 +216,7 @@ def test_input_validation(fitted, digits):
             {"binarize": True, "likelihood": "gaussian"},
             "binarize=True needs likelihood='bernoulli'",
         ),
+        ({"binarize": True}, "binarize=True needs likelihood='bernoulli'"),  # (the default)
     ],
 )
 def test_constructor_arguments_are_checked_by_fit_in_one_line(params, message):
@@ -217,6 +229,19 @@ def test_constructor_arguments_are_checked_by_fit_in_one_line(params, message):
         with pytest.raises(ValueError, match=message) as error:
             vae._check_params()  # (what fit runs first, before it looks at X)
     assert "\n" not in str(error.value)
+
+
+def test_changing_a_fitted_estimators_likelihood_kind_warns(fitted):
+    """A Bernoulli score (log-probability mass) and a Gaussian one (log-density) are not
+    comparable: set_params says so when it switches a fitted estimator between the two."""
+    vae = copy.deepcopy(fitted)  # (the fixture stays as it is)
+    with pytest.warns(IncomparableScoreWarning, match="from 'bernoulli' to 'gaussian_pixel'") as w:
+        vae.set_params(likelihood="gaussian_pixel")
+    assert len(w) == 1 and "\n" not in str(w[0].message)
+    assert isinstance(w[0].message, UserWarning)
+    vae.set_params(likelihood="bernoulli", z_dim=3)  # back to the fitted kind: no warning
+    VAEEstimator().set_params(likelihood="bernoulli")  # not fitted: nothing to compare
+    assert VAEEstimator().likelihood == "gaussian_pixel"  # the default: any real values
 
 
 def test_random_state_kinds():
@@ -397,6 +422,45 @@ def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_
     np.testing.assert_array_equal(
         loaded.transform(digits[0][:50]), fitted.transform(digits[0][:50])
     )
+
+
+def _as_written_by(path, version):
+    """The save at `path`, its recorded vae_jax version changed (digest recomputed, as a
+    save by that version would have it), or removed (None: a save from before versions)."""
+    from vae_jax.estimator_files import _meta_digest
+
+    meta = json.loads((path / "estimator.json").read_text())
+    meta.pop("vae_jax_version")
+    if version is not None:
+        meta["vae_jax_version"] = version
+    meta["sha256"] = _meta_digest(meta)
+    (path / "estimator.json").write_text(json.dumps(meta))
+
+
+def test_a_save_of_another_version_loads_with_a_warning_naming_both(saved, digits, tmp_path):
+    path = shutil.copytree(saved, tmp_path / "other")
+    _as_written_by(path, "0.0.1")
+    with pytest.warns(VersionWarning, match="written by vae_jax 0.0.1; this is vae_jax ") as w:
+        loaded = VAEEstimator.load(path)
+    assert len(w) == 1 and vae_jax.__version__ in str(w[0].message)
+    assert "\n" not in str(w[0].message) and w[0].filename == __file__
+    x = digits[0][:20]
+    np.testing.assert_array_equal(loaded.transform(x), VAEEstimator.load(saved).transform(x))
+    _as_written_by(path, None)  # (before versions were recorded: nothing to compare)
+    VAEEstimator.load(path)  # (no warning: warnings are errors)
+
+
+def test_a_pickle_records_the_version_and_another_versions_pickle_warns(fitted, digits):
+    data = pickle.dumps(fitted)
+    state = pickle.loads(pickle.dumps(fitted.__getstate__()))
+    assert state["_vae_jax_version"] == vae_jax.__version__
+    same = pickle.loads(data)  # this version's pickle: no warning
+    assert "_vae_jax_version" not in vars(same)
+    np.testing.assert_array_equal(same.transform(digits[0][:5]), fitted.transform(digits[0][:5]))
+    other = VAEEstimator.__new__(VAEEstimator)
+    with pytest.warns(VersionWarning, match="pickled VAEEstimator was written by vae_jax 9.9"):
+        other.__setstate__({**state, "_vae_jax_version": "9.9"})
+    assert "_vae_jax_version" not in vars(other) and other.z_dim == fitted.z_dim
 
 
 # ----------------------------------------------------------------------------- safe saves

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -23,8 +25,9 @@ TINY = dict(
     early_stopping=False,
     batch_size=32,
 )
-# A small one, 3 epochs with early stopping's held-out split: the uses below.
-SMALL = dict(z_dim=2, hidden=(16,), likelihood="gaussian_pixel", max_epochs=3)
+# A small one, 3 epochs with early stopping's held-out split, the default likelihood
+# ("gaussian_pixel"): the uses below.
+SMALL = dict(z_dim=2, hidden=(16,), max_epochs=3)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +46,11 @@ def expected_failed_checks(estimator):
     return {}
 
 
+# The default as a user meets it, VAEEstimator(), and a tiny fixed-variance one.
 @parametrize_with_checks(
-    [VAEEstimator(**TINY)], expected_failed_checks=expected_failed_checks, xfail_strict=True
+    [VAEEstimator(), VAEEstimator(**TINY)],
+    expected_failed_checks=expected_failed_checks,
+    xfail_strict=True,
 )
 # The checks fit a 4-unit model for one epoch on random data, where an uninformative
 # posterior is the expected outcome, not a bug (the warning is tested in test_estimator.py).
@@ -75,6 +81,19 @@ def test_grid_search_over_a_scaled_pipeline_gives_finite_scores(cancer):
     assert np.isfinite(search.score(x))
     vae = search.best_estimator_["vae"]
     assert vae.n_iter_ == 3 and "test_loss" in vae.history_[-1]  # early stopping's held-out loss
+
+
+@pytest.mark.parametrize("scaler", [StandardScaler, MinMaxScaler])
+# (3 epochs on [0, 1] data leave the latents near the prior, KL ~0.008: the warning is right,
+# and tested in test_estimator.py; here only the scores matter)
+@pytest.mark.filterwarnings("ignore::vae_jax.estimator.PosteriorCollapseWarning")
+def test_the_default_likelihood_cross_validates_after_either_scaler(cancer, scaler):
+    """The issue's case: the default likelihood takes any real values, so every fold fits
+    and every held-out score is a finite log-density (with the old Bernoulli default,
+    StandardScaler failed every fit and MinMaxScaler scored NaN on held-out folds)."""
+    x, _ = cancer
+    scores = cross_val_score(make_pipeline(scaler(), VAEEstimator(**SMALL)), x, cv=2)
+    assert scores.shape == (2,) and np.all(np.isfinite(scores))
 
 
 def test_bernoulli_in_a_pipeline_with_minmax_scaling(cancer):
@@ -135,3 +154,74 @@ def test_early_stopping_keeps_the_best_epoch(cancer):
         np.testing.assert_array_equal(a, b)
     losses = [r["test_loss"] for r in stopped.history_]
     assert all(np.isfinite(losses))
+
+
+# ----------------------------------------------------------------------------- warm_start
+
+WARM = dict(z_dim=2, hidden=(16,), early_stopping=False, batch_size=32)
+
+
+def test_warm_start_continues_bitwise_as_one_longer_fit(cancer):
+    """warm_start=True continues from the fitted parameters, Adam's state and step: 2
+    epochs then 1 more are bitwise one fit of 3 epochs (the same orders, keys and updates),
+    with the history appended and the epochs numbered on."""
+    x = StandardScaler().fit_transform(cancer[0][:96])
+    three = VAEEstimator(**WARM, max_epochs=3).fit(x)
+    vae = VAEEstimator(**WARM, max_epochs=2).fit(x)
+    vae.set_params(warm_start=True, max_epochs=1).fit(x)
+    for a, b in zip(jax.tree.leaves(vae.params_), jax.tree.leaves(three.params_), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [r["epoch"] for r in vae.history_] == [1, 2, 3] == [r["epoch"] for r in three.history_]
+    assert vae.n_iter_ == vae.best_epoch_ == 3
+    # warm_start=False (the default) starts afresh: the 2-epoch fit again
+    fresh = vae.set_params(warm_start=False, max_epochs=2).fit(x)
+    assert fresh.n_iter_ == 2
+
+
+def test_warm_start_refuses_another_model_or_example_shape_in_one_line(cancer):
+    x = StandardScaler().fit_transform(cancer[0][:96])
+    vae = VAEEstimator(**WARM, max_epochs=1, warm_start=True).fit(x)  # (nothing to continue)
+    with pytest.raises(ValueError, match=r"settings changed \(z_dim 2 -> 3\)") as error:
+        vae.set_params(z_dim=3).fit(x)
+    assert "\n" not in str(error.value)
+    vae.set_params(z_dim=2)
+    with pytest.raises(ValueError, match=r"examples of shape \(30,\); X has examples of shape"):
+        vae.fit(x[:, :5])
+    assert vae.n_features_in_ == 30  # (refused before X was recorded: still the fitted model)
+    # a loaded estimator keeps no optimizer state: it continues from the kept epoch's step
+    # (96 rows in batches of 32: 3 per epoch) with a fresh Adam state
+    del vae._train_state
+    vae.fit(x)
+    assert [(r["epoch"], r["step"]) for r in vae.history_] == [(1, 3), (2, 6)]
+
+
+def test_warm_start_after_early_stopping_continues_from_the_kept_epoch(cancer):
+    """The kept (best) epoch's state is continued; the epochs after it, whose updates early
+    stopping discarded, are replaced in history_ by the new ones."""
+    x = StandardScaler().fit_transform(cancer[0][:96])
+    stop = dict(early_stopping=True, n_iter_no_change=2, tol=1e9)  # epoch 1 stays the best
+    vae = VAEEstimator(**{**WARM, **stop}, max_epochs=5).fit(x)
+    assert vae.n_iter_ == 3 and vae.best_epoch_ == 1
+    vae.set_params(warm_start=True, tol=0.0, max_epochs=2).fit(x)
+    assert [r["epoch"] for r in vae.history_] == [1, 2, 3] and vae.n_iter_ == 3
+
+
+# ----------------------------------------------------------------------------- compilation
+
+
+def test_a_second_fit_of_one_configuration_and_shape_compiles_nothing(cancer, caplog):
+    """Every fold of a cross-validation fits the same configuration on data of one shape:
+    the trainer keeps its compiled programs (vae_jax.trainer._reused), so only the first
+    fit compiles (before: 3 programs compiled again by every fit)."""
+    x = StandardScaler().fit_transform(cancer[0])
+    settings = dict(WARM, max_epochs=1, early_stopping=True, learning_rate=2e-3)
+    VAEEstimator(**settings).fit(x[:96])
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            vae = VAEEstimator(**settings, random_state=1).fit(x[96:192])  # other data and seed
+            vae.transform(x[:5])
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage()[:80] for r in caplog.records if "Compiling" in r.getMessage()]
+    assert compiled == []

@@ -6,6 +6,7 @@ The public API; see the README for a tour. `VAEEstimator` needs the optional sci
 
 from typing import Any
 
+from vae_jax._version import __version__
 from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_checkpoint
 from vae_jax.config import DataConfig, ExperimentConfig, ModelConfig, ObjectiveConfig, TrainConfig
@@ -80,6 +81,7 @@ __all__ = [
     "Trainer",
     "VAEEstimator",
     "VampPriorVAE",
+    "__version__",
     "bernoulli_log_likelihood",
     "decoder_mean",
     "evaluate_checkpoint",

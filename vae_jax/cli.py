@@ -436,9 +436,13 @@ def config_from_args(
 
 def read_config_file(path: str, base: ExperimentConfig) -> ExperimentConfig:
     """`base` with the values of the JSON configuration in `path` (ValueError, one line)."""
+    from vae_jax.workdir import VERSION_FIELD
+
     try:
         with open(path, encoding="utf-8") as handle:
             values = json.load(handle)
+        if isinstance(values, dict):  # (a run's config.json records the version that wrote it)
+            values.pop(VERSION_FIELD, None)
         return ExperimentConfig.from_dict(values, base=base)
     except (OSError, ValueError, TypeError, RecursionError) as error:
         raise ValueError(f"--config {path}: {one_line(error)}") from None

@@ -4,7 +4,7 @@ For people who want ``fit`` / ``transform`` rather than a training loop::
 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    vae = make_pipeline(StandardScaler(), VAEEstimator(likelihood="gaussian_pixel"))
+    vae = make_pipeline(StandardScaler(), VAEEstimator())
     codes = vae.fit(X).transform(X)        # [N, z_dim] posterior means
     vae.score(X)                           # mean log-density estimate, nats per example
 
@@ -14,10 +14,10 @@ search, `clone`, `check_is_fitted`, `set_output`), so it needs scikit-learn
 scanned step as the MNIST experiments) from `VAEEstimator._run_fit`, its only call site.
 
 X is used exactly as given (computed in float32): any real values for the Gaussian
-likelihoods, values in [0, 1] for the Bernoulli one (float round-off at the edges is
-clipped). Saving writes the parameters with Orbax and the rest as JSON with a SHA-256
-digest of every file, checked on load: no pickle. docs/evaluation.md says what a
-scikit-learn user must know.
+likelihoods (the default, "gaussian_pixel"), values in [0, 1] for the Bernoulli one (float
+round-off at the edges is clipped). Saving writes the parameters with Orbax and the rest
+as JSON with a SHA-256 digest of every file, checked on load: no pickle.
+docs/evaluation.md says what a scikit-learn user must know.
 """
 
 from __future__ import annotations
@@ -47,31 +47,54 @@ except ImportError:  # one line, not a chain of two tracebacks
         "vae_jax.VAEEstimator needs scikit-learn >= 1.6: pip install 'vae-jax[sklearn]'"
     ) from None
 
+from vae_jax._version import __version__
 from vae_jax.arrays import Split, check_values
 from vae_jax.config import ModelConfig
-from vae_jax.estimator_files import SavedEstimatorError, load_estimator, save_estimator
+from vae_jax.estimator_files import (
+    SavedEstimatorError,
+    VersionWarning,
+    load_estimator,
+    save_estimator,
+    warn_other_version,
+)
 from vae_jax.evaluate import make_batch_evaluator
+from vae_jax.jit_cache import use_compilation_cache
 from vae_jax.loop import fit as fit_loop
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
 from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
+from vae_jax.train import TrainState, steps_per_epoch
 
 __all__ = [
+    "IncomparableScoreWarning",
     "NotFittedError",
     "PosteriorCollapseWarning",
     "SavedEstimatorError",
     "VAEEstimator",
+    "VersionWarning",
 ]
 
-_BATCH = 1024  # rows per compiled call in transform / inverse_transform / sample
-_SCORE_BATCH = 128  # examples per compiled call in score_samples
+# Rows per compiled call in transform / inverse_transform / sample, and examples per call in
+# score_samples: one fixed size each (short inputs padded), so a row's result does not depend
+# on how many rows came with it. (With a power of two up to these, XLA's CPU matmuls for
+# different batch sizes summed in different orders: a row's code moved by ~4e-7 between a
+# call on 8 rows and one on 178, and scikit-learn's check_methods_subset_invariance failed
+# for 256 hidden units.) One shape also means one compilation per model.
+_BATCH = 1024
+_SCORE_BATCH = 128
 _COLLAPSE_KL = 0.01  # nats: a latent whose mean KL is below this carries no information
 _DEPRECATED = "deprecated"
 
 
 class PosteriorCollapseWarning(UserWarning):
     """Every latent's KL(q(z|x) || p(z)) is near 0: the codes carry no information."""
+
+
+class IncomparableScoreWarning(UserWarning):
+    """A score in other units than before: a Bernoulli likelihood's score is a log-probability
+    mass, a Gaussian one's a log-density of X, so the two are not comparable
+    (`VAEEstimator.score`)."""
 
 
 class _Settings(NamedTuple):
@@ -87,10 +110,11 @@ class _Settings(NamedTuple):
     learning_rate: float
     seed: int
     binarize: bool
+    warm_start: bool
 
 
 class _Trained(NamedTuple):
-    params: Any
+    state: Any  # the kept epoch's TrainState on the host: params, Adam's state, step
     records: list[dict[str, Any]]
     best_epoch: int
 
@@ -104,11 +128,12 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       z_dim: latent dimension (the number of features `transform` returns).
       hidden: MLP hidden widths, a tuple such as ``(256,)``; the decoder mirrors them.
       activation: "relu", "tanh", "softplus", "elu", "gelu", "silu" or "leaky_relu".
-      likelihood: p(x|z). "bernoulli" (the default, for data in [0, 1]; on values
-        between 0 and 1 its "log-likelihood" is minus a cross-entropy, not a log-density),
-        "gaussian" (fixed std `obs_std`), "gaussian_global" (one learned variance) or
-        "gaussian_pixel" (a learned variance per feature): any real data, e.g. after
-        `StandardScaler`.
+      likelihood: p(x|z). For any real data (e.g. after `StandardScaler` or
+        `MinMaxScaler`): "gaussian_pixel" (the default: a learned variance per feature, the
+        noise model of factor analysis), "gaussian_global" (one learned variance) or
+        "gaussian" (fixed std `obs_std`). For data in [0, 1]: "bernoulli" (on values between
+        0 and 1 its "log-likelihood" is minus a cross-entropy, not a log-probability).
+        Scores of different likelihoods are in different units (see `score`).
       obs_std: std of the fixed-variance "gaussian" likelihood, in the units of X.
       max_epochs: the most passes over the training data.
       early_stopping: hold out `validation_fraction` of X, stop when its ELBO has not
@@ -126,6 +151,19 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       binarize: resample every training value ~ Bernoulli(value) at each use (dynamic
         binarization; Bernoulli likelihood only).
       verbose: print one line per epoch and show a progress bar.
+      warm_start: False: each `fit` starts from a fresh initialisation. True (scikit-learn's
+        convention for iterative estimators): a `fit` of a fitted estimator continues from
+        its parameters, Adam's state and step count (those of the kept epoch), for up to
+        `max_epochs` more epochs, and appends to ``history_`` (``n_iter_`` counts every
+        epoch; epochs are numbered on; with early stopping, the epochs after the kept one
+        are replaced by the new ones). The model settings (z_dim, hidden, activation,
+        likelihood, obs_std) and the example shape must be those fitted (else a one-line
+        ValueError); learning_rate, batch_size, the stopping rule and the data may change.
+        A loaded estimator (`load` keeps no optimizer state) continues from its parameters
+        with a fresh Adam state. There is no `partial_fit`: training is by epochs of a
+        compiled loop with early stopping on a held-out split drawn from X, which one
+        mini-batch per call would bypass (and recompile for every batch size);
+        ``warm_start=True, max_epochs=1`` is one more pass over X.
       epochs: deprecated; ``epochs=n`` means ``max_epochs=n, early_stopping=False`` (what
         it meant before early stopping existed).
       seed: deprecated; ``seed=s`` means ``random_state=s``.
@@ -137,12 +175,14 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     (per-epoch records, losses in nats per example; ``test_loss`` is the held-out -ELBO).
     """
 
+    feature_shape_: tuple[int, ...]  # (set by fit; annotated for the type checker only)
+
     def __init__(
         self,
         z_dim: int = 2,
         hidden: tuple[int, ...] = (256,),
         activation: str = "relu",
-        likelihood: str = "bernoulli",
+        likelihood: str = "gaussian_pixel",
         obs_std: float = 0.1,
         *,
         max_epochs: int = 200,
@@ -155,6 +195,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         random_state: Any = 0,
         binarize: bool = False,
         verbose: bool = False,
+        warm_start: bool = False,
         epochs: Any = _DEPRECATED,
         seed: Any = _DEPRECATED,
     ) -> None:
@@ -173,6 +214,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.random_state = random_state
         self.binarize = binarize
         self.verbose = verbose
+        self.warm_start = warm_start
         self.epochs = epochs
         self.seed = seed
 
@@ -182,6 +224,28 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         # transform and score_samples compute in float32 and return float64 for float64 X.
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+    def set_params(self, **params: Any) -> VAEEstimator:
+        """scikit-learn's `set_params`; warns (`IncomparableScoreWarning`) when it changes a
+        fitted estimator's likelihood between "bernoulli" and a Gaussian one, whose scores
+        are in other units (a log-probability mass against a log-density)."""
+        new = params.get("likelihood")
+        fitted = getattr(self, "model_", None)
+        if (
+            fitted is not None
+            and isinstance(new, str)
+            and (new == "bernoulli") != (fitted.likelihood == "bernoulli")
+        ):
+            warnings.warn(
+                IncomparableScoreWarning(
+                    f"likelihood changed from {fitted.likelihood!r} to {new!r} on a fitted "
+                    "VAEEstimator: its scores before and after are not comparable (a "
+                    "log-probability mass for 'bernoulli', a log-density of X otherwise)"
+                ),
+                stacklevel=2,
+            )
+        super().set_params(**params)
+        return self
 
     # ------------------------------------------------------------------ parameters
 
@@ -208,6 +272,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         _check_bool("early_stopping", early_stopping)
         _check_bool("binarize", self.binarize)
         _check_bool("verbose", self.verbose)
+        _check_bool("warm_start", self.warm_start)
         fraction = _check_float("validation_fraction", self.validation_fraction)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
@@ -249,6 +314,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             learning_rate=learning_rate,
             seed=_seed_from(random_state),
             binarize=bool(self.binarize),
+            warm_start=bool(self.warm_start),
         )
 
     # ------------------------------------------------------------------ training
@@ -267,6 +333,13 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         del y
         settings = self._check_params()
+        use_compilation_cache()  # (once per process; vae_jax.jit_cache)
+        start: Any = None
+        history: list[dict[str, Any]] = []
+        if settings.warm_start and hasattr(self, "params_"):  # (checked before X is recorded)
+            self._check_warm_shape(X)
+            fitted = settings.model.build(_image_shape(self.feature_shape_))
+            start, history = self._warm_state(fitted)
         # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
         x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
         self.feature_shape_ = tuple(int(d) for d in x.shape[1:])
@@ -285,11 +358,12 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
         model = settings.model.build(_image_shape(self.feature_shape_))
-        trained = self._run_fit(settings, rows, x_val)
+        trained = self._run_fit(settings, rows, x_val, start)
         self.model_ = model
-        self.params_ = trained.params
-        self.history_ = trained.records
-        self.n_iter_ = len(trained.records)
+        self.params_ = trained.state.params
+        self._train_state = trained.state  # (what warm_start continues from; not saved)
+        self.history_ = history + trained.records
+        self.n_iter_ = len(self.history_)
         self.best_epoch_ = trained.best_epoch
         self.seed_ = settings.seed
         self.latent_kl_ = self._latent_kl(_model_input(x, self.feature_shape_))
@@ -305,23 +379,74 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             )
         return self
 
+    def _check_warm_shape(self, X: Any) -> None:
+        """Raise ValueError (one line) unless X's examples have the fitted shape (X itself
+        is checked by `_validate` afterwards)."""
+        try:
+            shape = tuple(int(d) for d in np.shape(X)[1:])
+        except (ValueError, TypeError):  # (ragged or odd input: _validate says what is wrong)
+            return
+        if shape != self.feature_shape_:
+            raise ValueError(
+                f"warm_start=True continues the fitted model, which takes examples of shape "
+                f"{self.feature_shape_}; X has examples of shape {shape}: set "
+                "warm_start=False to fit afresh"
+            )
+
+    def _warm_state(self, model: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """The host `TrainState` a warm start continues from (the kept epoch's; for a loaded
+        estimator, its parameters with a fresh Adam state at the kept epoch's step), and the
+        history up to that epoch (epochs after it, discarded by early stopping, are
+        replaced by the new ones)."""
+        if model != self.model_:
+            changed = ", ".join(
+                f"{name} {getattr(self.model_, name, None)!r} -> {getattr(model, name, None)!r}"
+                for name in ("z_dim", "hidden", "activation", "likelihood", "obs_std")
+                if getattr(self.model_, name, None) != getattr(model, name, None)
+            )
+            raise ValueError(
+                f"warm_start=True continues the fitted model, but its settings changed "
+                f"({changed or 'the model'}): set warm_start=False to fit afresh"
+            )
+        history = list(getattr(self, "history_", []))
+        kept = [r for r in history if r.get("epoch", math.inf) <= self.best_epoch_]
+        state = getattr(self, "_train_state", None)
+        if state is None:
+            params = self.params_
+            step = int(kept[-1].get("step", 0)) if kept else 0
+            state = TrainState(
+                step=jnp.asarray(step, jnp.int32),
+                params=params,
+                opt_state=jax.device_get(optax.adam(self.learning_rate).init(params)),
+                skipped=jnp.zeros((), jnp.int32),
+            )
+        return state, kept
+
     def _run_fit(
-        self, settings: _Settings, x_train: np.ndarray, x_val: np.ndarray | None
+        self,
+        settings: _Settings,
+        x_train: np.ndarray,
+        x_val: np.ndarray | None,
+        start: Any = None,
     ) -> _Trained:
         """Train with `vae_jax.loop.fit`: its only call site in the estimator.
 
         With ``x_val`` the loop evaluates the held-out -ELBO after every epoch and the
-        `_EarlyStopping` hook (``on_epoch_end``) keeps a host copy of the best parameters and
-        returns True, which stops the loop, once `n_iter_no_change` epochs have not improved
-        it.
+        `_EarlyStopping` hook (``on_epoch_end``) keeps a host copy of the best epoch's state
+        and returns True, which stops the loop, once `n_iter_no_change` epochs have not
+        improved it. `start` (a host `TrainState`, warm_start) is continued for
+        `max_epochs` more epochs (a partial epoch first when its step is not at an epoch's
+        end, as when X's size changed).
         """
         n_train = len(x_train)
         eval_batch = 1000 if x_val is None else min(1000, _pow2(len(x_val)))
         model = settings.model.build(x_train.shape[1:])
         variant = "binarized" if settings.binarize else "values as given"
+        batch_size = min(settings.batch_size, n_train)  # a small X: one batch per epoch
+        done = 0 if start is None else -(-int(start.step) // steps_per_epoch(n_train, batch_size))
         options = FitOptions(
-            epochs=settings.max_epochs,
-            batch_size=min(settings.batch_size, n_train),  # a small X: one batch per epoch
+            epochs=done + settings.max_epochs,
+            batch_size=batch_size,
             seed=settings.seed,
             eval_batch_size=eval_batch,
             binarize=settings.binarize,
@@ -334,17 +459,19 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         # Splits: X was checked once, by `_validate`; fit takes a Split as checked.
         result = fit_loop(
             make_elbo(model),
-            optax.adam(settings.learning_rate),
+            _adam(settings.learning_rate),
             _unlabelled(x_train),
             x_test=None if x_val is None else _unlabelled(x_val),
             options=options,
             on_epoch_end=stopper,
             progress=bool(self.verbose),
+            initial_state=start,
         )
         if stopper is not None:
             return stopper.trained()
         records = result.records
-        return _Trained(jax.device_get(result.state.params), records, len(records))
+        last = records[-1]["epoch"] if records else done
+        return _Trained(jax.device_get(result.state), records, last)
 
     # ------------------------------------------------------------------ input checks
 
@@ -505,6 +632,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
           sample_chunk: samples decoded at once (memory; not the result).
         """
         check_is_fitted(self)
+        use_compilation_cache()
         k = _check_int("num_samples", num_samples, 1)
         chunk = _check_int("sample_chunk", sample_chunk, 1)
         jax_key = _key_from(key, self.seed_, "key")
@@ -513,7 +641,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         evaluate = make_batch_evaluator(self.model_, num_samples=k, sample_chunk=min(chunk, k))
         ids = _row_ids(rows)
         n = len(rows)
-        size = min(_SCORE_BATCH, _pow2(n))  # one compiled shape for every small X
+        size = _SCORE_BATCH  # one compiled shape for every X (see _BATCH)
         values = []
         for start in range(0, n, size):
             part = jnp.asarray(_pad(rows[start : start + size], size))
@@ -532,12 +660,36 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         key: Any = None,
         sample_chunk: int = 20,
     ) -> float:
-        """Mean of `score_samples` (nats per example; higher is better). y is ignored."""
+        """Mean of `score_samples`: nats per example, higher is better. y is ignored.
+
+        The unit depends on the likelihood. With the Gaussian ones (the default
+        "gaussian_pixel", "gaussian_global", "gaussian") it is a log-density of X in X's own
+        units: comparable with any density model of the same X (`GaussianMixture.score`,
+        `FactorAnalysis.score`), and it changes by ``-sum(log scale)`` when X is rescaled.
+        With "bernoulli" it is a log-probability mass (of binary X; minus a cross-entropy
+        for values between 0 and 1). A Bernoulli score and a Gaussian score are therefore
+        not comparable: do not pick between them by `score` (``set_params`` warns with an
+        `IncomparableScoreWarning` when it changes a fitted estimator's likelihood from one
+        kind to the other). The Gaussian likelihoods' scores are comparable with each other.
+        """
         del y
         values = self.score_samples(X, num_samples=num_samples, key=key, sample_chunk=sample_chunk)
         return float(np.mean(values))
 
     # ------------------------------------------------------------------ persistence
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle state: scikit-learn's, plus the vae_jax version (``_vae_jax_version``)."""
+        state = dict(super().__getstate__())
+        state["_vae_jax_version"] = __version__
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle; a pickle of another vae_jax version warns (`VersionWarning`, both
+        versions). A pickle runs code as it loads: unpickle only files you trust."""
+        state = dict(state)
+        warn_other_version("this pickled VAEEstimator", state.pop("_vae_jax_version", None), 2)
+        super().__setstate__(state)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the fitted estimator to the directory `path`: Orbax parameters, and
@@ -577,29 +729,30 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
 class _EarlyStopping:
     """``on_epoch_end`` hook: track the held-out -ELBO (``records[-1]["test_loss"]``), keep
-    a host copy of the best epoch's parameters, and return True (stop) after
+    a host copy of the best epoch's state (parameters, Adam's state, step: what warm_start
+    continues from), and return True (stop) after
     `n_iter_no_change` epochs without an improvement of more than `tol`."""
 
     def __init__(self, n_iter_no_change: int, tol: float) -> None:
         self.n_iter_no_change, self.tol = n_iter_no_change, tol
         self.best_loss = math.inf
         self.best_epoch = 0
-        self.best_params: Any = None
+        self.best_state: Any = None
         self.waited = 0
         self.records: list[dict[str, Any]] = []
 
     def __call__(self, epoch: int, state: Any, records: list[dict[str, Any]]) -> bool:
         self.records = records
         loss = float(records[-1]["test_loss"])
-        if self.best_params is None or loss < self.best_loss - self.tol:
+        if self.best_state is None or loss < self.best_loss - self.tol:
             self.best_loss, self.best_epoch, self.waited = loss, epoch, 0
-            self.best_params = jax.device_get(state.params)  # host copy: the state is donated
+            self.best_state = jax.device_get(state)  # host copy: the state is donated
             return False
         self.waited += 1
         return self.waited >= self.n_iter_no_change  # (True: fit stops after this epoch)
 
     def trained(self) -> _Trained:
-        return _Trained(self.best_params, list(self.records), self.best_epoch)
+        return _Trained(self.best_state, list(self.records), self.best_epoch)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -633,11 +786,21 @@ def _programs(model: VAE) -> _Programs:
     return _Programs(jax.jit(encode), jax.jit(decode_))
 
 
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    """`optax.adam(learning_rate)`, one object per rate: the trainer reuses compiled programs
+    for an equal objective and the same optimizer object (`vae_jax.trainer._reused`), so
+    fits of one configuration and shape compile once per process."""
+    return optax.adam(learning_rate)
+
+
 def _map_rows(fn: Any, params: Any, rows: np.ndarray) -> Any:
-    """``fn(params, batch)`` over `rows` in batches of one size (a power of two up to
-    `_BATCH`; the last one padded and trimmed), so small inputs share compiled programs."""
+    """``fn(params, batch)`` over `rows` in batches of `_BATCH` rows (the last one padded and
+    trimmed), so every input shares one compiled program
+    and a row's result does not depend on the other rows."""
+    use_compilation_cache()
     n = len(rows)
-    size = min(_BATCH, _pow2(n))
+    size = _BATCH
     outputs = []
     for start in range(0, n, size):
         keep = min(size, n - start)

@@ -2,8 +2,9 @@
 
 A saved estimator is a directory::
 
-    estimator.json   format, version, settings, fitted attributes, the SHA-256 of every
-                     file under params/ ("files") and of this JSON's own content ("sha256")
+    estimator.json   format, version, the vae_jax version that wrote it ("vae_jax_version"),
+                     settings, fitted attributes, the SHA-256 of every file under params/
+                     ("files") and of this JSON's own content ("sha256")
     params/          the parameters, written by Orbax (no pickle)
 
 `load_estimator` checks the JSON's digest, then every file's (`vae_jax.digests`), before
@@ -12,7 +13,9 @@ it) or foreign directory is a one-line `SavedEstimatorError` naming the file ins
 Orbax traceback or, worse, parameters that load and give NaN. The settings are then checked
 against the stored parameters' paths and shapes (Orbax's metadata, before any array is read):
 an edited ``z_dim`` or ``hidden`` whose digest was recomputed is refused in one line too.
-Version 1 directories (written before the digests) load only when the caller says so
+A save written by another vae_jax version loads (its format version says it can be read)
+with a `VersionWarning` naming both versions; a format version this one cannot read is
+refused. Version 1 directories (written before the digests) load only when the caller says so
 (``allow_unverified=True``), with a warning that they cannot be checked. The file list
 names files inside ``params/`` only (`vae_jax.digests.check_name`). A save writes a new
 sibling directory and swaps it in with one rename, so a save killed at any point leaves the
@@ -38,6 +41,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vae_jax._version import __version__
 from vae_jax.digests import DigestError, check_tree, list_files, tree_digests
 from vae_jax.models import init_params
 from vae_jax.workdir import one_line, remove_tree, replace_dir, write_json
@@ -50,6 +54,25 @@ PARAMS_DIR = "params"
 
 class SavedEstimatorError(ValueError):
     """A saved estimator's directory is damaged, incomplete or not one at all."""
+
+
+class VersionWarning(UserWarning):
+    """A saved or pickled estimator was written by another vae_jax version: it loads (its
+    format can be read), but that version's numbers may differ from this one's."""
+
+
+def warn_other_version(what: str, saved: Any, stacklevel: int) -> None:
+    """Warn (`VersionWarning`, one line) when `saved`, the vae_jax version recorded in `what`,
+    is not this one. None (a save or pickle from before versions were recorded) is silent:
+    every such file was written by 0.1.0, and its format version still guards it."""
+    if saved is not None and saved != __version__:
+        warnings.warn(
+            VersionWarning(
+                f"{what} was written by vae_jax {saved}; this is vae_jax {__version__}: it "
+                "loads, but check its results (save it again to record this version)"
+            ),
+            stacklevel=stacklevel + 1,
+        )
 
 
 def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) -> Path:
@@ -105,6 +128,7 @@ def _write(estimator: Any, path: Path) -> None:
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
+        "vae_jax_version": __version__,
         "hyperparameters": {k: _jsonable(v) for k, v in estimator.get_params().items()},
         "feature_shape": list(estimator.feature_shape_),
         "fitted": fitted,
@@ -204,6 +228,8 @@ def load_estimator(cls: type, path: str | os.PathLike, *, allow_unverified: bool
     estimator.seed_ = fitted.get("seed_", default_seed)
     kl = fitted.get("latent_kl_")
     estimator.latent_kl_ = np.asarray(kl) if kl is not None else np.full(model.z_dim, np.nan)
+    # (once it has loaded: a damaged save is an error, not a warning and then an error)
+    warn_other_version(str(meta_path), meta.get("vae_jax_version"), stacklevel=3)
     return estimator
 
 

@@ -115,6 +115,7 @@ def fit(
     workdir: str | os.PathLike | RunDir | None = None,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
+    initial_state: TrainState | None = None,
 ) -> FitResult:
     """Train ``objective.model`` by maximising `objective` with `tx`; return the final state.
 
@@ -149,6 +150,11 @@ def fit(
         training there (that epoch is checkpointed). (`state` is donated to the next step:
         copy what you keep, e.g. ``jax.device_get(state.params)``.)
       progress: show a progress bar per epoch.
+      initial_state: continue from this `TrainState` (parameters, optimizer state and step
+        count, e.g. a previous result's ``jax.device_get(result.state)``) instead of a fresh
+        one: training goes on from its step to ``options.epochs`` epochs counted from step
+        0, with the random streams of those steps (a warm start; a checkpoint in
+        `workdir` still takes precedence). Its shapes must be those a fresh state has.
 
     Returns:
       A `FitResult`. Each record holds epoch, step, train_loss (minus the training
@@ -169,6 +175,9 @@ def fit(
     opts = options or FitOptions()
     train, test = _enter_data(objective, tx, opts, (x_train, y_train), (x_test, y_test))
     trainer = Trainer(objective, tx, train, test, opts)
+    if initial_state is not None:
+        _check_same_shapes(initial_state, trainer.abstract_state)
+        trainer.restore(initial_state)
     log, n_epoch, total_steps = opts.log, trainer.steps_per_epoch, trainer.total_steps
     if trainer.streamed:
         log(
@@ -231,6 +240,21 @@ def fit(
                 log(f"stopped after epoch {epoch + 1} of {opts.epochs}, as on_epoch_end asked")
                 break
         return FitResult(objective.model, objective, trainer.state, run.records)
+
+
+def _check_same_shapes(state: Any, abstract: Any) -> None:
+    """Raise ValueError (one line) unless `state` has the structure and shapes of `abstract`."""
+    try:  # (jax.tree.map raises ValueError for another structure)
+        same = all(
+            jax.tree.leaves(jax.tree.map(lambda a, b: np.shape(a) == b.shape, state, abstract))
+        )
+    except ValueError:
+        same = False
+    if not same:
+        raise ValueError(
+            "initial_state does not have the structure and shapes of this model and "
+            "optimizer's state"
+        )
 
 
 PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")

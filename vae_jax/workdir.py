@@ -25,9 +25,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vae_jax._version import __version__
 from vae_jax.config import ExperimentConfig, check_config
 
 CONFIG_FILE = "config.json"
+# config.json's record of the library version that wrote it (not part of the configuration:
+# readers drop it, and a run of another version resumes).
+VERSION_FIELD = "vae_jax_version"
 CHECKPOINT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = ".unreadable"  # in CHECKPOINT_SUBDIR: unreadable checkpoints, kept
 TRASH_SUBDIR = ".trash"  # in CHECKPOINT_SUBDIR: pruned checkpoints, renamed here then deleted
@@ -201,14 +205,14 @@ def claim(
     if isinstance(config, ExperimentConfig):
         write_config(path, config)
     else:
-        write_json(path / CONFIG_FILE, config)
+        write_json(path / CONFIG_FILE, {**config, VERSION_FIELD: __version__})
     return path
 
 
 def _identity(config: ExperimentConfig | dict[str, Any]) -> dict[str, Any]:
     if isinstance(config, ExperimentConfig):
         return config.identity()
-    return {key: value for key, value in config.items() if key != "run"}
+    return {key: value for key, value in config.items() if key not in ("run", VERSION_FIELD)}
 
 
 def read_record(workdir: str | os.PathLike) -> dict[str, Any] | None:
@@ -395,7 +399,7 @@ def workdir_lock(path: Path) -> Iterator[None]:
 
 def write_config(workdir: str | os.PathLike, config: ExperimentConfig) -> None:
     """Record the configuration that owns `workdir` (written atomically)."""
-    write_json(Path(workdir) / CONFIG_FILE, config.to_dict())
+    write_json(Path(workdir) / CONFIG_FILE, {**config.to_dict(), VERSION_FIELD: __version__})
 
 
 def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
@@ -412,6 +416,8 @@ def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
         return None
     try:
         values = json.loads(path.read_text())
+        if isinstance(values, dict):
+            values.pop(VERSION_FIELD, None)
         check_config_types(values)
         config = ExperimentConfig.from_dict(values)
         check_config(config)
