@@ -367,6 +367,29 @@ def _edited_setting(name, value, why):
     return edit
 
 
+def _edited_activation(path):
+    """relu -> tanh, digest recomputed: no parameter shape changes, so only the fingerprint
+    finds it (before: loaded silently, and scored -7.87 instead of -7.50)."""
+    from vae_jax.estimator_files import _meta_digest
+
+    meta = json.loads((path / "estimator.json").read_text())
+    assert meta["hyperparameters"]["activation"] == "relu"
+    meta["hyperparameters"]["activation"] = "tanh"
+    meta["sha256"] = _meta_digest(meta)
+    (path / "estimator.json").write_text(json.dumps(meta))
+    return re.escape("estimator.json: its settings do not reproduce the saved model's outputs")
+
+
+def _edited_fingerprint(path):
+    from vae_jax.estimator_files import _meta_digest
+
+    meta = json.loads((path / "estimator.json").read_text())
+    meta["fingerprint"] = meta["fingerprint"][:-1]
+    meta["sha256"] = _meta_digest(meta)
+    (path / "estimator.json").write_text(json.dumps(meta))
+    return re.escape("estimator.json: its fingerprint is not 8 numbers")
+
+
 def _remove_params_dir(path):
     shutil.rmtree(path / "params")
     return "params is missing"
@@ -391,6 +414,8 @@ def _remove_params_dir(path):
         _edited_setting(
             "hidden", [64, 64], r"decoder/Dense_2/bias: \(64,\) for these settings, none saved\)"
         ),
+        _edited_activation,
+        _edited_fingerprint,
     ],
     ids=lambda damage: damage.__name__,
 )
@@ -422,6 +447,26 @@ def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_
     np.testing.assert_array_equal(
         loaded.transform(digits[0][:50]), fitted.transform(digits[0][:50])
     )
+
+
+def test_a_save_records_transforms_fingerprint_and_one_without_it_loads(saved, digits, tmp_path):
+    """The fingerprint is `transform` of the probe input; a save from before fingerprints
+    (none recorded, digest recomputed as it was written) loads as before, unchecked."""
+    from vae_jax.estimator_files import _meta_digest, probe_input
+
+    meta = json.loads((saved / "estimator.json").read_text())
+    loaded = VAEEstimator.load(saved)
+    probe = probe_input(loaded.feature_shape_, "bernoulli")
+    assert probe.shape == (4, 8, 8) and 0 <= probe.min() and probe.max() <= 1
+    np.testing.assert_allclose(
+        np.reshape(meta["fingerprint"], (4, 2)), loaded.transform(probe), rtol=1e-6
+    )
+    path = shutil.copytree(saved, tmp_path / "old")
+    del meta["fingerprint"]
+    meta["sha256"] = _meta_digest(meta)
+    (path / "estimator.json").write_text(json.dumps(meta))
+    x = digits[0][:20]
+    np.testing.assert_array_equal(VAEEstimator.load(path).transform(x), loaded.transform(x))
 
 
 def _as_written_by(path, version):

@@ -543,7 +543,11 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Posterior means E_q(z|x)[z]: [n_samples, z_dim], float32 for float32 X, else
         float64 (computed in float32). Any finite X is encoded (no [0, 1] check)."""
         check_is_fitted(self)
-        x = self._validate(X, reset=False)
+        return self._posterior_mean(self._validate(X, reset=False))
+
+    def _posterior_mean(self, x: np.ndarray) -> np.ndarray:
+        """`transform` of checked rows `x` ([n, *feature_shape], float32 or float64): also
+        the behavioural fingerprint a save records (`vae_jax.estimator_files`)."""
         mean, _ = _map_rows(
             _programs(self.model_).encode, self.params_, _model_input(x, self.feature_shape_)
         )

@@ -4,7 +4,8 @@ A saved estimator is a directory::
 
     estimator.json   format, version, the vae_jax version that wrote it ("vae_jax_version"),
                      settings, fitted attributes, the SHA-256 of every file under params/
-                     ("files") and of this JSON's own content ("sha256")
+                     ("files"), the posterior means of a fixed probe input
+                     ("fingerprint") and the SHA-256 of this JSON's own content ("sha256")
     params/          the parameters, written by Orbax (no pickle)
 
 `load_estimator` checks the JSON's digest, then every file's (`vae_jax.digests`), before
@@ -13,6 +14,10 @@ it) or foreign directory is a one-line `SavedEstimatorError` naming the file ins
 Orbax traceback or, worse, parameters that load and give NaN. The settings are then checked
 against the stored parameters' paths and shapes (Orbax's metadata, before any array is read):
 an edited ``z_dim`` or ``hidden`` whose digest was recomputed is refused in one line too.
+Once the parameters are read, `transform` of a fixed probe input (`probe_input`) must give
+the means recorded at save ("fingerprint"), so an edit that changes no shape (``activation``
+relu -> tanh) is refused as well; a save without a fingerprint (written before it) loads
+as before.
 A save written by another vae_jax version loads (its format version says it can be read)
 with a `VersionWarning` naming both versions; a format version this one cannot read is
 refused. Version 1 directories (written before the digests) load only when the caller says so
@@ -22,7 +27,7 @@ sibling directory and swaps it in with one rename, so a save killed at any point
 previous one loadable.
 
 The digests find accidental damage; they are no signature: whoever can write the directory
-can change a file and its digest together (docs/robustness.md).
+can change a file and its digest together (docs/robustness.md), and the fingerprint with them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ FORMAT = "vae_jax.VAEEstimator"
 FORMAT_VERSION = 2  # 2: SHA-256 digests of every file; 1 (no digests) still loads
 META_FILE = "estimator.json"
 PARAMS_DIR = "params"
+PROBE_ROWS = 4  # rows of the fingerprint's probe input (np.random.default_rng(0))
 
 
 class SavedEstimatorError(ValueError):
@@ -133,6 +139,7 @@ def _write(estimator: Any, path: Path) -> None:
         "feature_shape": list(estimator.feature_shape_),
         "fitted": fitted,
         "files": tree_digests(path / PARAMS_DIR),
+        "fingerprint": _fingerprint(estimator),
     }
     meta["sha256"] = _meta_digest(meta)
     write_json(path / META_FILE, meta)
@@ -228,6 +235,8 @@ def load_estimator(cls: type, path: str | os.PathLike, *, allow_unverified: bool
     estimator.seed_ = fitted.get("seed_", default_seed)
     kl = fitted.get("latent_kl_")
     estimator.latent_kl_ = np.asarray(kl) if kl is not None else np.full(model.z_dim, np.nan)
+    if "fingerprint" in meta:  # (a save from before fingerprints has none: loads as before)
+        _check_fingerprint(meta_path, meta["fingerprint"], estimator)
     # (once it has loaded: a damaged save is an error, not a warning and then an error)
     warn_other_version(str(meta_path), meta.get("vae_jax_version"), stacklevel=3)
     return estimator
@@ -259,6 +268,56 @@ def _check_fits(meta_path: Path, params_dir: Path, checkpointer: Any, target: An
         raise SavedEstimatorError(
             f"{meta_path}: its settings do not fit the saved parameters ({why}): a setting was "
             "edited, or the parameters are another model's"
+        )
+
+
+def probe_input(feature_shape: tuple[int, ...], likelihood: str) -> np.ndarray:
+    """[PROBE_ROWS, *feature_shape] float32 rows the fingerprint encodes: uniform in [0, 1)
+    for the Bernoulli likelihood (the values it accepts), standard normal for the Gaussian
+    ones; from ``np.random.default_rng(0)``, so every save and load draws the same rows."""
+    rng = np.random.default_rng(0)
+    shape = (PROBE_ROWS, *feature_shape)
+    rows = rng.random(shape) if likelihood == "bernoulli" else rng.standard_normal(shape)
+    return rows.astype(np.float32)
+
+
+def _fingerprint(estimator: Any) -> list[float]:
+    """`transform` of `probe_input`, flattened: [PROBE_ROWS * z_dim] floats (float32 values).
+
+    Computed with full float32 matmuls: by default a recent GPU multiplies float32 in TF32
+    (10-bit mantissa; JAX's default matmul precision), which moves a mean by ~1e-3 and
+    would make a save from a CPU fail its check on a GPU. The CPU computes float32 anyway.
+    (`transform` itself keeps the default precision.)"""
+    probe = probe_input(estimator.feature_shape_, estimator.model_.likelihood)
+    with jax.default_matmul_precision("float32"):
+        mean = estimator._posterior_mean(probe)
+    return [float(v) for v in mean.ravel()]
+
+
+def _check_fingerprint(meta_path: Path, saved: Any, estimator: Any) -> None:
+    """Raise SavedEstimatorError (one line) unless the loaded estimator's `transform` of the
+    probe input gives the saved `fingerprint`: a setting that changes no parameter shape
+    (``activation``), edited with its digest recomputed, loaded and scored differently.
+
+    The tolerance (rtol 1e-3, atol 1e-4) lets a save from another CPU or a GPU load: their
+    float32 matmuls sum in another order and their activations round differently, which
+    moves a mean by ~1e-6 relative (`_fingerprint` rules out TF32); relu -> tanh moves
+    them by ~1e-1 (tests/test_estimator.py)."""
+    got = np.asarray(_fingerprint(estimator))
+    try:
+        want = np.asarray(saved, dtype=np.float64)
+    except (TypeError, ValueError):
+        want = None
+    if want is None or want.shape != got.shape:
+        raise SavedEstimatorError(
+            f"{meta_path}: its fingerprint is not {got.size} numbers: the file was edited"
+        )
+    if not np.allclose(got, want, rtol=1e-3, atol=1e-4, equal_nan=True):
+        worst = float(np.max(np.abs(got - want)))
+        raise SavedEstimatorError(
+            f"{meta_path}: its settings do not reproduce the saved model's outputs (transform "
+            f"of the probe input differs from the recorded fingerprint by up to {worst:.3g}): "
+            "a setting was edited, or the parameters are another model's"
         )
 
 
