@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import pickle
 import re
 import shutil
@@ -572,6 +573,42 @@ def test_a_save_killed_mid_write_leaves_the_previous_save_loadable(saved, digits
     loaded = VAEEstimator.load(path)
     x = digits[0][:20]
     np.testing.assert_array_equal(loaded.transform(x), VAEEstimator.load(saved).transform(x))
+    (leftover,) = [p.name for p in tmp_path.iterdir() if p.name != "vae"]
+    assert re.fullmatch(r"\.vae\.[0-9a-f]{8}\.saving", leftover)
+    loaded.save(path, overwrite=True)  # (the next save removes what the killed one left)
+    assert [p.name for p in tmp_path.iterdir()] == ["vae"]
+
+
+def test_a_save_removes_only_leftovers_of_dead_saves_of_that_path(fitted, saved, tmp_path):
+    """Only a real ``.vae.<8 hex>.saving`` directory holding what save writes, and not
+    locked by a live save, is removed; links are not followed."""
+    from vae_jax.estimator_files import _lock_dir
+
+    def leftover(name, *extra):
+        shutil.copytree(saved / "params", tmp_path / name / "params")
+        (tmp_path / name / "estimator.json.tmp").write_text("{")
+        for entry in extra:
+            (tmp_path / name / entry).write_text("mine")
+        return tmp_path / name
+
+    leftover(".vae.0123abcd.saving")  # (a killed save's: removed)
+    kept = [
+        leftover(".vae.0123abce.saving", "notes.txt").name,  # (something save never writes)
+        leftover(".vae.0123abcf.saving.old").name,  # (may hold the only previous save)
+        leftover(".other.0123abd0.saving").name,  # (another path's)
+        leftover(".vae.0123abcdef.saving").name,  # (not save's pattern)
+        leftover(".vae.0123abd1.saving").name,  # (a live save's)
+    ]
+    outside = leftover("outside")
+    (tmp_path / ".vae.0123abd2.saving").symlink_to(outside)
+    kept += [".vae.0123abd2.saving", "outside"]
+    live = _lock_dir(tmp_path / ".vae.0123abd1.saving")
+    try:
+        fitted.save(tmp_path / "vae")
+    finally:
+        os.close(live)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "vae"])
+    assert (outside / "params").is_dir() and (outside / "estimator.json.tmp").is_file()
 
 
 @pytest.mark.parametrize("name", ["../../outside.txt", "/etc/hostname", "params/../x"])

@@ -24,7 +24,8 @@ refused. Version 1 directories (written before the digests) load only when the c
 (``allow_unverified=True``), with a warning that they cannot be checked. The file list
 names files inside ``params/`` only (`vae_jax.digests.check_name`). A save writes a new
 sibling directory and swaps it in with one rename, so a save killed at any point leaves the
-previous one loadable.
+previous one loadable; the next save to that path removes the sibling it left
+(`_remove_leftovers`: only a dead save's, holding only what save writes).
 
 The digests find accidental damage; they are no signature: whoever can write the directory
 can change a file and its digest together (docs/robustness.md), and the fingerprint with them.
@@ -33,11 +34,14 @@ can change a file and its digest together (docs/robustness.md), and the fingerpr
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,7 @@ FORMAT = "vae_jax.VAEEstimator"
 FORMAT_VERSION = 2  # 2: SHA-256 digests of every file; 1 (no digests) still loads
 META_FILE = "estimator.json"
 PARAMS_DIR = "params"
+_ORBAX_TMP = f"{PARAMS_DIR}.orbax-checkpoint-tmp"  # (Orbax writes there, then renames)
 PROBE_ROWS = 4  # rows of the fingerprint's probe input (np.random.default_rng(0))
 
 
@@ -86,7 +91,8 @@ def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) 
 
     The save is written into a new sibling directory (``.<name>.<random>.saving``) and swapped in
     with one rename (`vae_jax.workdir.replace_dir`), so a save killed at any point leaves
-    the previous save at `path` whole and loadable (and, at worst, that sibling behind).
+    the previous save at `path` whole and loadable (and, at worst, that sibling behind: the
+    next save to `path` removes it, `_remove_leftovers`).
     `overwrite` replaces only a directory that is a saved estimator (it holds an
     ``estimator.json`` written by save); anything else, or a symbolic link, is refused.
 
@@ -104,15 +110,78 @@ def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) 
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         _check_is_saved_estimator(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     new = path.with_name(f".{path.name}.{secrets.token_hex(4)}.saving")
     new.mkdir()  # (a new directory, the usual permissions; never an existing one or a link)
+    lock = _lock_dir(new)  # (held while it is written: a leftover only when its save died)
     try:
         _write(estimator, new)
         replace_dir(new, path)
     except BaseException:
         remove_tree(new, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return path
+
+
+def _lock_dir(path: Path) -> int | None:
+    """A descriptor of the directory `path` holding an exclusive ``flock`` on it (released
+    when it is closed or the process dies), or None when it is taken or cannot be had."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete the ``.<name>.<8 hex>.saving`` directories beside `path` that a killed save
+    left: only a real directory (no link) of exactly that name, holding nothing but what
+    save writes there (``estimator.json``, its ``.tmp``, ``params`` and Orbax's
+    ``params.orbax-checkpoint-tmp*``, none a link), and whose save is dead (its lock,
+    held by a live save, is free). Anything else is left as it is. (A ``.saving.old``, left
+    where the system cannot swap directories, may hold the only previous save: never
+    touched.)"""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.saving")
+    with contextlib.suppress(OSError):
+        names = [n for n in os.listdir(path.parent) if pattern.fullmatch(n)]
+        for name in names:
+            leftover = path.parent / name
+            if not stat.S_ISDIR(os.lstat(leftover).st_mode):
+                continue
+            lock = _lock_dir(leftover)
+            if lock is None:  # (a save writing it now, or not ours to open)
+                continue
+            try:
+                if _holds_only_save_files(leftover):
+                    remove_tree(leftover, ignore_errors=True)
+            finally:
+                os.close(lock)
+
+
+def _holds_only_save_files(path: Path) -> bool:
+    """Whether every entry of `path` is one save writes: the JSON files regular files, the
+    parameter directories real directories (links inside those are removed, not followed)."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                return False
+            if entry.name in (META_FILE, f"{META_FILE}.tmp"):
+                if not entry.is_file(follow_symlinks=False):
+                    return False
+            elif entry.name == PARAMS_DIR or entry.name.startswith(_ORBAX_TMP):
+                if not entry.is_dir(follow_symlinks=False):
+                    return False
+            else:
+                return False
+    return True
 
 
 def _write(estimator: Any, path: Path) -> None:
