@@ -601,7 +601,8 @@ def test_a_save_removes_only_leftovers_of_dead_saves_of_that_path(fitted, saved,
     ]
     outside = leftover("outside")
     (tmp_path / ".vae.0123abd2.saving").symlink_to(outside)
-    kept += [".vae.0123abd2.saving", "outside"]
+    (tmp_path / ".vae.0123abd3.saving").mkdir()  # (empty: maybe a save not yet locked)
+    kept += [".vae.0123abd2.saving", "outside", ".vae.0123abd3.saving"]
     live = _lock_dir(tmp_path / ".vae.0123abd1.saving")
     try:
         fitted.save(tmp_path / "vae")

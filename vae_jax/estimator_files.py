@@ -113,7 +113,9 @@ def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) 
     _remove_leftovers(path)
     new = path.with_name(f".{path.name}.{secrets.token_hex(4)}.saving")
     new.mkdir()  # (a new directory, the usual permissions; never an existing one or a link)
-    lock = _lock_dir(new)  # (held while it is written: a leftover only when its save died)
+    # (held while it is written, so it is a leftover only once its save died; waits for
+    # a save that is looking at it to see that it is empty and let go)
+    lock = _lock_dir(new, wait=True)
     try:
         _write(estimator, new)
         replace_dir(new, path)
@@ -126,15 +128,16 @@ def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) 
     return path
 
 
-def _lock_dir(path: Path) -> int | None:
+def _lock_dir(path: Path, *, wait: bool = False) -> int | None:
     """A descriptor of the directory `path` holding an exclusive ``flock`` on it (released
-    when it is closed or the process dies), or None when it is taken or cannot be had."""
+    when it is closed or the process dies), or None when it is taken (unless `wait`) or
+    cannot be had."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
@@ -167,20 +170,24 @@ def _remove_leftovers(path: Path) -> None:
 
 
 def _holds_only_save_files(path: Path) -> bool:
-    """Whether every entry of `path` is one save writes: the JSON files regular files, the
-    parameter directories real directories (links inside those are removed, not followed)."""
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_symlink():
+    """Whether `path` holds something and every entry is one save writes: the JSON files
+    regular files, the parameter directories real directories (links inside those are
+    removed, not followed). An empty one may be a save's between its mkdir and its lock."""
+    with os.scandir(path) as listing:
+        entries = list(listing)
+    if not entries:
+        return False
+    for entry in entries:
+        if entry.is_symlink():
+            return False
+        if entry.name in (META_FILE, f"{META_FILE}.tmp"):
+            if not entry.is_file(follow_symlinks=False):
                 return False
-            if entry.name in (META_FILE, f"{META_FILE}.tmp"):
-                if not entry.is_file(follow_symlinks=False):
-                    return False
-            elif entry.name == PARAMS_DIR or entry.name.startswith(_ORBAX_TMP):
-                if not entry.is_dir(follow_symlinks=False):
-                    return False
-            else:
+        elif entry.name == PARAMS_DIR or entry.name.startswith(_ORBAX_TMP):
+            if not entry.is_dir(follow_symlinks=False):
                 return False
+        else:
+            return False
     return True
 
 
