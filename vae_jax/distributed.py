@@ -397,7 +397,6 @@ def _leave() -> None:
             _state.lost = True  # (that one skips the shutdown barrier: so must this one)
         elif len(leaving) == count:
             _state.finished = True  # (the watcher stops: JAX's shutdown comes next)
-            _release_abort()
             return
         elif time.monotonic() > deadline:
             print(
@@ -561,18 +560,6 @@ def _catch_abort() -> None:
     libc.signal.restype = ctypes.c_void_p
     libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
     libc.signal(signal.SIGABRT, ctypes.cast(_abort_handler, ctypes.c_void_p))
-
-
-def _release_abort() -> None:
-    """Give SIGABRT back to the system once every process is done: JAX's shutdown and the
-    interpreter's end follow, where a Python callback from a C++ thread is not safe (one CI
-    run out of several ended process 1 with "terminate called recursively" and SIGSEGV after
-    its run had finished; the run itself, which `_aborted` covers, is over by then)."""
-    if _abort_handler is not None and os.name == "posix":
-        libc = ctypes.CDLL(None)
-        libc.signal.restype = ctypes.c_void_p
-        libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
-        libc.signal(signal.SIGABRT, signal.SIG_DFL.value)
 
 
 def _aborted(signum: int) -> None:
