@@ -627,10 +627,8 @@ def _cpp_log_wanted() -> bool:
 
 
 def _coordinator_address() -> str | None:
-    try:  # (JAX's private state: another version may move it; the caller has a fallback)
-        from jax._src.distributed import global_state
-    except ImportError:
-        return None
+    from jax._src.distributed import global_state
+
     return getattr(global_state, "coordinator_address", None)
 
 
