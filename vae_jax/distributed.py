@@ -30,23 +30,17 @@ Waiting and failing, with bounds (docs/parallel.md lists what each case prints):
   once one is lost, all leave at once without that barrier (which would wait for the dead
   one and then abort), process 0 last: it hosts the coordination service, whose end makes
   JAX abort every process still connected.
-- What JAX alone decides: process 0's death (its coordination service gone) aborts the
-  others about 1 s later, a process whose index process 0 does not expect is aborted at
-  once, and a silent peer aborts the rest after `HEARTBEAT_TIMEOUT_S` (the watcher acts
-  before). JAX logs these with a C++ stack trace, then calls ``abort()``. So `initialize`
-  silences JAX's C++ log (unless ``TF_CPP_MIN_LOG_LEVEL=0``, which shows all of it) and
-  catches SIGABRT (`_catch_abort`): each such end prints one line of ours, status
-  `CLUSTER_STATUS`.
+- What JAX alone decides, nothing in Python can intercept: process 0's death aborts the
+  others at once, and a silent peer aborts the rest after `HEARTBEAT_TIMEOUT_S` (exit 134,
+  a C++ stack trace); the watcher acts before the second.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import itertools
 import os
-import signal
 import socket
 import sys
 import threading
@@ -66,15 +60,13 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 INIT_TIMEOUT_S = 60  # every process connected, counts agreed, devices listed
 PRIMARY_TIMEOUT_S = 30 * 60  # process 0 preparing the data (a first MNIST download) or claiming
-HEARTBEAT_TIMEOUT_S = 60  # JAX's own detection of a silent peer (then its abort: `_aborted`)
+HEARTBEAT_TIMEOUT_S = 60  # JAX's own detection of a silent peer (then a C++ abort)
 EXIT_TIMEOUT_S = 60  # at exit, how long a process waits for the others to finish too
 WAIT_NOTICE_S = 5  # a waiting process says so after this long
 PEER_SILENCE_S = 20  # a process silent this long is taken for dead (JAX's own check: 60 s)
 LEAVE_GRACE_S = 10  # a process still running this long after a peer failed stops too
 LAST_WAIT_S = 5  # process 0, lost, waits this long for the others to leave first
 CLUSTER_STATUS = 1  # the exit status of every failure in this module (a failure while running)
-ENV_CPP_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"  # 0: JAX's C++ log left on (else silenced)
-_SILENT = 4  # an absl log level above FATAL: no C++ message, no stack trace
 
 # Keys in the coordination service's store: each process's sign of life (a counter set
 # each second), and how it leaves: "done", "failed" (a `watch_peers` call raised) or "lost"
@@ -105,11 +97,7 @@ class _State:
     connected = False  # to the coordination service (its key-value store works)
     formed = False  # every process connected, the counts agreed, the devices known
     finished = False  # every process is leaving: JAX's shutdown barrier next
-    said = False  # this module printed this process's last line (the abort handler need not)
     prog = "vae_jax"  # prefix of the lines printed from a watchdog thread
-    index: int | None = None  # this process's, for the abort handler (once known)
-    of = ""  # " of 2" (the count this process was given), or ""
-    coordinator: str | None = None  # process 0's host:port, once known
 
 
 _state = _State()
@@ -167,8 +155,6 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
             f"{timeout_seconds} s (a process stopped during start-up? see the others' output)"
         )
 
-    _state.index, _state.of, _state.coordinator = process_id, of, coordinator
-    _catch_abort()
     watchdog = _Watchdog(timeout_seconds, missing)
     jax.distributed.initialize(
         coordinator_address=coordinator,
@@ -180,14 +166,11 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
         shutdown_timeout_seconds=EXIT_TIMEOUT_S + 30,
     )
     _state.connected = True
-    _state.index = _here()[0]
-    _state.coordinator = _coordinator_address() or coordinator
     atexit.register(_leave)  # (runs before JAX's own exit handler, registered at import)
     phase[0] = "agree"
     try:
         _check_counts(timeout_seconds)
         jax.devices()  # the global device list: every process's devices
-        _catch_abort()  # (again: in case the backend's start replaced the handler)
         _state.formed = True
         threading.Thread(target=_watch_peers, daemon=True).start()
     except ClusterError:
@@ -404,7 +387,7 @@ def _leave() -> None:
                 f"reached the end within {EXIT_TIMEOUT_S} s of this one; leaving without them",
                 file=sys.stderr,
             )
-            _state.said = _state.lost = True
+            _state.lost = True
         else:
             time.sleep(0.2)
     _exit_now()
@@ -415,8 +398,8 @@ def _watch_peers() -> None:
     the others'. If another process lost a peer, or failed while this one still runs (which
     may wait in a collective or a barrier for it forever), or gave no sign of life for
     `PEER_SILENCE_S` (killed: JAX's own heartbeat check would abort this process later, with
-    a vaguer line from `_aborted`), say so in one line and leave: at once, or `LEAVE_GRACE_S`
-    after a failure unless this one is leaving by then too."""
+    a stack trace), say so in one line and leave: at once, or `LEAVE_GRACE_S` after a
+    failure unless this one is leaving by then too."""
     client, index, count = _client(), jax.process_index(), jax.process_count()
     heard = dict.fromkeys(range(count), (time.monotonic(), ""))  # (when, what) last heard
     tick = 0
@@ -454,7 +437,7 @@ def _watch_peers() -> None:
             "again to resume",
             file=sys.stderr,
         )
-        _state.said = _state.lost = True
+        _state.lost = True
         _publish("lost")
         _exit_now()
 
@@ -524,118 +507,17 @@ class _Watchdog:
         if self._done.wait(seconds):
             return
         print(f"{_state.prog}: error: --distributed: {self._message()}", file=sys.stderr)
-        _state.said = _state.lost = True
+        _state.lost = True
         _exit_now()
 
     def cancel(self) -> None:
         self._done.set()
 
 
-_abort_handler: Any = None  # `_aborted` as a C function (kept here: C holds its address)
-
-
-def _catch_abort() -> None:
-    """Make JAX's own aborts (see the module's docstring) end this process with one line.
-
-    JAX's C++ log goes silent (absl's minimum level above FATAL: neither its FATAL message
-    nor its stack trace is printed) unless ``TF_CPP_MIN_LOG_LEVEL=0`` (JAX itself sets it
-    to 1 where unset, so only 0 says that someone asked for the log), and SIGABRT
-    runs `_aborted`. A C handler, not `signal.signal`: Python runs its handlers later, in
-    the main thread, and ``abort()`` ends the process as soon as a handler returns.
-    """
-    global _abort_handler
-    if os.name != "posix":
-        return
-    if not _cpp_log_wanted():
-        try:  # (jaxlib's utils.absl_set_min_log_level, used by JAX's own logging config)
-            from jaxlib import utils
-        except ImportError:  # (another jaxlib: its FATAL line and trace come before ours)
-            utils = None
-        set_level = getattr(utils, "absl_set_min_log_level", None)
-        if set_level is not None:
-            set_level(_SILENT)
-    if _abort_handler is None:
-        _abort_handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(_aborted)
-    libc = ctypes.CDLL(None)
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
-    libc.signal(signal.SIGABRT, ctypes.cast(_abort_handler, ctypes.c_void_p))
-
-
-def _aborted(signum: int) -> None:
-    """(SIGABRT, in the thread that called ``abort()``.) Print what ended this process, in
-    one line, and exit with `CLUSTER_STATUS`; silently if this module or the CLI is already
-    printing the process's last line (a lost peer: `_state.lost`)."""
-    del signum
-    try:
-        message = None if _state.said or _state.lost else _abort_message()
-        if message is not None and not _state.lost:  # (lost: looked at again, just before)
-            _state.said = True
-            os.write(2, f"{_state.prog}: error: {message}\n".encode())
-        elif not _state.said:  # (a ClusterError on its way to the CLI's line)
-            deadline = time.monotonic() + LAST_WAIT_S
-            while not _state.leaving and time.monotonic() < deadline:
-                time.sleep(0.05)  # (lets the main thread print it, and exit itself)
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-    finally:
-        os._exit(CLUSTER_STATUS)
-
-
-def _abort_message() -> str:
-    where = _state.coordinator or "the address JAX detected"
-    who = f"process {'?' if _state.index is None else _state.index}"
-    if not _state.connected and _state.index != 0 and _coordinator_gone(seconds=1.0):
-        return (
-            f"--distributed: {who}{_state.of}: the coordinator at {where} stopped during "
-            "start-up (process 0 killed or failed? see its output): start them all again"
-        )
-    if not _state.connected:
-        return (
-            f"--distributed: {who}{_state.of}: the coordinator at {where} ended this "
-            f"process at start-up: is this {ENV_PROCESS_ID} not below process 0's "
-            f"{ENV_NUM_PROCESSES}, or does another process have it too? start all processes "
-            f"with the same {ENV_NUM_PROCESSES}, each with its own {ENV_PROCESS_ID}"
-        )
-    if _state.index != 0 and _coordinator_gone():
-        return (
-            f"{who}: process 0 (the coordinator at {where}) is gone (killed or "
-            "stopped); leaving too: start them all again to resume"
-        )
-    hidden = "" if _cpp_log_wanted() else f" (set {ENV_CPP_LOG_LEVEL}=0 to see why)"
-    return (
-        f"{who}: JAX's distributed runtime aborted this process{hidden}; see the "
-        "other processes' output, then start them all again to resume"
-    )
-
-
-def _coordinator_gone(seconds: float = 3.0) -> bool:
-    """Whether process 0's coordinator refuses connections, within `seconds` (a process
-    being killed still accepts them for a moment: its sockets close last)."""
-    if _state.coordinator is None:
-        return True  # (not known: the likeliest cause)
-    deadline = time.monotonic() + seconds
-    while _reachable(_state.coordinator, timeout=0.5):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.25)
-    return True
-
-
-def _cpp_log_wanted() -> bool:
-    return os.environ.get(ENV_CPP_LOG_LEVEL, "").strip() == "0"
-
-
-def _coordinator_address() -> str | None:
-    from jax._src.distributed import global_state
-
-    return getattr(global_state, "coordinator_address", None)
-
-
-def _reachable(address: str, timeout: float = 2.0) -> bool:
+def _reachable(address: str) -> bool:
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
             return True
     except (OSError, ValueError):
         return False
