@@ -31,8 +31,18 @@ Waiting and failing, with bounds (docs/parallel.md lists what each case prints):
   one and then abort), process 0 last: it hosts the coordination service, whose end makes
   JAX abort every process still connected.
 - What JAX alone decides, nothing in Python can intercept: process 0's death aborts the
-  others at once, and a silent peer aborts the rest after `HEARTBEAT_TIMEOUT_S` (exit 134,
-  a C++ stack trace); the watcher acts before the second.
+  others at once, a process whose index process 0 does not expect is aborted at start-up,
+  and a silent peer aborts the rest after `HEARTBEAT_TIMEOUT_S` (the watcher acts before
+  that). JAX logs these with absl's FATAL record, GRPC detail and a C++ stack trace, then
+  calls ``abort()``: exit status 134, which stays (only a signal handler could change it,
+  and one that runs Python made the process crash at exit). So `initialize` sends file
+  descriptor 2 through a filter process (`_filter_stderr`, vae_jax/_cpp_log_filter.py) that
+  passes everything on but that record, what follows it and the C++ log just before it, and
+  prints one line of ours instead (``PROG: error: process 1: process 0 (the coordinator at
+  HOST:PORT) is gone ...``); not with ``TF_CPP_MIN_LOG_LEVEL=0`` (JAX's whole log). At exit
+  (`_unfilter`) descriptor 2 is restored and the filter drained (up to `FILTER_DRAIN_S`), so
+  that every line is out once the process has ended; after an abort, the filter's line may
+  come up to a few milliseconds after the process's end.
 """
 
 from __future__ import annotations
@@ -42,10 +52,12 @@ import contextlib
 import itertools
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import jax
@@ -67,6 +79,9 @@ PEER_SILENCE_S = 20  # a process silent this long is taken for dead (JAX's own c
 LEAVE_GRACE_S = 10  # a process still running this long after a peer failed stops too
 LAST_WAIT_S = 5  # process 0, lost, waits this long for the others to leave first
 CLUSTER_STATUS = 1  # the exit status of every failure in this module (a failure while running)
+FILTER_DRAIN_S = 2  # at exit, how long a process waits for its stderr filter to pass all on
+ENV_CPP_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"  # 0: JAX's whole C++ log, unfiltered
+_FILTER = Path(__file__).with_name("_cpp_log_filter.py")
 
 # Keys in the coordination service's store: each process's sign of life (a counter set
 # each second), and how it leaves: "done", "failed" (a `watch_peers` call raised) or "lost"
@@ -98,6 +113,7 @@ class _State:
     formed = False  # every process connected, the counts agreed, the devices known
     finished = False  # every process is leaving: JAX's shutdown barrier next
     prog = "vae_jax"  # prefix of the lines printed from a watchdog thread
+    stderr: tuple[subprocess.Popen[bytes], int] | None = None  # the filter, the original fd 2
 
 
 _state = _State()
@@ -155,6 +171,7 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
             f"{timeout_seconds} s (a process stopped during start-up? see the others' output)"
         )
 
+    _filter_stderr(process_id, num_processes, coordinator)
     watchdog = _Watchdog(timeout_seconds, missing)
     jax.distributed.initialize(
         coordinator_address=coordinator,
@@ -489,8 +506,7 @@ def _exit_now() -> None:
                 break
             time.sleep(0.2)
         time.sleep(1.0)  # (they poll every 0.2 s in `_leave`, every 1 s in the watcher)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _unfilter()
     os._exit(CLUSTER_STATUS)
 
 
@@ -512,6 +528,73 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self._done.set()
+
+
+_filter_lock = threading.Lock()
+
+
+def _filter_stderr(index: int | None, count: int | None, coordinator: str | None) -> None:
+    """Send file descriptor 2 (Python's stderr, JAX's C++ log) through the filter process
+    vae_jax/_cpp_log_filter.py until `_unfilter` (registered at exit here), on POSIX, unless
+    ``TF_CPP_MIN_LOG_LEVEL=0`` (JAX sets it to 1 where unset: only 0 asks for its log).
+
+    The filter runs in a session of its own (a terminal's Ctrl-C reaches the process group:
+    the filter ends at the end of its input instead, after the trainer's last line).
+    Without a filter (it cannot start), stderr is left as it is.
+    """
+    if os.name != "posix" or os.environ.get(ENV_CPP_LOG_LEVEL, "").strip() == "0":
+        return
+    if _state.stderr is not None:
+        return
+    args = [
+        _state.prog,
+        "?" if index is None else str(index),
+        "?" if count is None else str(count),
+        coordinator or "",
+    ]
+    try:
+        saved = os.dup(2)
+    except OSError:  # (no stderr at all)
+        return
+    read, write = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", str(_FILTER), *args],
+            stdin=read,
+            stdout=saved,
+            stderr=saved,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        os.close(saved)
+        os.close(write)
+        return
+    finally:
+        os.close(read)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os.dup2(write, 2)
+    os.close(write)
+    _state.stderr = (process, saved)
+    atexit.register(_unfilter)  # (before `_leave`: runs after it)
+
+
+def _unfilter() -> None:
+    """File descriptor 2 back to the original stderr; wait (up to `FILTER_DRAIN_S`) until
+    the filter has passed on all it holds and ended (it reads to the end of its input)."""
+    with _filter_lock:
+        held, _state.stderr = _state.stderr, None
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        if held is None:
+            return
+        process, saved = held
+        os.dup2(saved, 2)
+        os.close(saved)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=FILTER_DRAIN_S)
 
 
 def _reachable(address: str) -> bool:
