@@ -10,13 +10,16 @@ a second run of another configuration there ends both processes with process 0's
 a run whose process 1 is SIGKILLed ends process 0 by itself with one line, and resumes on a
 restart of both to bitwise the parameters of the uninterrupted 2-process run; the result
 loads in this 1-device process. Start-up failures (a peer that never starts, nothing at the
-coordinator's address, different counts) end every process with one line within the bound.
+coordinator's address, different counts, an index process 0 does not expect) end every process
+with one line within the bound; so does process 0's death (JAX's abort, its C++ log filtered).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -68,11 +71,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_both(data, workdir, logs, cache, *, flags=FLAGS, slow_prepare=0, full_disk=False):
-    """Start processes 0 and 1 of one run; returns them. `slow_prepare` (seconds) makes
-    process 0's data preparation that much slower, `full_disk` its metrics unwritable after
-    epoch 2 (`tests.cluster_driver`)."""
-    port = _free_port()
+def _start_both(
+    data, workdir, logs, cache, *, flags=FLAGS, slow_prepare=0, sleeper=0, full_disk=False, port=0
+):
+    """Start processes 0 and 1 of one run (process 0 listening on `port`, else a free one);
+    returns them. `slow_prepare` (seconds) makes process `sleeper`'s data preparation that
+    much slower, `full_disk` process 0's metrics unwritable after epoch 2
+    (`tests.cluster_driver`)."""
+    port = port or _free_port()
     procs = []
     for index in (0, 1):
         env = {
@@ -81,6 +87,7 @@ def _start_both(data, workdir, logs, cache, *, flags=FLAGS, slow_prepare=0, full
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(index),
             "VAE_JAX_TEST_PREPARE_SLEEP": str(slow_prepare),
+            "VAE_JAX_TEST_SLEEPER": str(sleeper),
             "VAE_JAX_TEST_FULL_DISK": "1" if full_disk else "",
         }
         argv = ["tests.cluster_driver", "--distributed", "--dataset", data, *flags]
@@ -108,6 +115,19 @@ def _losses(log: Path) -> list[str]:
 
 def _errors(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if ": error: " in line]
+
+
+ABORTED = -signal.SIGABRT  # JAX's abort() (a shell's status 134): its C++ log is filtered
+SHOW_LOG = "(TF_CPP_MIN_LOG_LEVEL=0 shows JAX's own log)"
+
+
+def _last_line_of(log: Path, timeout: float = 10.0) -> str:
+    """The log of a process that JAX aborted, once its stderr filter (a process of its own,
+    vae_jax/_cpp_log_filter.py, which outlives it by a few milliseconds) printed its line."""
+    deadline = time.monotonic() + timeout
+    while SHOW_LOG not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log.read_text()
 
 
 def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_path):
@@ -216,11 +236,14 @@ def test_distributed_variables_that_are_not_numbers_are_one_line_errors(tmp_path
 
 def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
     """Start-up is bounded (here lowered to 10 s by `tests.cluster_driver`; 60 s by
-    default): process 0 alone; process 1 alone, nothing at the coordinator's address; and
-    two processes with different counts. Before: six minutes, then exit 134 and a C++ trace."""
+    default): process 0 alone; process 1 alone, nothing at the coordinator's address; two
+    processes with different counts (before: six minutes, then exit 134 and a C++ trace);
+    and index 2 of 3 against that process 0 of 2, which JAX aborts at once (exit 134; before,
+    "Unexpected task registered with task=2" and a C++ stack trace: now one line)."""
     cache, bound = tmp_path / "jax_cache", 10
     runs = {  # name: (port, count, index)
-        "alone0": (_free_port(), 2, 0),
+        "alone0": (alone := _free_port(), 2, 0),
+        "index2": (alone, 3, 2),  # (an index alone0's count of 2 does not expect)
         "alone1": (_free_port(), 2, 1),
         "count0": (port := _free_port(), 2, 0),
         "count1": (port, 3, 1),
@@ -243,6 +266,8 @@ def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
         f"127.0.0.1:{runs['alone1'][0]} (JAX_COORDINATOR_ADDRESS) after {bound} s",
         "count0": "process 0 has JAX_NUM_PROCESSES=2 but process 1 has 3",
         "count1": "process 1 has JAX_NUM_PROCESSES=3 but process 0 has 2",
+        "index2": f"process 2 of 3: the coordinator at 127.0.0.1:{alone} does not expect this "
+        "process: is JAX_PROCESS_ID below process 0's JAX_NUM_PROCESSES",
     }
     for name, proc in procs.items():
         try:
@@ -251,8 +276,9 @@ def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
             for p in procs.values():
                 p.kill()
             pytest.fail(f"{name} did not end: " + (tmp_path / f"{name}.log").read_text())
-        text = (tmp_path / f"{name}.log").read_text()
-        assert status == 1, text[-2000:]
+        text = _last_line_of(tmp_path / f"{name}.log") if status == ABORTED else ""
+        text = text or (tmp_path / f"{name}.log").read_text()
+        assert status == (ABORTED if name == "index2" else 1), text[-2000:]
         (line,) = text.strip().splitlines()
         assert line.startswith(prefix + expected[name]), line
 
@@ -272,4 +298,38 @@ def test_a_process_that_fails_alone_ends_the_others_with_one_line(data, tmp_path
     assert _errors(logs[1]) == [
         "python -m experiments.train: error: process 1: process 0 stopped (its output says "
         "why); leaving too: start them all again to resume"
+    ]
+
+
+def test_process_0_killed_ends_the_others_with_one_line(data, tmp_path):
+    """Process 0 hosts JAX's coordination service; SIGKILLed while process 1 reads the data
+    (outside any collective, where no error of Python's can tell it), its end makes JAX
+    abort process 1 at once: exit 134 (before: with absl's FATAL record, GRPC detail and a
+    C++ stack trace). Now the stderr filter prints one line instead."""
+    cache = tmp_path / "jax_cache"
+    logs = [tmp_path / "g0.log", tmp_path / "g1.log"]
+    port = _free_port()
+    procs = _start_both(data, tmp_path / "run", logs, cache, slow_prepare=60, sleeper=1, port=port)
+    deadline = time.monotonic() + 180
+    while "process 1: preparing the data" not in logs[1].read_text():
+        if procs[1].poll() is not None or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            pytest.fail("process 1 did not start: " + logs[1].read_text()[-2000:])
+        time.sleep(0.05)
+    procs[0].kill()
+    procs[0].wait()
+    try:
+        status = procs[1].wait(timeout=30)  # (JAX's abort: 0.1-1 s after the kill)
+    except subprocess.TimeoutExpired:
+        procs[1].kill()
+        pytest.fail("process 1 did not end: " + logs[1].read_text()[-2000:])
+    text = _last_line_of(logs[1])
+    assert status == ABORTED, text[-2000:]
+    assert "@ 0x" not in text and "stack trace" not in text, text[-2000:]
+    assert not re.search(r"^[EFW]\d{4} ", text, re.MULTILINE), text[-2000:]  # (absl's records)
+    assert _errors(logs[1]) == [
+        f"python -m experiments.train: error: process 1: process 0 (the coordinator at "
+        f"127.0.0.1:{port}) is gone (killed or stopped); leaving too: start them all again "
+        f"to resume {SHOW_LOG}"
     ]
