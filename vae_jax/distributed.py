@@ -40,9 +40,10 @@ Waiting and failing, with bounds (docs/parallel.md lists what each case prints):
   passes everything on but that record, what follows it and the C++ log just before it, and
   prints one line of ours instead (``PROG: error: process 1: process 0 (the coordinator at
   HOST:PORT) is gone ...``); not with ``TF_CPP_MIN_LOG_LEVEL=0`` (JAX's whole log). At exit
-  (`_unfilter`) descriptor 2 is restored and the filter drained (up to `FILTER_DRAIN_S`), so
-  that every line is out once the process has ended; after an abort, the filter's line may
-  come up to a few milliseconds after the process's end.
+  (`_unfilter`) descriptor 2 is restored (`_exit_now`: sent to /dev/null, as JAX may abort
+  the process while it leaves) and the filter drained (up to `FILTER_DRAIN_S`), so that
+  every line is out once the process has ended; after an abort, the filter's line may come
+  a few milliseconds after the process's end.
 """
 
 from __future__ import annotations
@@ -506,7 +507,7 @@ def _exit_now() -> None:
                 break
             time.sleep(0.2)
         time.sleep(1.0)  # (they poll every 0.2 s in `_leave`, every 1 s in the watcher)
-    _unfilter()
+    _unfilter(quiet=True)  # (JAX may abort this process meanwhile: no stack trace then)
     os._exit(CLUSTER_STATUS)
 
 
@@ -580,9 +581,11 @@ def _filter_stderr(index: int | None, count: int | None, coordinator: str | None
     atexit.register(_unfilter)  # (before `_leave`: runs after it)
 
 
-def _unfilter() -> None:
-    """File descriptor 2 back to the original stderr; wait (up to `FILTER_DRAIN_S`) until
-    the filter has passed on all it holds and ended (it reads to the end of its input)."""
+def _unfilter(*, quiet: bool = False) -> None:
+    """File descriptor 2 back to the original stderr (`quiet`: to /dev/null, for a process
+    that has said all and leaves at once, while JAX may abort it with a C++ stack trace);
+    wait (up to `FILTER_DRAIN_S`) until the filter has passed on all it holds and ended (it
+    reads to the end of its input)."""
     with _filter_lock:
         held, _state.stderr = _state.stderr, None
         for stream in (sys.stdout, sys.stderr):
@@ -591,6 +594,11 @@ def _unfilter() -> None:
         if held is None:
             return
         process, saved = held
+        if quiet:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, saved)
+                os.close(null)
         os.dup2(saved, 2)
         os.close(saved)
         with contextlib.suppress(subprocess.TimeoutExpired):
