@@ -55,6 +55,7 @@ FLAGS = (
 )  # fmt: skip  (192 training examples: 6 steps per epoch, 18 in all)
 STEPS = 18
 PREPARE_SLEEP_S = 35  # past Gloo's 30 s
+XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # (the suite's, tests/conftest.py: kept, added to)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def _start_both(
     procs = []
     for index in (0, 1):
         env = {
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "XLA_FLAGS": f"{XLA_FLAGS} --xla_force_host_platform_device_count=2",
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(index),
@@ -157,7 +158,7 @@ def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_pa
     # the same run in one process with 4 devices: the same numbers to float rounding
     alone = tmp_path / "alone"
     argv = ["experiments.train", "--dataset", data, *FLAGS, "--workdir", alone]
-    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    four = {"XLA_FLAGS": f"{XLA_FLAGS} --xla_force_host_platform_device_count=4"}
     proc = start_cli(argv, tmp_path / "alone.log", cache, env=four)
     assert proc.wait(timeout=240) == 0, (tmp_path / "alone.log").read_text()[-2000:]
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]

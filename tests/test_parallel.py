@@ -94,7 +94,9 @@ print(json.dumps({{
 def _start(num_devices: int, out: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={NUM_DEVICES}"
+    env["XLA_FLAGS"] = (
+        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={NUM_DEVICES}"
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(num_devices), str(out)],
@@ -179,7 +181,7 @@ def test_a_checkpoint_written_on_four_devices_loads_on_one(tmp_path):
 
     workdir, out = tmp_path / "run", tmp_path / "params.npz"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-c", TRAIN_ON_DEVICES, str(workdir), str(out)],
