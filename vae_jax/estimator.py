@@ -137,7 +137,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         0 and 1 its "log-likelihood" is minus a cross-entropy, not a log-probability).
         Scores of different likelihoods are in different units (see `score`).
       obs_std: std of the fixed-variance "gaussian" likelihood, in the units of X.
-      max_epochs: the most passes over the training data.
+      max_epochs: the most passes over the training data (default 500). With early
+        stopping, reaching it warns (scikit-learn's `ConvergenceWarning`).
       early_stopping: hold out `validation_fraction` of X, stop when its ELBO has not
         improved by `tol` for `n_iter_no_change` epochs, and keep the parameters of the
         best epoch. False: train `max_epochs` epochs on all of X.
@@ -145,7 +146,10 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       n_iter_no_change: epochs without improvement before stopping.
       tol: the improvement, in nats per example of held-out ELBO, that counts.
       batch_size: examples per Adam update (at most the training set's size).
-      learning_rate: Adam's learning rate.
+      learning_rate: Adam's learning rate. After training, the learned noise variances
+        ("gaussian_pixel", "gaussian_global") are set to their ELBO-optimal value on X given
+        the encoder and decoder, the mean squared residual per feature (the M-step of
+        factor analysis; Adam alone moves them too slowly on small data).
       random_state: None (a fresh seed, recorded in ``seed_``), an int seed in
         0..2**32-1, or a `numpy.random.RandomState` / `Generator` (a seed drawn from it).
         The seed fixes the initialisation, the data order, the validation split and the
@@ -408,13 +412,16 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             return params
         programs = _programs(self.model_)
         mean, logvar = _map_rows(programs.encode, params, rows)
-        std = np.exp(0.5 * logvar)
         rng = np.random.default_rng(self.seed_)
+        std = np.exp(0.5 * logvar)
         total = np.zeros(rows.shape[1:], np.float64)
-        for _ in range(_NOISE_SAMPLES):
-            z = mean + std * rng.standard_normal(mean.shape, np.float32)
-            loc, _ = _map_rows(programs.decode, params, z)
-            total += np.sum(np.square(rows - loc, dtype=np.float64), axis=0)
+        group = max(1, min(_NOISE_SAMPLES, _BATCH // len(rows)))  # samples per decode call
+        for done in range(0, _NOISE_SAMPLES, group):
+            m = min(group, _NOISE_SAMPLES - done)  # (a small X: all samples in one call)
+            z = mean + std * rng.standard_normal((m, *mean.shape), np.float32)
+            loc, _ = _map_rows(programs.decode, params, z.reshape(-1, mean.shape[-1]))
+            residual = loc.reshape(m, *rows.shape) - rows
+            total += np.sum(np.square(residual, dtype=np.float64), axis=(0, 1))
         variance = total / (_NOISE_SAMPLES * len(rows))
         if self.model_.likelihood == "gaussian_global":
             variance = np.mean(variance)
