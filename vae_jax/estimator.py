@@ -424,7 +424,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             total += np.sum(np.square(residual, dtype=np.float64), axis=(0, 1))
         variance = total / (_NOISE_SAMPLES * len(rows))
         if self.model_.likelihood == "gaussian_global":
-            variance = np.mean(variance)
+            variance = np.asarray(np.mean(variance))
         tiny = float(np.finfo(np.float32).tiny)
         logvar_x = np.clip(np.log(np.maximum(variance, tiny)), LOGVAR_MIN, LOGVAR_MAX)
         return {**params, "obs_logvar": np.asarray(logvar_x, np.float32)}
