@@ -1,9 +1,13 @@
 """`vae_jax.jit_cache`: where the estimator's persistent compilation cache goes, and when it
-is left alone (no compilation here; nothing is written outside tmp_path)."""
+is left alone (no compilation in this process; nothing is written outside tmp_path); and, in
+a new process, that the cache it turns on is written and read back without a warning."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -80,3 +84,33 @@ def test_a_directory_others_may_write_to_is_not_used(fresh, monkeypatch, tmp_pat
     assert len(record) == 1 and "\n" not in str(record[0].message)
     assert jax.config.jax_compilation_cache_dir is None
     jit_cache.use_compilation_cache()  # (once per process: no second warning)
+
+
+FIT_TWICE = """
+import sys, warnings
+import numpy as np
+import vae_jax.jit_cache as jit_cache
+jit_cache.MIN_COMPILE_SECONDS = 0  # (every program: a fast CPU compiles some in < 0.2 s)
+from vae_jax import VAEEstimator
+warnings.simplefilter("error")
+x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+VAEEstimator(z_dim=1, hidden=(8,), max_epochs=2, early_stopping=False).fit(x)
+"""
+
+
+def test_the_cache_it_turns_on_is_written_and_read_without_a_warning(tmp_path):
+    """Two new processes fit with the estimator's own cache (as a user's would: the suite's
+    cache variables removed). Before filelock was a dependency, JAX warned on every read
+    ("Please install the `filelock` package to set `jax_compilation_cache_max_size`") and
+    wrote nothing, so a warm cache never helped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env["VAE_JAX_COMPILATION_CACHE"] = str(tmp_path / "cache")
+    root = Path(__file__).resolve().parents[1]
+    for _ in range(2):  # (the second reads what the first wrote)
+        done = subprocess.run(
+            [sys.executable, "-c", FIT_TWICE], cwd=root, env=env, capture_output=True,
+            text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "cache").iterdir())
