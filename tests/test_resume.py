@@ -330,6 +330,14 @@ DAMAGE = {
 }
 
 
+# Orbax reads a checkpoint's arrays in concurrent coroutines; when one read fails on the
+# damaged bytes, another may be closed mid-read and Python reports its GeneratorExit as
+# "Exception ignored in: <coroutine object _read_array_index_and_device_put ...>" (seen
+# once in about ten runs; the load itself behaves as asserted). Only that report is ignored.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <coroutine object _read_array_index_and_device_put"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_damaged_latest_checkpoint_is_skipped_with_a_warning(reference, tmp_path, damage):
     workdir = _copy(reference, tmp_path)
