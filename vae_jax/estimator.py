@@ -133,8 +133,11 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       likelihood: p(x|z). For any real data (e.g. after `StandardScaler` or
         `MinMaxScaler`): "gaussian_pixel" (the default: a learned variance per feature, the
         noise model of factor analysis), "gaussian_global" (one learned variance) or
-        "gaussian" (fixed std `obs_std`). For data in [0, 1]: "bernoulli" (on values between
-        0 and 1 its "log-likelihood" is minus a cross-entropy, not a log-probability).
+        "gaussian" (fixed std `obs_std`). The learned variances are set after training to
+        their ELBO-optimal value on X given the encoder and decoder: the mean squared
+        residual per feature (the M-step of factor analysis). For data in [0, 1]:
+        "bernoulli" (on values between 0 and 1 its "log-likelihood" is minus a
+        cross-entropy, not a log-probability).
         Scores of different likelihoods are in different units (see `score`).
       obs_std: std of the fixed-variance "gaussian" likelihood, in the units of X.
       max_epochs: the most passes over the training data (default 500). With early
@@ -146,10 +149,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       n_iter_no_change: epochs without improvement before stopping.
       tol: the improvement, in nats per example of held-out ELBO, that counts.
       batch_size: examples per Adam update (at most the training set's size).
-      learning_rate: Adam's learning rate. After training, the learned noise variances
-        ("gaussian_pixel", "gaussian_global") are set to their ELBO-optimal value on X given
-        the encoder and decoder, the mean squared residual per feature (the M-step of
-        factor analysis; Adam alone moves them too slowly on small data).
+      learning_rate: Adam's learning rate.
       random_state: None (a fresh seed, recorded in ``seed_``), an int seed in
         0..2**32-1, or a `numpy.random.RandomState` / `Generator` (a seed drawn from it).
         The seed fixes the initialisation, the data order, the validation split and the
@@ -369,12 +369,13 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         trained = self._run_fit(settings, rows, x_val, start)
         self.model_ = model
         self.seed_ = settings.seed
-        self.params_ = self._fit_noise(trained.state.params, _model_input(x, self.feature_shape_))
+        rows_x = _model_input(x, self.feature_shape_)  # (all of X, in the model's shape)
+        self.params_ = self._fit_noise(trained.state.params, rows_x)
         self._train_state = trained.state  # (what warm_start continues from; not saved)
         self.history_ = history + trained.records
         self.n_iter_ = len(self.history_)
         self.best_epoch_ = trained.best_epoch
-        self.latent_kl_ = self._latent_kl(_model_input(x, self.feature_shape_))
+        self.latent_kl_ = self._latent_kl(rows_x)
         if settings.early_stopping and not trained.stopped_early:
             warnings.warn(
                 ConvergenceWarning(
@@ -404,10 +405,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         variance that maximises the ELBO on `rows` (all of X) is the mean squared residual
         E_q(z|x)[(x - mean(z))^2] of each feature (of all features for "gaussian_global"),
         the M-step of factor analysis. Estimated with `_NOISE_SAMPLES` posterior samples
-        per example (NumPy noise from ``seed_``). Gradient steps alone leave it far too
-        large on small data: Adam moves a log-variance by about the learning rate per step,
-        and a fit of breast cancer (~6 steps per epoch) had moved it by 1.2 of the -4 to -9
-        factor analysis finds (issue #22)."""
+        per example (NumPy noise from ``seed_``). Adam moves a log-variance by about the
+        learning rate per step: too slowly on small data (docs/benchmarks.md)."""
         if self.model_.likelihood not in ("gaussian_pixel", "gaussian_global"):
             return params
         programs = _programs(self.model_)
