@@ -6,6 +6,7 @@ The public API; see the README for a tour. `VAEEstimator` needs the optional sci
 
 from typing import Any
 
+from vae_jax import cpu_threefry  # noqa: F401  (before any lowering: see its docstring)
 from vae_jax._version import __version__
 from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointError, LoadedModel, load_checkpoint
