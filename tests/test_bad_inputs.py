@@ -37,7 +37,7 @@ from vae_jax.cli import build_parser, config_from_args
 from vae_jax.config import ModelConfig
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, init_params
 from vae_jax.objectives import gaussian_kl
-from vae_jax.train import epoch_order
+from vae_jax.train import NonFiniteError, epoch_order
 from vae_jax.workdir import write_config
 
 N_TRAIN, N_TEST = 64, 32
@@ -546,7 +546,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny, tm
     flags = ("--learning_rate", "1e15", "--steps_per_call", "1", "--checkpoint_every_steps", "1")
     status, err = _cli(_base_argv(tiny, workdir, *flags), capsys)
     assert status == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "non-finite loss or gradient at step 1 (epoch 1, update 2 of 4)" in err
+    assert "non-finite loss at step 1 (epoch 1, update 2 of 4), or a non-finite gradient" in err
     assert "the last good checkpoint, at step 1, is kept" in err and "--skip_nonfinite" in err
     loaded = load_checkpoint(workdir)
     assert loaded.step == 1
@@ -635,6 +635,27 @@ def test_an_outlier_batch_stops_the_run_or_is_skipped(tmp_path):
     assert [r["skipped_updates"] for r in result.records] == [1, 2]
     assert all(r["train_loss"] < 100 for r in result.records)  # the outlier left out
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(result.state.params))
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_at_the_call_that_made_it(tmp_path):
+    """Without skip_nonfinite a step checks its loss only: a non-finite update (here an
+    optimizer that makes the second step's update infinite: the last step of the first
+    call) is caught by the state check after the call, before anything is saved."""
+
+    def update(grads, state, params=None):
+        return jax.tree.map(lambda g: jnp.where(state == 1, jnp.inf, 0.0 * g), grads), state + 1
+
+    poisoned = optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    model = VAE(image_shape=(4,), hidden=(8,), z_dim=2, likelihood="gaussian")
+    options = FitOptions(epochs=1, batch_size=16, steps_per_call=2, log=lambda _: None)
+    with pytest.raises(
+        NonFiniteError,
+        match=r"not finite after step 1 \(a non-finite gradient in "
+        r"steps 0 to 1, epoch 1\); training stopped and no checkpoint",
+    ):
+        fit(make_elbo(model), poisoned, x, options=options, workdir=tmp_path / "run",
+            progress=False)  # fmt: skip
 
 
 def test_logvar_clip_keeps_kl_and_elbo_finite_where_exp_would_overflow():

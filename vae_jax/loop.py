@@ -202,6 +202,14 @@ def fit(
                     metrics = trainer.run(inputs, run.max_loss())
                     run.partial["seconds"] += time.perf_counter() - t0
                     run.account(metrics, in_step, opts.skip_nonfinite, step, n_epoch, saver.kept)
+                    if not opts.skip_nonfinite and not bool(_state_finite(trainer.state)):
+                        raise NonFiniteError(
+                            f"the parameters or optimizer state are not finite after step "
+                            f"{step + stop - start - 1} (a non-finite gradient in steps {step} to "
+                            f"{step + stop - start - 1}, epoch {epoch + 1}); training stopped and "
+                            f"{saver.kept()}. Lower --learning_rate (in a new --workdir), or "
+                            "rerun with --skip_nonfinite to skip and count such updates"
+                        )
                     step += stop - start
                     bar.update(stop - start)
                     bar.set_postfix(
@@ -314,8 +322,13 @@ class _Run:
             if not skip_nonfinite:
                 advice += ", or rerun with --skip_nonfinite to skip and count such updates"
             first = self.initial_loss or 0.0  # (set: a bounded check needs a first loss)
-            if not finite[bad - step]:
+            if not finite[bad - step] and skip_nonfinite:
                 raise NonFiniteError(f"non-finite loss or gradient at {where}; {advice}")
+            if not finite[bad - step]:  # (a gradient is checked through the state: `fit`)
+                raise NonFiniteError(
+                    f"non-finite loss at {where}, or a non-finite gradient in the update "
+                    f"before it; {advice}"
+                )
             raise DivergenceError(
                 f"the loss exploded at {where}: {metrics['loss'][bad - step]:.4g} nats per "
                 f"example, above the divergence bound {divergence_bound(first):.4g} (the first "

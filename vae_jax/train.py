@@ -338,7 +338,9 @@ def make_train_call(
     nats per example); its gradient updates the parameters through `tx`. A step whose loss
     or gradient is not finite, or whose loss is above `max_loss` (a float32 scalar, default
     `NO_BOUND`: the divergence bound), leaves the state unchanged when `skip_nonfinite`,
-    else it is applied and the caller must stop (metrics["finite"] and ["bounded"] say where).
+    else it is applied and the caller must stop (metrics["finite"] and ["bounded"] say where;
+    without `skip_nonfinite`, "finite" is the loss's alone: a non-finite gradient makes the
+    parameters non-finite, so the caller checks the state after the call, as `fit` does).
 
     Returns metrics of shape [steps]: loss, log_likelihood, kl, weight (the batch's total
     example weight), finite and bounded.
@@ -457,7 +459,10 @@ def _train_step(
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & all_finite(grads)
+        # (the gradient's own check reads every gradient again, a fifth of a small step on
+        # the CPU; without skip_nonfinite a non-finite gradient makes the parameters
+        # non-finite, which the next step's loss or `fit`'s state check catches)
+        finite = jnp.isfinite(loss) & all_finite(grads) if skip_nonfinite else jnp.isfinite(loss)
         bounded = loss <= max_loss
         new = TrainState(state.step + 1, params, opt_state, state.skipped)
         if skip_nonfinite:
