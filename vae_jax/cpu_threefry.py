@@ -1,21 +1,22 @@
 """Threefry on the CPU without JAX's rolled loop: the same random bits, fewer kernels.
 
 JAX lowers its threefry2x32 hash (every `jax.random` draw with the default key) in two
-ways that compute the same function: unrolled (its 20 rounds in line), on every platform
-but the CPU, and as a ``fori_loop`` of 5 iterations of 4 rounds on the CPU, which compiles
+ways that compute the same function: unrolled (its 20 rounds in line) on every platform
+but the CPU, and on the CPU as a ``fori_loop`` of 5 iterations of 4 rounds, which compiles
 faster but runs each iteration as a few small kernels plus copies of the loop's state. A
-small train step draws three times (the step key, the reparameterization noise, the dynamic
-binarization), so on the CPU the rolled loops are a large part of the step: the IWAE
-paper's batch-20 step is 14% faster unrolled (docs/benchmarks.md, "Small batches").
+small train step draws three times (the step's keys, the reparameterization noise, the
+dynamic binarization), so there the rolled loops are a large part of the step
+(docs/benchmarks.md, "Small batches").
 
 `use_unrolled_threefry` registers JAX's own unrolled lowering for the CPU, as the other
-platforms use it. The bits are the same (the same hash, the same counters: the random
-streams, and every number computed from them, do not change; tests/test_cpu_threefry.py
-checks the published test vectors and a draw against the rolled form), and so are programs
-already compiled. `vae_jax` does this when it is imported; ``VAE_JAX_ROLLED_THREEFRY=1`` in
-the environment leaves JAX's lowering as it is. It touches JAX internals
-(``jax._src.random.threefry2x32``): when they are not where this JAX version keeps them, it
-does nothing and says so in its return value.
+platforms use it. The random bits are the same (the same hash of the same counters:
+tests/test_cpu_threefry.py checks the published test vectors and draws against the rolled
+form), but XLA compiles the program around them differently, so a model's floating-point
+results may differ in their last bits and a training run's numbers by a little
+(docs/benchmarks.md says by how much). `vae_jax` does this when it is imported;
+``VAE_JAX_ROLLED_THREEFRY=1`` in the environment leaves JAX's lowering as it is, and so
+reproduces runs made before. It touches JAX internals (``jax._src.random.threefry2x32``):
+where this JAX version does not keep them there, it does nothing and returns False.
 """
 
 from __future__ import annotations
