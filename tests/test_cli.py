@@ -198,6 +198,16 @@ def test_every_config_field_is_a_flag_with_its_help_and_default(capsys):
     assert "--hidden HIDDEN MLP hidden widths, comma-separated" in text and "(default: 400)" in text
 
 
+def test_a_flag_that_turns_a_default_off_says_so():
+    """A field that is on by default is turned off by --no_NAME, whose help is the field's:
+    it must describe turning it off (--no_tensorboard said "also write TensorBoard files")."""
+    actions = cli.build_parser()._actions
+    off = {a.option_strings[0]: a.help for a in actions if a.option_strings[0].startswith("--no_")}
+    assert off["--no_tensorboard"].startswith("no TensorBoard event files")
+    assert off["--no_progress"].startswith("no progress bars")
+    assert not [flag for flag, text in off.items() if text.startswith("also")]
+
+
 def test_a_new_field_is_one_line():
     """A field declared with `option` is a flag, parsed and checked, with no other change."""
     from vae_jax.fields import check_fields, option

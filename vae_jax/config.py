@@ -350,8 +350,8 @@ class TrainConfig:
     num_devices: int = option(0, "devices for data parallelism (0 = all local devices)", low=0)
     tensorboard: bool = option(
         True,
-        "also write TensorBoard event files in WORKDIR/tensorboard/ (view them with "
-        "tensorboard --logdir runs/)",
+        "no TensorBoard event files (by default they go to WORKDIR/tensorboard/, beside "
+        "metrics.jsonl; view them with tensorboard --logdir runs/)",
     )
 
     def __post_init__(self) -> None:
