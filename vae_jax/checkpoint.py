@@ -407,7 +407,12 @@ def _loops_finish_their_tasks() -> Iterator[None]:
     _read_array_index_and_device_put>" and a traceback on stderr), or tensorstore completed
     them into the closed loop ("RuntimeError: Event loop is closed", from its threads). Here
     those reads finish (or fail) before the loop closes, so nothing is left to report; the
-    first error still propagates as before. Loops of other threads are not affected.
+    first error still propagates as before (after the reads in flight, which a successful
+    restore would have waited for too).
+
+    How: `asyncio.new_event_loop` (what Orbax calls for each loop) is replaced meanwhile
+    by `_new_event_loop_finishing_tasks`; loops that other threads create are left as they
+    are, and the original is put back when no thread is inside any more.
     """
     thread = threading.get_ident()
     with _loop_patch_lock:
