@@ -30,6 +30,7 @@ Nothing is pickled: arrays are tensorstore/zarr chunks, everything else is JSON.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hashlib
@@ -37,6 +38,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,39 +241,54 @@ class Checkpointer:
                 raise CheckpointError(f"no checkpoint at step {step} in {self.directory}")
         abstract = jax.tree.map(_abstract_here, target)
         for candidate in reversed(steps):
-            directory = self.directory / str(candidate)
-            try:
-                _check_manifest(directory)
-                meta = self._restore_meta(candidate)
-                stored = _stored_arrays(directory / "state")
-            except Exception as error:  # damaged bytes: fall back, loudly
-                self._unreadable(candidate, error)
-                continue
-            # intact, but perhaps not of this run: that is no damage, and nothing is moved
-            self._check_identity(candidate, meta)
-            where = f"at step {candidate} in {self.directory}"
-            _check_fits(where, stored, abstract, params_only=params_only)
-            try:
-                if params_only:
-                    state = self._restore_params(candidate, abstract)
-                    _check_params_digest(state, meta, candidate)
-                else:
-                    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                    state = self.manager.restore(candidate, args=args).state
-                    _check_like(state, target)
-                    _check_digest(state, meta, candidate)
-                if check is not None:
-                    check(state, meta)
-            except Exception as error:  # corrupt: fall back, loudly
-                self._unreadable(candidate, error)
-                continue
-            return state, meta, candidate
+            with _loops_finish_their_tasks():  # (no read outlives a failed restore)
+                restored = self._restore_candidate(candidate, target, abstract, check, params_only)
+            if restored is not None:
+                return restored
         if steps:
             raise NoReadableCheckpointError(
                 f"no readable checkpoint in {self.directory} (tried {steps}; the warnings above "
                 "say why); to start afresh in this work directory, rerun with --overwrite"
             )
         return None
+
+    def _restore_candidate(
+        self,
+        candidate: int,
+        target: Any,
+        abstract: Any,
+        check: Callable[[Any, dict[str, Any]], None] | None,
+        params_only: bool,
+    ) -> tuple[Any, dict[str, Any], int] | None:
+        """`restore` for the checkpoint at `candidate`: what it returns, or None (after the
+        warning) when the checkpoint is unreadable."""
+        directory = self.directory / str(candidate)
+        try:
+            _check_manifest(directory)
+            meta = self._restore_meta(candidate)
+            stored = _stored_arrays(directory / "state")
+        except Exception as error:  # damaged bytes: fall back, loudly
+            self._unreadable(candidate, error)
+            return None
+        # intact, but perhaps not of this run: that is no damage, and nothing is moved
+        self._check_identity(candidate, meta)
+        where = f"at step {candidate} in {self.directory}"
+        _check_fits(where, stored, abstract, params_only=params_only)
+        try:
+            if params_only:
+                state = self._restore_params(candidate, abstract)
+                _check_params_digest(state, meta, candidate)
+            else:
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                state = self.manager.restore(candidate, args=args).state
+                _check_like(state, target)
+                _check_digest(state, meta, candidate)
+            if check is not None:
+                check(state, meta)
+        except Exception as error:  # corrupt: fall back, loudly
+            self._unreadable(candidate, error)
+            return None
+        return state, meta, candidate
 
     def close(self) -> None:
         try:
@@ -317,8 +334,8 @@ class Checkpointer:
 
     def _unreadable(self, step: int, error: Exception) -> None:
         """Warn that the checkpoint at `step` cannot be read; a single writer sets it aside."""
-        # A failed Orbax restore leaves coroutines behind; collect them now, so that what
-        # they report is not attributed to whatever runs next.
+        # (nothing of a failed Orbax restore is left to report, see _loops_finish_their_tasks;
+        # were it otherwise, it would be reported now, not in whatever runs next)
         gc.collect()
         # (moved aside only by a single writer: with several processes, another one may
         # still be reading it)
@@ -371,6 +388,69 @@ def _closed_event_loop_reports_dropped() -> Iterator[None]:
         yield
     finally:
         sys.unraisablehook = previous
+
+
+_loop_patch_lock = threading.Lock()
+_loop_patch_threads: dict[int, int] = {}  # thread id -> depth of _loops_finish_their_tasks
+_plain_new_event_loop: list[Callable[[], asyncio.AbstractEventLoop]] = []  # (while patched)
+
+
+@contextlib.contextmanager
+def _loops_finish_their_tasks() -> Iterator[None]:
+    """While active, an asyncio event loop that this thread creates runs its unfinished
+    tasks to their end before it closes.
+
+    Orbax reads a checkpoint's arrays in concurrent tasks (`asyncio.gather`) on an event
+    loop of its own, which it closes as soon as the first read fails (damaged bytes) without
+    waiting for the other reads. Those were then closed when collected (Orbax turns the
+    ``GeneratorExit`` into an exception: "Exception ignored in: <coroutine object
+    _read_array_index_and_device_put>" and a traceback on stderr), or tensorstore completed
+    them into the closed loop ("RuntimeError: Event loop is closed", from its threads). Here
+    those reads finish (or fail) before the loop closes, so nothing is left to report; the
+    first error still propagates as before (after the reads in flight, which a successful
+    restore would have waited for too).
+
+    How: `asyncio.new_event_loop` (what Orbax calls for each loop) is replaced meanwhile
+    by `_new_event_loop_finishing_tasks`; loops that other threads create are left as they
+    are, and the original is put back when no thread is inside any more.
+    """
+    thread = threading.get_ident()
+    with _loop_patch_lock:
+        if not _loop_patch_threads:
+            _plain_new_event_loop.append(asyncio.new_event_loop)
+            asyncio.new_event_loop = _new_event_loop_finishing_tasks
+        _loop_patch_threads[thread] = _loop_patch_threads.get(thread, 0) + 1
+    try:
+        yield
+    finally:
+        with _loop_patch_lock:
+            _loop_patch_threads[thread] -= 1
+            if not _loop_patch_threads[thread]:
+                del _loop_patch_threads[thread]
+            if not _loop_patch_threads:
+                asyncio.new_event_loop = _plain_new_event_loop.pop()
+
+
+def _new_event_loop_finishing_tasks() -> asyncio.AbstractEventLoop:
+    """`asyncio.new_event_loop`, whose loop (if created in a thread that is inside
+    `_loops_finish_their_tasks`) first runs its pending tasks to their end when closed."""
+    with _loop_patch_lock:  # (empty: no longer patched, asyncio.new_event_loop is plain)
+        plain = _plain_new_event_loop[0] if _plain_new_event_loop else asyncio.new_event_loop
+        ours = threading.get_ident() in _loop_patch_threads
+    loop = plain()
+    if not ours:
+        return loop
+    close = loop.close
+
+    def finish_tasks_then_close() -> None:
+        if not loop.is_closed() and not loop.is_running():
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            if pending:  # (their exceptions are retrieved here: nothing more is logged)
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        close()
+
+    loop.close = finish_tasks_then_close  # type: ignore[method-assign]
+    return loop
 
 
 def _abstract_here(x: Any) -> jax.ShapeDtypeStruct:
