@@ -60,7 +60,7 @@ from vae_jax.estimator_files import (
 from vae_jax.evaluate import make_batch_evaluator
 from vae_jax.jit_cache import use_compilation_cache
 from vae_jax.loop import fit as fit_loop
-from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
+from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, LinearPathVAE, decode, init_params
 from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
@@ -112,6 +112,7 @@ class _Settings(NamedTuple):
     seed: int
     binarize: bool
     warm_start: bool
+    linear_path: bool
 
 
 class _Trained(NamedTuple):
@@ -202,6 +203,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         binarize: bool = False,
         verbose: bool = False,
         warm_start: bool = False,
+        linear_path: bool = True,
         epochs: Any = _DEPRECATED,
         seed: Any = _DEPRECATED,
     ) -> None:
@@ -221,6 +223,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.binarize = binarize
         self.verbose = verbose
         self.warm_start = warm_start
+        self.linear_path = linear_path
         self.epochs = epochs
         self.seed = seed
 
@@ -279,6 +282,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         _check_bool("binarize", self.binarize)
         _check_bool("verbose", self.verbose)
         _check_bool("warm_start", self.warm_start)
+        _check_bool("linear_path", self.linear_path)
         fraction = _check_float("validation_fraction", self.validation_fraction)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
@@ -321,6 +325,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             seed=_seed_from(random_state),
             binarize=bool(self.binarize),
             warm_start=bool(self.warm_start),
+            linear_path=bool(self.linear_path),
         )
 
     # ------------------------------------------------------------------ training
@@ -346,13 +351,23 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         history: list[dict[str, Any]] = []
         if settings.warm_start and hasattr(self, "params_"):  # (checked before X is recorded)
             self._check_warm_shape(X)
-            fitted = settings.model.build(_image_shape(self.feature_shape_))
+            fitted = _model(settings, _image_shape(self.feature_shape_))
             start, history = self._warm_state(fitted)
         # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
         x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
         self.feature_shape_ = tuple(int(d) for d in x.shape[1:])
         self.n_features_in_ = math.prod(self.feature_shape_)
         rows = _model_input(x, self.feature_shape_)
+        model = _model(settings, _image_shape(self.feature_shape_))
+        if start is None and settings.linear_path and model.likelihood != "bernoulli":
+            params = init_params(model, jax.random.key(settings.seed))
+            params = _factor_analysis_params(model, params, rows, settings.seed)
+            start = TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                opt_state=jax.device_get(_adam(settings.learning_rate).init(params)),
+                skipped=jnp.zeros((), jnp.int32),
+            )
         x_val = None
         if settings.early_stopping:
             n = len(rows)
@@ -365,7 +380,6 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 )
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
-        model = settings.model.build(_image_shape(self.feature_shape_))
         trained = self._run_fit(settings, rows, x_val, start)
         self.model_ = model
         self.seed_ = settings.seed
@@ -489,7 +503,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         n_train = len(x_train)
         eval_batch = 1000 if x_val is None else min(1000, _pow2(len(x_val)))
-        model = settings.model.build(x_train.shape[1:])
+        model = _model(settings, x_train.shape[1:])
         variant = "binarized" if settings.binarize else "values as given"
         batch_size = min(settings.batch_size, n_train)  # a small X: one batch per epoch
         done = 0 if start is None else -(-int(start.step) // steps_per_epoch(n_train, batch_size))
@@ -772,9 +786,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _build_model(self, feature_shape: tuple[int, ...]) -> VAE:
         """The `VAE` that `fit` trains for examples of `feature_shape` (`load` rebuilds it)."""
-        model = self._check_params().model.build(_image_shape(feature_shape))
-        assert isinstance(model, VAE)  # (the estimator's ModelConfig is a one-layer VAE)
-        return model
+        return _model(self._check_params(), _image_shape(feature_shape))
 
 
 # ----------------------------------------------------------------------------- early stopping
@@ -810,6 +822,72 @@ class _EarlyStopping:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _model(settings: _Settings, image_shape: tuple[int, ...]) -> VAE:
+    """The `VAE` (a `LinearPathVAE` with ``linear_path``) for examples of `image_shape`."""
+    model = settings.model.build(image_shape)
+    assert isinstance(model, VAE)  # (the estimator's ModelConfig is a one-layer VAE)
+    if not settings.linear_path:
+        return model
+    fields = {f: getattr(model, f) for f in ("image_shape", "z_dim", "architecture", "hidden")}
+    fields.update(
+        {f: getattr(model, f) for f in ("activation", "likelihood", "obs_std", "dtype")}
+    )
+    return LinearPathVAE(**fields)
+
+
+def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int) -> Any:
+    """`params` of a `LinearPathVAE` with a Gaussian likelihood set to a factor-analysis fit
+    of `rows` ([N, *image_shape]): the linear decoder W its loadings (rows rotated so that
+    W diag(1/noise) W^T is diagonal, which makes FA's posterior diagonal), the decoder's
+    output bias the data mean, the linear encoder and the encoder's output bias FA's exact
+    posterior mean and log-variance, ``obs_logvar`` the log noise variances (their mean for
+    "gaussian_global"; unchanged for the fixed "gaussian"), and both MLPs' output kernels 0:
+    the model is then FA, whose ELBO is its exact log-likelihood. Latents beyond the data's
+    rank (z_dim >= min(N, D)) get zero loadings (posterior = prior)."""
+    from sklearn.decomposition import FactorAnalysis
+
+    flat = rows.reshape(len(rows), -1).astype(np.float64)
+    n, d = flat.shape
+    k = model.z_dim
+    k_fa = min(k, d, n - 1)
+    loadings = np.zeros((k, d))
+    noise = np.maximum(np.var(flat, axis=0), 1e-6)
+    mean = flat.mean(axis=0)
+    if k_fa >= 1 and np.ptp(flat, axis=0).max() > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fa = FactorAnalysis(n_components=k_fa, random_state=seed % (2**31)).fit(flat)
+        noise = np.maximum(fa.noise_variance_, 1e-6)
+        loadings[:k_fa] = fa.components_
+    # Rotate the loadings: M = W diag(1/noise) W^T = Q diag(e) Q^T, W <- Q^T W.
+    eigen, q = np.linalg.eigh(loadings @ (loadings / noise).T)
+    eigen = np.maximum(eigen, 0.0)
+    loadings = q.T @ loadings
+    post_var = 1.0 / (1.0 + eigen)  # [k] exact posterior variances
+    encoder_kernel = (loadings / noise).T * post_var  # [d, k]: mean = (x - mean) @ this
+    params = jax.tree.map(np.asarray, params)
+    enc_out = _last_dense(params["encoder"])
+    dec_out = _last_dense(params["decoder"])
+    params["encoder"][enc_out]["kernel"] = np.zeros_like(params["encoder"][enc_out]["kernel"])
+    params["encoder"][enc_out]["bias"] = np.concatenate(
+        [-(mean @ encoder_kernel), np.log(post_var)]
+    ).astype(np.float32)
+    params["decoder"][dec_out]["kernel"] = np.zeros_like(params["decoder"][dec_out]["kernel"])
+    params["decoder"][dec_out]["bias"] = mean.astype(np.float32)
+    params["linear_encoder"]["kernel"] = encoder_kernel.astype(np.float32)
+    params["linear_decoder"]["kernel"] = loadings.astype(np.float32)
+    if model.likelihood == "gaussian_pixel":
+        params["obs_logvar"] = np.log(noise).reshape(model.image_shape).astype(np.float32)
+    elif model.likelihood == "gaussian_global":
+        params["obs_logvar"] = np.asarray(np.log(np.mean(noise)), np.float32)
+    return params
+
+
+def _last_dense(tree: dict[str, Any]) -> str:
+    """The name of an MLP's output layer: the Dense_i with the largest i."""
+    return max((name for name in tree if name.startswith("Dense_")), key=lambda n: int(n[6:]))
 
 
 class _Programs(NamedTuple):

@@ -359,3 +359,34 @@ def reconstruct(
     """Decode the posterior mean of each example: `decoder_mean` at z = E_q[z], shaped like x."""
     mean, _ = encode(model, params, x, label)
     return decoder_mean(model, params, mean, label)
+
+
+class LinearPathVAE(VAE):
+    """An MLP `VAE` whose encoder and decoder means each add a linear map of their input:
+    mean of q(z|x) = MLP(x) + x A (A: ``linear_encoder`` kernel [D, z_dim]) and mean of
+    p(x|z) = MLP(z) + z W (W: ``linear_decoder`` kernel [z_dim, D]), D the number of values
+    of one example, reshaped to `image_shape`. With the MLPs' output layers at zero and a
+    Gaussian likelihood with a learned variance per feature this is factor analysis
+    exactly (its posterior is Gaussian, and diagonal once W's rows are rotated so that
+    W diag(1/noise) W^T is diagonal), so it can start at a factor-analysis fit
+    (`vae_jax.estimator`). MLP architecture only; the `VAE`'s parameters plus the two
+    kernels (no bias: the MLPs' output layers have one)."""
+
+    def setup(self) -> None:
+        super().setup()
+        size = math.prod(self.image_shape)
+        self.linear_encoder = nn.Dense(self.z_dim, use_bias=False, dtype=self.dtype)
+        self.linear_decoder = nn.Dense(size, use_bias=False, dtype=jnp.float32)
+
+    def encode(self, x: jax.Array, label: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """x [batch, *image_shape] -> (mean, logvar) of q(z|x), each [batch, z_dim]."""
+        mean, logvar = self.encoder(x, label)
+        flat = x.reshape(*x.shape[: x.ndim - len(self.image_shape)], -1)
+        return mean + self.linear_encoder(flat.astype(self.dtype)).astype(mean.dtype), logvar
+
+    def decode(self, z: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
+        """z [..., batch, z_dim] -> the parameters of p(x|z), [..., batch, *image_shape]."""
+        out = super().decode(z, label)
+        linear = self.linear_decoder(z.astype(jnp.float32))
+        linear = linear.reshape(*linear.shape[:-1], *self.image_shape)
+        return DecoderOutput(out.loc + linear.astype(out.loc.dtype), out.logvar)
