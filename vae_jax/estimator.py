@@ -384,7 +384,11 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.model_ = model
         self.seed_ = settings.seed
         rows_x = _model_input(x, self.feature_shape_)  # (all of X, in the model's shape)
-        self.params_ = self._fit_noise(trained.state.params, rows_x)
+        params = trained.state.params
+        # (with linear_path the noise variances start at factor analysis's and are trained
+        # and validated with the rest: the M-step on X would fit them to the training
+        # residuals again, which a decoder that reproduces rare values makes too small)
+        self.params_ = params if settings.linear_path else self._fit_noise(params, rows_x)
         self._train_state = trained.state  # (what warm_start continues from; not saved)
         self.history_ = history + trained.records
         self.n_iter_ = len(self.history_)
