@@ -844,8 +844,8 @@ def _model(settings: _Settings, image_shape: tuple[int, ...]) -> VAE:
 def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int) -> Any:
     """`params` of a `LinearPathVAE` with a Gaussian likelihood set to a factor-analysis fit
     of `rows` ([N, *image_shape]): the linear decoder W its loadings (rows rotated so that
-    W diag(1/noise) W^T is diagonal, which makes FA's posterior diagonal), the decoder's
-    output bias the data mean, the linear encoder and the encoder's output bias FA's exact
+    W diag(1/noise) W^T is diagonal, which makes FA's posterior diagonal), its bias the
+    data mean, the linear encoder and the encoder's output bias FA's exact
     posterior mean and log-variance, ``obs_logvar`` the log noise variances (their mean for
     "gaussian_global"; unchanged for the fixed "gaussian"), and both MLPs' output kernels 0:
     the model is then FA, whose ELBO is its exact log-likelihood. Latents beyond the data's
@@ -857,13 +857,18 @@ def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int
     k = model.z_dim
     k_fa = min(k, d, n - 1)
     loadings = np.zeros((k, d))
-    noise = np.maximum(np.var(flat, axis=0), 1e-6)
+    variance = np.var(flat, axis=0)
+    varied = variance[variance > 0]
+    # A floor of 1e-6 of each feature's variance (of the mean variance for a constant one):
+    # relative, so that the model does not depend on X's units.
+    floor = 1e-6 * np.where(variance > 0, variance, np.mean(varied) if len(varied) else 1.0)
+    noise = np.maximum(variance, floor)
     mean = flat.mean(axis=0)
     if k_fa >= 1 and np.ptp(flat, axis=0).max() > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fa = FactorAnalysis(n_components=k_fa, random_state=seed % (2**31)).fit(flat)
-        noise = np.maximum(fa.noise_variance_, 1e-6)
+        noise = np.maximum(fa.noise_variance_, floor)
         loadings[:k_fa] = fa.components_
     # Rotate the loadings: M = W diag(1/noise) W^T = Q diag(e) Q^T, W <- Q^T W.
     eigen, q = np.linalg.eigh(loadings @ (loadings / noise).T)
@@ -879,9 +884,16 @@ def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int
         [-(mean @ encoder_kernel), np.log(post_var)]
     ).astype(np.float32)
     params["decoder"][dec_out]["kernel"] = np.zeros_like(params["decoder"][dec_out]["kernel"])
-    params["decoder"][dec_out]["bias"] = mean.astype(np.float32)
+    params["decoder"][dec_out]["bias"] = np.zeros_like(params["decoder"][dec_out]["bias"])
+    if model.hidden:  # the encoder's first layer sees X standardized (as at a default init)
+        scale = np.std(flat, axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        first = params["encoder"]["Dense_0"]
+        first["bias"] = (first["bias"] - (mean / scale) @ first["kernel"]).astype(np.float32)
+        first["kernel"] = (first["kernel"] / scale[:, None]).astype(np.float32)
     params["linear_encoder"]["kernel"] = encoder_kernel.astype(np.float32)
     params["linear_decoder"]["kernel"] = loadings.astype(np.float32)
+    params["linear_decoder"]["bias"] = mean.astype(np.float32)
     if model.likelihood == "gaussian_pixel":
         params["obs_logvar"] = np.log(noise).reshape(model.image_shape).astype(np.float32)
     elif model.likelihood == "gaussian_global":

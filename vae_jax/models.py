@@ -364,19 +364,21 @@ def reconstruct(
 class LinearPathVAE(VAE):
     """An MLP `VAE` whose encoder and decoder means each add a linear map of their input:
     mean of q(z|x) = MLP(x) + x A (A: ``linear_encoder`` kernel [D, z_dim]) and mean of
-    p(x|z) = MLP(z) + z W (W: ``linear_decoder`` kernel [z_dim, D]), D the number of values
-    of one example, reshaped to `image_shape`. With the MLPs' output layers at zero and a
-    Gaussian likelihood with a learned variance per feature this is factor analysis
-    exactly (its posterior is Gaussian, and diagonal once W's rows are rotated so that
-    W diag(1/noise) W^T is diagonal), so it can start at a factor-analysis fit
-    (`vae_jax.estimator`). MLP architecture only; the `VAE`'s parameters plus the two
-    kernels (no bias: the MLPs' output layers have one)."""
+    p(x|z) = s * MLP(z) + z W + c (W, c: ``linear_decoder`` kernel [z_dim, D] and bias
+    [D]), D the number of values of one example, reshaped to `image_shape`, and s the
+    likelihood's standard deviation (per feature for "gaussian_pixel"; 1 for "bernoulli"):
+    the MLP's output is in units of the noise, so its updates are as large relative to the
+    noise whatever the scale of X. With the MLPs' output layers at zero and the
+    "gaussian_pixel" likelihood this is factor analysis exactly (its posterior is Gaussian,
+    and diagonal once W's rows are rotated so that W diag(1/noise) W^T is diagonal), so it
+    can start at a factor-analysis fit (`vae_jax.estimator`). MLP architecture only; the
+    `VAE`'s parameters plus ``linear_encoder`` and ``linear_decoder``."""
 
     def setup(self) -> None:
         super().setup()
         size = math.prod(self.image_shape)
         self.linear_encoder = nn.Dense(self.z_dim, use_bias=False, dtype=self.dtype)
-        self.linear_decoder = nn.Dense(size, use_bias=False, dtype=jnp.float32)
+        self.linear_decoder = nn.Dense(size, dtype=jnp.float32)
 
     def encode(self, x: jax.Array, label: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """x [batch, *image_shape] -> (mean, logvar) of q(z|x), each [batch, z_dim]."""
@@ -388,5 +390,7 @@ class LinearPathVAE(VAE):
         """z [..., batch, z_dim] -> the parameters of p(x|z), [..., batch, *image_shape]."""
         out = super().decode(z, label)
         linear = self.linear_decoder(z.astype(jnp.float32))
-        linear = linear.reshape(*linear.shape[:-1], *self.image_shape)
-        return DecoderOutput(out.loc + linear.astype(out.loc.dtype), out.logvar)
+        linear = linear.reshape(*linear.shape[:-1], *self.image_shape).astype(out.loc.dtype)
+        if out.logvar is None:  # (Bernoulli logits)
+            return DecoderOutput(out.loc + linear, None)
+        return DecoderOutput(jnp.exp(0.5 * out.logvar) * out.loc + linear, out.logvar)
