@@ -134,9 +134,10 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       likelihood: p(x|z). For any real data (e.g. after `StandardScaler` or
         `MinMaxScaler`): "gaussian_pixel" (the default: a learned variance per feature, the
         noise model of factor analysis), "gaussian_global" (one learned variance) or
-        "gaussian" (fixed std `obs_std`). The learned variances are set after training to
-        their ELBO-optimal value on X given the encoder and decoder: the mean squared
-        residual per feature (the M-step of factor analysis). For data in [0, 1]:
+        "gaussian" (fixed std `obs_std`). With ``linear_path=True`` the learned variances
+        start at factor analysis's and are trained with the rest; with False they are set
+        after training to their ELBO-optimal value on X given the encoder and decoder: the
+        mean squared residual per feature (the M-step of factor analysis). For data in [0, 1]:
         "bernoulli" (on values between 0 and 1 its "log-likelihood" is minus a
         cross-entropy, not a log-probability).
         Scores of different likelihoods are in different units (see `score`).
@@ -164,13 +165,21 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         `max_epochs` more epochs, and appends to ``history_`` (``n_iter_`` counts every
         epoch; epochs are numbered on; with early stopping, the epochs after the kept one
         are replaced by the new ones). The model settings (z_dim, hidden, activation,
-        likelihood, obs_std) and the example shape must be those fitted (else a one-line
-        ValueError); learning_rate, batch_size, the stopping rule and the data may change.
+        likelihood, obs_std, linear_path) and the example shape must be those fitted (else a
+        one-line ValueError); learning_rate, batch_size, the stopping rule and the data may
+        change.
         A loaded estimator (`load` keeps no optimizer state) continues from its parameters
         with a fresh Adam state. There is no `partial_fit`: training is by epochs of a
         compiled loop with early stopping on a held-out split drawn from X, which one
         mini-batch per call would bypass (and recompile for every batch size);
         ``warm_start=True, max_epochs=1`` is one more pass over X.
+      linear_path: True (the default): the encoder's and decoder's means each add a linear
+        map of their input to the MLP's (`vae_jax.models.LinearPathVAE`; the decoder MLP's
+        output is in units of the noise std), so the model contains factor analysis; with a
+        Gaussian likelihood training starts at a `sklearn.decomposition.FactorAnalysis` fit
+        of X (the MLPs' output layers at zero: the model is then that factor analysis, and
+        early stopping keeps an epoch no worse on the held-out split than the first). False:
+        the MLP VAE alone, from a random initialisation.
       epochs: deprecated; ``epochs=n`` means ``max_epochs=n, early_stopping=False`` (what
         it meant before early stopping existed).
       seed: deprecated; ``seed=s`` means ``random_state=s``.
@@ -360,7 +369,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         rows = _model_input(x, self.feature_shape_)
         model = _model(settings, _image_shape(self.feature_shape_))
         if start is None and settings.linear_path and model.likelihood != "bernoulli":
-            params = init_params(model, jax.random.key(settings.seed))
+            params = _initializer(model)(jax.random.key(settings.seed))
             params = _factor_analysis_params(model, params, rows, settings.seed)
             start = TrainState(
                 step=jnp.zeros((), jnp.int32),
@@ -471,6 +480,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 for name in ("z_dim", "hidden", "activation", "likelihood", "obs_std")
                 if getattr(self.model_, name, None) != getattr(model, name, None)
             )
+            if type(model) is not type(self.model_):
+                changed = "linear_path"
             raise ValueError(
                 f"warm_start=True continues the fitted model, but its settings changed "
                 f"({changed or 'the model'}): set warm_start=False to fit afresh"
@@ -835,9 +846,7 @@ def _model(settings: _Settings, image_shape: tuple[int, ...]) -> VAE:
     if not settings.linear_path:
         return model
     fields = {f: getattr(model, f) for f in ("image_shape", "z_dim", "architecture", "hidden")}
-    fields.update(
-        {f: getattr(model, f) for f in ("activation", "likelihood", "obs_std", "dtype")}
-    )
+    fields.update({f: getattr(model, f) for f in ("activation", "likelihood", "obs_std", "dtype")})
     return LinearPathVAE(**fields)
 
 
@@ -932,6 +941,12 @@ def _programs(model: VAE) -> _Programs:
         return loc, jnp.broadcast_to(std, loc.shape)
 
     return _Programs(jax.jit(encode), jax.jit(decode_))
+
+
+@functools.lru_cache(maxsize=16)
+def _initializer(model: VAE) -> Any:
+    """``key -> init_params(model, key)``, jitted once per model (a refit compiles nothing)."""
+    return jax.jit(lambda key: init_params(model, key))
 
 
 @functools.lru_cache(maxsize=16)

@@ -393,4 +393,6 @@ class LinearPathVAE(VAE):
         linear = linear.reshape(*linear.shape[:-1], *self.image_shape).astype(out.loc.dtype)
         if out.logvar is None:  # (Bernoulli logits)
             return DecoderOutput(out.loc + linear, None)
-        return DecoderOutput(jnp.exp(0.5 * out.logvar) * out.loc + linear, out.logvar)
+        std = jnp.exp(0.5 * out.logvar)
+        std = std.reshape((1,) * (out.loc.ndim - std.ndim) + std.shape)
+        return DecoderOutput(std * out.loc + linear, out.logvar)
