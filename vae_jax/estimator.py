@@ -852,61 +852,60 @@ def _model(settings: _Settings, image_shape: tuple[int, ...]) -> VAE:
 
 def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int) -> Any:
     """`params` of a `LinearPathVAE` with a Gaussian likelihood set to a factor-analysis fit
-    of `rows` ([N, *image_shape]): the linear decoder W its loadings (rows rotated so that
-    W diag(1/noise) W^T is diagonal, which makes FA's posterior diagonal), its bias the
-    data mean, the linear encoder and the encoder's output bias FA's exact
-    posterior mean and log-variance, ``obs_logvar`` the log noise variances (their mean for
-    "gaussian_global"; unchanged for the fixed "gaussian"), and both MLPs' output kernels 0:
-    the model is then FA, whose ELBO is its exact log-likelihood. Latents beyond the data's
-    rank (z_dim >= min(N, D)) get zero loadings (posterior = prior)."""
+    of `rows` ([N, *image_shape]): ``x_shift`` and ``x_log_scale`` X's mean and log std (a
+    constant feature: the mean std), and, fitted on the standardized values u, the linear
+    decoder's kernel the loadings (rows rotated so that W diag(1/noise) W^T is diagonal,
+    which makes FA's posterior diagonal), the linear encoder and the encoder's output bias
+    FA's exact posterior mean and log-variance, ``obs_logvar`` the log noise variances in
+    X's units (their mean for "gaussian_global"; the fixed "gaussian" has none), and both
+    MLPs' output layers 0: the model is then FA, whose ELBO is its exact log-likelihood.
+    Latents beyond the data's rank (z_dim >= min(N, D)) get zero loadings (posterior =
+    prior). The noise variances are at least 1e-6 (of the variance of u: 1)."""
     from sklearn.decomposition import FactorAnalysis
 
     flat = rows.reshape(len(rows), -1).astype(np.float64)
     n, d = flat.shape
     k = model.z_dim
-    k_fa = min(k, d, n - 1)
-    loadings = np.zeros((k, d))
-    variance = np.var(flat, axis=0)
-    varied = variance[variance > 0]
-    # A floor of 1e-6 of each feature's variance (of the mean variance for a constant one):
-    # relative, so that the model does not depend on X's units.
-    floor = 1e-6 * np.where(variance > 0, variance, np.mean(varied) if len(varied) else 1.0)
-    noise = np.maximum(variance, floor)
     mean = flat.mean(axis=0)
-    if k_fa >= 1 and np.ptp(flat, axis=0).max() > 0:
+    scale = np.std(flat, axis=0)
+    varied = scale > 0
+    scale = np.where(varied, scale, np.mean(scale[varied]) if varied.any() else 1.0)
+    u = (flat - mean) / scale
+    loadings = np.zeros((k, d))
+    noise = np.where(varied, 1.0, 0.0)  # (FA with no factor: the variances of u)
+    k_fa = min(k, d, n - 1)
+    if k_fa >= 1 and varied.any():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            fa = FactorAnalysis(n_components=k_fa, random_state=seed % (2**31)).fit(flat)
-        noise = np.maximum(fa.noise_variance_, floor)
+            fa = FactorAnalysis(n_components=k_fa, random_state=seed % (2**31)).fit(u)
+        noise = fa.noise_variance_
         loadings[:k_fa] = fa.components_
+    noise = np.maximum(noise, 1e-6)
     # Rotate the loadings: M = W diag(1/noise) W^T = Q diag(e) Q^T, W <- Q^T W.
     eigen, q = np.linalg.eigh(loadings @ (loadings / noise).T)
     eigen = np.maximum(eigen, 0.0)
     loadings = q.T @ loadings
     post_var = 1.0 / (1.0 + eigen)  # [k] exact posterior variances
-    encoder_kernel = (loadings / noise).T * post_var  # [d, k]: mean = (x - mean) @ this
+    encoder_kernel = (loadings / noise).T * post_var  # [d, k]: posterior mean = u @ this
     params = jax.tree.map(np.asarray, params)
     enc_out = _last_dense(params["encoder"])
     dec_out = _last_dense(params["decoder"])
     params["encoder"][enc_out]["kernel"] = np.zeros_like(params["encoder"][enc_out]["kernel"])
-    params["encoder"][enc_out]["bias"] = np.concatenate(
-        [-(mean @ encoder_kernel), np.log(post_var)]
-    ).astype(np.float32)
+    params["encoder"][enc_out]["bias"] = np.concatenate([np.zeros(k), np.log(post_var)]).astype(
+        np.float32
+    )
     params["decoder"][dec_out]["kernel"] = np.zeros_like(params["decoder"][dec_out]["kernel"])
     params["decoder"][dec_out]["bias"] = np.zeros_like(params["decoder"][dec_out]["bias"])
-    if model.hidden:  # the encoder's first layer sees X standardized (as at a default init)
-        scale = np.std(flat, axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
-        first = params["encoder"]["Dense_0"]
-        first["bias"] = (first["bias"] - (mean / scale) @ first["kernel"]).astype(np.float32)
-        first["kernel"] = (first["kernel"] / scale[:, None]).astype(np.float32)
+    params["x_shift"] = mean.astype(np.float32)
+    params["x_log_scale"] = np.log(scale).astype(np.float32)
     params["linear_encoder"]["kernel"] = encoder_kernel.astype(np.float32)
     params["linear_decoder"]["kernel"] = loadings.astype(np.float32)
-    params["linear_decoder"]["bias"] = mean.astype(np.float32)
+    params["linear_decoder"]["bias"] = np.zeros(d, np.float32)
+    noise_x = noise * scale**2
     if model.likelihood == "gaussian_pixel":
-        params["obs_logvar"] = np.log(noise).reshape(model.image_shape).astype(np.float32)
+        params["obs_logvar"] = np.log(noise_x).reshape(model.image_shape).astype(np.float32)
     elif model.likelihood == "gaussian_global":
-        params["obs_logvar"] = np.asarray(np.log(np.mean(noise)), np.float32)
+        params["obs_logvar"] = np.asarray(np.log(np.mean(noise_x)), np.float32)
     return params
 
 
