@@ -138,13 +138,18 @@ def test_dataframe_feature_names_and_pandas_output(cancer):
         vae.transform(frame.rename(columns={"f0": "other"}))
 
 
-def test_gaussian_score_is_a_normalised_log_density():
+# (With the linear path, 1-D Gaussian data are factor analysis's with no factor: the latent
+# is unused, as it should be, and fit says so.)
+@pytest.mark.filterwarnings("ignore::vae_jax.estimator.PosteriorCollapseWarning")
+@pytest.mark.parametrize("linear_path", [True, False])
+def test_gaussian_score_is_a_normalised_log_density(linear_path):
     """score_samples is log p(x) in nats of x as given: on 1-D data the importance-sampled
     density exp(score_samples) (an unbiased estimate of p(x)) integrates to 1 over x."""
     x = np.random.default_rng(0).normal(size=(256, 1)) * 2.0 + 1.0
     vae = VAEEstimator(
-        z_dim=1, hidden=(8,), likelihood="gaussian_pixel", max_epochs=5, early_stopping=False
-    ).fit(x)
+        z_dim=1, hidden=(8,), likelihood="gaussian_pixel", max_epochs=5, early_stopping=False,
+        linear_path=linear_path,
+    ).fit(x)  # fmt: skip
     grid = np.linspace(-15.0, 17.0, 2048)[:, None]
     density = np.exp(vae.score_samples(grid, num_samples=200))
     assert np.trapezoid(density, grid[:, 0]) == pytest.approx(1.0, abs=0.03)
