@@ -860,8 +860,19 @@ def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int
     X's units (their mean for "gaussian_global"; the fixed "gaussian" has none), and both
     MLPs' output layers 0: the model is then FA, whose ELBO is its exact log-likelihood.
     Latents beyond the data's rank (z_dim >= min(N, D)) get zero loadings (posterior =
-    prior). The noise variances are at least 1e-6 (of the variance of u: 1)."""
+    prior). The noise variances are at least 1e-6 (of the variance of u: 1). NumPy's BLAS
+    runs on one thread here: the same numbers on any machine, and on a busy one much faster
+    for data of this size (docs/benchmarks.md)."""
     from sklearn.decomposition import FactorAnalysis
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _factor_analysis_params_(model, params, rows, seed, FactorAnalysis)
+
+
+def _factor_analysis_params_(
+    model: VAE, params: Any, rows: np.ndarray, seed: int, factor_analysis: Any
+) -> Any:
 
     flat = rows.reshape(len(rows), -1).astype(np.float64)
     n, d = flat.shape
@@ -877,7 +888,7 @@ def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int
     if k_fa >= 1 and varied.any():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            fa = FactorAnalysis(n_components=k_fa, random_state=seed % (2**31)).fit(u)
+            fa = factor_analysis(n_components=k_fa, random_state=seed % (2**31)).fit(u)
         noise = fa.noise_variance_
         loadings[:k_fa] = fa.components_
     noise = np.maximum(noise, 1e-6)
