@@ -429,10 +429,15 @@ def test_a_damaged_save_is_a_one_line_error_naming_the_file(saved, tmp_path, dam
     assert isinstance(error.value, ValueError)
 
 
-def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_path):
-    """What the estimator saved before digests (epochs/seed, no files list) loads, and the
-    old names mean what they meant: a fixed number of epochs, that seed."""
-    path = shutil.copytree(saved, tmp_path / "v1")
+def test_a_version_1_save_still_loads_with_a_warning(digits, tmp_path):
+    """What the estimator saved before digests (epochs/seed, no files list, no linear_path:
+    a plain MLP VAE) loads, and the old names mean what they meant: a fixed number of
+    epochs, that seed, no linear path."""
+    fitted = VAEEstimator(
+        z_dim=2, hidden=(64,), likelihood="bernoulli", max_epochs=2, early_stopping=False,
+        linear_path=False,
+    ).fit(digits[0])  # fmt: skip
+    path = fitted.save(tmp_path / "v1")
     meta = json.loads((path / "estimator.json").read_text())
     hyper = meta["hyperparameters"]
     old = {k: hyper[k] for k in ("z_dim", "hidden", "activation", "likelihood", "obs_std")}
@@ -445,6 +450,7 @@ def test_a_version_1_save_still_loads_with_a_warning(saved, fitted, digits, tmp_
     with pytest.warns(UserWarning, match="version 1 save has no digests"):
         loaded = VAEEstimator.load(path, allow_unverified=True)
     assert loaded.max_epochs == 15 and loaded.early_stopping is False and loaded.random_state == 0
+    assert loaded.linear_path is False
     np.testing.assert_array_equal(
         loaded.transform(digits[0][:50]), fitted.transform(digits[0][:50])
     )

@@ -60,7 +60,7 @@ from vae_jax.estimator_files import (
 from vae_jax.evaluate import make_batch_evaluator
 from vae_jax.jit_cache import use_compilation_cache
 from vae_jax.loop import fit as fit_loop
-from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, decode
+from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, LinearPathVAE, decode, init_params
 from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
@@ -112,6 +112,7 @@ class _Settings(NamedTuple):
     seed: int
     binarize: bool
     warm_start: bool
+    linear_path: bool
 
 
 class _Trained(NamedTuple):
@@ -133,9 +134,10 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
       likelihood: p(x|z). For any real data (e.g. after `StandardScaler` or
         `MinMaxScaler`): "gaussian_pixel" (the default: a learned variance per feature, the
         noise model of factor analysis), "gaussian_global" (one learned variance) or
-        "gaussian" (fixed std `obs_std`). The learned variances are set after training to
-        their ELBO-optimal value on X given the encoder and decoder: the mean squared
-        residual per feature (the M-step of factor analysis). For data in [0, 1]:
+        "gaussian" (fixed std `obs_std`). With ``linear_path=True`` the learned variances
+        start at factor analysis's and are trained with the rest; with False they are set
+        after training to their ELBO-optimal value on X given the encoder and decoder: the
+        mean squared residual per feature (the M-step of factor analysis). For data in [0, 1]:
         "bernoulli" (on values between 0 and 1 its "log-likelihood" is minus a
         cross-entropy, not a log-probability).
         Scores of different likelihoods are in different units (see `score`).
@@ -163,13 +165,21 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         `max_epochs` more epochs, and appends to ``history_`` (``n_iter_`` counts every
         epoch; epochs are numbered on; with early stopping, the epochs after the kept one
         are replaced by the new ones). The model settings (z_dim, hidden, activation,
-        likelihood, obs_std) and the example shape must be those fitted (else a one-line
-        ValueError); learning_rate, batch_size, the stopping rule and the data may change.
+        likelihood, obs_std, linear_path) and the example shape must be those fitted (else a
+        one-line ValueError); learning_rate, batch_size, the stopping rule and the data may
+        change.
         A loaded estimator (`load` keeps no optimizer state) continues from its parameters
         with a fresh Adam state. There is no `partial_fit`: training is by epochs of a
         compiled loop with early stopping on a held-out split drawn from X, which one
         mini-batch per call would bypass (and recompile for every batch size);
         ``warm_start=True, max_epochs=1`` is one more pass over X.
+      linear_path: True (the default): the encoder's and decoder's means each add a linear
+        map of their input to the MLP's (`vae_jax.models.LinearPathVAE`; the decoder MLP's
+        output is in units of the noise std), so the model contains factor analysis; with a
+        Gaussian likelihood training starts at a `sklearn.decomposition.FactorAnalysis` fit
+        of X (the MLPs' output layers at zero: the model is then that factor analysis, and
+        early stopping keeps an epoch no worse on the held-out split than the first). False:
+        the MLP VAE alone, from a random initialisation.
       epochs: deprecated; ``epochs=n`` means ``max_epochs=n, early_stopping=False`` (what
         it meant before early stopping existed).
       seed: deprecated; ``seed=s`` means ``random_state=s``.
@@ -202,6 +212,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         binarize: bool = False,
         verbose: bool = False,
         warm_start: bool = False,
+        linear_path: bool = True,
         epochs: Any = _DEPRECATED,
         seed: Any = _DEPRECATED,
     ) -> None:
@@ -221,6 +232,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.binarize = binarize
         self.verbose = verbose
         self.warm_start = warm_start
+        self.linear_path = linear_path
         self.epochs = epochs
         self.seed = seed
 
@@ -279,6 +291,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         _check_bool("binarize", self.binarize)
         _check_bool("verbose", self.verbose)
         _check_bool("warm_start", self.warm_start)
+        _check_bool("linear_path", self.linear_path)
         fraction = _check_float("validation_fraction", self.validation_fraction)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
@@ -321,6 +334,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             seed=_seed_from(random_state),
             binarize=bool(self.binarize),
             warm_start=bool(self.warm_start),
+            linear_path=bool(self.linear_path),
         )
 
     # ------------------------------------------------------------------ training
@@ -346,13 +360,23 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         history: list[dict[str, Any]] = []
         if settings.warm_start and hasattr(self, "params_"):  # (checked before X is recorded)
             self._check_warm_shape(X)
-            fitted = settings.model.build(_image_shape(self.feature_shape_))
+            fitted = _model(settings, _image_shape(self.feature_shape_))
             start, history = self._warm_state(fitted)
         # (binarize=True needs the Bernoulli likelihood: _check_params has made sure)
         x = self._validate(X, reset=True, unit_interval=self.likelihood == "bernoulli")
         self.feature_shape_ = tuple(int(d) for d in x.shape[1:])
         self.n_features_in_ = math.prod(self.feature_shape_)
         rows = _model_input(x, self.feature_shape_)
+        model = _model(settings, _image_shape(self.feature_shape_))
+        if start is None and settings.linear_path and model.likelihood != "bernoulli":
+            params = _initializer(model)(jax.random.key(settings.seed))
+            params = _factor_analysis_params(model, params, rows, settings.seed)
+            start = TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                opt_state=jax.device_get(_adam(settings.learning_rate).init(params)),
+                skipped=jnp.zeros((), jnp.int32),
+            )
         x_val = None
         if settings.early_stopping:
             n = len(rows)
@@ -365,12 +389,15 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 )
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
-        model = settings.model.build(_image_shape(self.feature_shape_))
         trained = self._run_fit(settings, rows, x_val, start)
         self.model_ = model
         self.seed_ = settings.seed
         rows_x = _model_input(x, self.feature_shape_)  # (all of X, in the model's shape)
-        self.params_ = self._fit_noise(trained.state.params, rows_x)
+        params = trained.state.params
+        # (with linear_path the noise variances start at factor analysis's and are trained
+        # and validated with the rest: the M-step on X would fit them to the training
+        # residuals again, which a decoder that reproduces rare values makes too small)
+        self.params_ = params if settings.linear_path else self._fit_noise(params, rows_x)
         self._train_state = trained.state  # (what warm_start continues from; not saved)
         self.history_ = history + trained.records
         self.n_iter_ = len(self.history_)
@@ -453,6 +480,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 for name in ("z_dim", "hidden", "activation", "likelihood", "obs_std")
                 if getattr(self.model_, name, None) != getattr(model, name, None)
             )
+            if type(model) is not type(self.model_):
+                changed = "linear_path"
             raise ValueError(
                 f"warm_start=True continues the fitted model, but its settings changed "
                 f"({changed or 'the model'}): set warm_start=False to fit afresh"
@@ -489,7 +518,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         n_train = len(x_train)
         eval_batch = 1000 if x_val is None else min(1000, _pow2(len(x_val)))
-        model = settings.model.build(x_train.shape[1:])
+        model = _model(settings, x_train.shape[1:])
         variant = "binarized" if settings.binarize else "values as given"
         batch_size = min(settings.batch_size, n_train)  # a small X: one batch per epoch
         done = 0 if start is None else -(-int(start.step) // steps_per_epoch(n_train, batch_size))
@@ -772,9 +801,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _build_model(self, feature_shape: tuple[int, ...]) -> VAE:
         """The `VAE` that `fit` trains for examples of `feature_shape` (`load` rebuilds it)."""
-        model = self._check_params().model.build(_image_shape(feature_shape))
-        assert isinstance(model, VAE)  # (the estimator's ModelConfig is a one-layer VAE)
-        return model
+        return _model(self._check_params(), _image_shape(feature_shape))
 
 
 # ----------------------------------------------------------------------------- early stopping
@@ -812,6 +839,92 @@ class _EarlyStopping:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _model(settings: _Settings, image_shape: tuple[int, ...]) -> VAE:
+    """The `VAE` (a `LinearPathVAE` with ``linear_path``) for examples of `image_shape`."""
+    model = settings.model.build(image_shape)
+    assert isinstance(model, VAE)  # (the estimator's ModelConfig is a one-layer VAE)
+    if not settings.linear_path:
+        return model
+    fields = {f: getattr(model, f) for f in ("image_shape", "z_dim", "architecture", "hidden")}
+    fields.update({f: getattr(model, f) for f in ("activation", "likelihood", "obs_std", "dtype")})
+    return LinearPathVAE(**fields)
+
+
+def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int) -> Any:
+    """`params` of a `LinearPathVAE` with a Gaussian likelihood set to a factor-analysis fit
+    of `rows` ([N, *image_shape]): ``x_shift`` and ``x_log_scale`` X's mean and log std (a
+    constant feature: the mean std), and, fitted on the standardized values u, the linear
+    decoder's kernel the loadings (rows rotated so that W diag(1/noise) W^T is diagonal,
+    which makes FA's posterior diagonal), the linear encoder and the encoder's output bias
+    FA's exact posterior mean and log-variance, ``obs_logvar`` the log noise variances in
+    X's units (their mean for "gaussian_global"; the fixed "gaussian" has none), and both
+    MLPs' output layers 0: the model is then FA, whose ELBO is its exact log-likelihood.
+    Latents beyond the data's rank (z_dim >= min(N, D)) get zero loadings (posterior =
+    prior). The noise variances are at least 1e-6 (of the variance of u: 1). NumPy's BLAS
+    runs on one thread here: the same numbers on any machine, and on a busy one much faster
+    for data of this size (docs/benchmarks.md)."""
+    from sklearn.decomposition import FactorAnalysis
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _factor_analysis_params_(model, params, rows, seed, FactorAnalysis)
+
+
+def _factor_analysis_params_(
+    model: VAE, params: Any, rows: np.ndarray, seed: int, factor_analysis: Any
+) -> Any:
+
+    flat = rows.reshape(len(rows), -1).astype(np.float64)
+    n, d = flat.shape
+    k = model.z_dim
+    mean = flat.mean(axis=0)
+    scale = np.std(flat, axis=0)
+    varied = scale > 0
+    scale = np.where(varied, scale, np.mean(scale[varied]) if varied.any() else 1.0)
+    u = (flat - mean) / scale
+    loadings = np.zeros((k, d))
+    noise = np.where(varied, 1.0, 0.0)  # (FA with no factor: the variances of u)
+    k_fa = min(k, d, n - 1)
+    if k_fa >= 1 and varied.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fa = factor_analysis(n_components=k_fa, random_state=seed % (2**31)).fit(u)
+        noise = fa.noise_variance_
+        loadings[:k_fa] = fa.components_
+    noise = np.maximum(noise, 1e-6)
+    # Rotate the loadings: M = W diag(1/noise) W^T = Q diag(e) Q^T, W <- Q^T W.
+    eigen, q = np.linalg.eigh(loadings @ (loadings / noise).T)
+    eigen = np.maximum(eigen, 0.0)
+    loadings = q.T @ loadings
+    post_var = 1.0 / (1.0 + eigen)  # [k] exact posterior variances
+    encoder_kernel = (loadings / noise).T * post_var  # [d, k]: posterior mean = u @ this
+    params = jax.tree.map(np.asarray, params)
+    enc_out = _last_dense(params["encoder"])
+    dec_out = _last_dense(params["decoder"])
+    params["encoder"][enc_out]["kernel"] = np.zeros_like(params["encoder"][enc_out]["kernel"])
+    params["encoder"][enc_out]["bias"] = np.concatenate([np.zeros(k), np.log(post_var)]).astype(
+        np.float32
+    )
+    params["decoder"][dec_out]["kernel"] = np.zeros_like(params["decoder"][dec_out]["kernel"])
+    params["decoder"][dec_out]["bias"] = np.zeros_like(params["decoder"][dec_out]["bias"])
+    params["x_shift"] = mean.astype(np.float32)
+    params["x_log_scale"] = np.log(scale).astype(np.float32)
+    params["linear_encoder"]["kernel"] = encoder_kernel.astype(np.float32)
+    params["linear_decoder"]["kernel"] = loadings.astype(np.float32)
+    params["linear_decoder"]["bias"] = np.zeros(d, np.float32)
+    noise_x = noise * scale**2
+    if model.likelihood == "gaussian_pixel":
+        params["obs_logvar"] = np.log(noise_x).reshape(model.image_shape).astype(np.float32)
+    elif model.likelihood == "gaussian_global":
+        params["obs_logvar"] = np.asarray(np.log(np.mean(noise_x)), np.float32)
+    return params
+
+
+def _last_dense(tree: dict[str, Any]) -> str:
+    """The name of an MLP's output layer: the Dense_i with the largest i."""
+    return max((name for name in tree if name.startswith("Dense_")), key=lambda n: int(n[6:]))
+
+
 class _Programs(NamedTuple):
     encode: Any  # (params, x [B, *image_shape]) -> (mean, logvar) [B, z_dim] each
     decode: Any  # (params, z [B, z_dim]) -> (mean, std) of p(x|z), [B, *image_shape] each
@@ -838,6 +951,12 @@ def _programs(model: VAE) -> _Programs:
         return loc, jnp.broadcast_to(std, loc.shape)
 
     return _Programs(jax.jit(encode), jax.jit(decode_))
+
+
+@functools.lru_cache(maxsize=16)
+def _initializer(model: VAE) -> Any:
+    """``key -> init_params(model, key)``, jitted once per model (a refit compiles nothing)."""
+    return jax.jit(lambda key: init_params(model, key))
 
 
 @functools.lru_cache(maxsize=16)

@@ -454,6 +454,7 @@ def _hyperparameters(meta: dict[str, Any]) -> dict[str, Any]:
     """The constructor arguments of a saved estimator (version 1 names mapped)."""
     hyper = dict(meta["hyperparameters"])
     hyper["hidden"] = tuple(hyper["hidden"])
+    hyper.setdefault("linear_path", False)  # (a save from before linear_path: a plain VAE)
     if meta["version"] == 1:  # epochs and seed meant what max_epochs and random_state mean
         hyper["max_epochs"] = hyper.pop("epochs")
         hyper["early_stopping"] = False

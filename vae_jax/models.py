@@ -359,3 +359,60 @@ def reconstruct(
     """Decode the posterior mean of each example: `decoder_mean` at z = E_q[z], shaped like x."""
     mean, _ = encode(model, params, x, label)
     return decoder_mean(model, params, mean, label)
+
+
+class LinearPathVAE(VAE):
+    """An MLP `VAE` on internally standardized values whose encoder and decoder means each
+    add a linear map of their input. With u = (x - shift) / scale (``x_shift`` and
+    ``x_log_scale``, [D] each, D the number of values of one example; fixed: no gradient
+    reaches them, so Adam leaves them as set, by `vae_jax.estimator` to X's mean and std):
+
+    - mean of q(z|x) = MLP(u) + u A (A: ``linear_encoder`` kernel [D, z_dim]);
+    - mean of p(x|z) = shift + scale * (s * MLP(z) + z W + c) (W, c: ``linear_decoder``
+      kernel [z_dim, D] and bias [D]; s the likelihood's std in units of scale, per feature
+      for "gaussian_pixel", 1 for "bernoulli"), reshaped to `image_shape`.
+
+    Every trained parameter is so in units of the data's spread or of the noise, and Adam's
+    steps (of about the learning rate) mean the same whatever X's units. With both MLPs'
+    output layers at zero and "gaussian_pixel" this is factor analysis exactly (its
+    posterior is Gaussian, and diagonal once W's rows are rotated so that W diag(1/noise)
+    W^T is diagonal), so it can start at a factor-analysis fit (`vae_jax.estimator`). MLP
+    architecture only; the `VAE`'s parameters plus the four above. At their initial values
+    (shift 0, scale 1) u = x."""
+
+    def setup(self) -> None:
+        super().setup()
+        size = math.prod(self.image_shape)
+        self.x_shift = self.param("x_shift", nn.initializers.zeros, (size,))
+        self.x_log_scale = self.param("x_log_scale", nn.initializers.zeros, (size,))
+        self.linear_encoder = nn.Dense(self.z_dim, use_bias=False, dtype=self.dtype)
+        self.linear_decoder = nn.Dense(size, dtype=jnp.float32)
+
+    def _shift_scale(self) -> tuple[jax.Array, jax.Array]:
+        shift = jax.lax.stop_gradient(self.x_shift)
+        return shift, jnp.exp(jax.lax.stop_gradient(self.x_log_scale))
+
+    def encode(self, x: jax.Array, label: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """x [batch, *image_shape] -> (mean, logvar) of q(z|x), each [batch, z_dim]."""
+        shift, scale = self._shift_scale()
+        flat = x.reshape(*x.shape[: x.ndim - len(self.image_shape)], -1).astype(jnp.float32)
+        lead = (1,) * (flat.ndim - 1)
+        u = (flat - shift.reshape(*lead, -1)) / scale.reshape(*lead, -1)
+        mean, logvar = self.encoder(u.reshape(x.shape), label)
+        return mean + self.linear_encoder(u.astype(self.dtype)).astype(mean.dtype), logvar
+
+    def decode(self, z: jax.Array, label: jax.Array | None = None) -> DecoderOutput:
+        """z [..., batch, z_dim] -> the parameters of p(x|z), [..., batch, *image_shape]."""
+        out = super().decode(z, label)
+        lead = out.loc.shape[: out.loc.ndim - len(self.image_shape)]
+        mlp = out.loc.astype(jnp.float32).reshape(*lead, -1)
+        shift, scale = self._shift_scale()
+        if out.logvar is not None:  # (Gaussian: the MLP's output in units of the noise std)
+            std = jnp.broadcast_to(jnp.exp(0.5 * out.logvar.astype(jnp.float32)), self.image_shape)
+            mlp = mlp * (std.reshape(-1) / scale).reshape((1,) * len(lead) + (-1,))
+        v = mlp + self.linear_decoder(z.astype(jnp.float32))
+        one = (1,) * len(lead)
+        loc = shift.reshape(*one, -1) + scale.reshape(*one, -1) * v
+        return DecoderOutput(
+            loc.reshape(*lead, *self.image_shape).astype(out.loc.dtype), out.logvar
+        )
