@@ -177,9 +177,10 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         map of their input to the MLP's (`vae_jax.models.LinearPathVAE`; the decoder MLP's
         output is in units of the noise std), so the model contains factor analysis; with a
         Gaussian likelihood training starts at a `sklearn.decomposition.FactorAnalysis` fit
-        of X (the MLPs' output layers at zero: the model is then that factor analysis, and
-        early stopping keeps an epoch no worse on the held-out split than the first). False:
-        the MLP VAE alone, from a random initialisation.
+        of X's training part (not the rows early stopping holds out), with the MLPs' output
+        layers at zero: the model is then that factor analysis, and early stopping keeps an
+        epoch no worse on the held-out split than the first. False: the MLP VAE alone, from
+        a random initialisation.
       epochs: deprecated; ``epochs=n`` means ``max_epochs=n, early_stopping=False`` (what
         it meant before early stopping existed).
       seed: deprecated; ``seed=s`` means ``random_state=s``.
@@ -368,15 +369,6 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.n_features_in_ = math.prod(self.feature_shape_)
         rows = _model_input(x, self.feature_shape_)
         model = _model(settings, _image_shape(self.feature_shape_))
-        if start is None and settings.linear_path and model.likelihood != "bernoulli":
-            params = _initializer(model)(jax.random.key(settings.seed))
-            params = _factor_analysis_params(model, params, rows, settings.seed)
-            start = TrainState(
-                step=jnp.zeros((), jnp.int32),
-                params=params,
-                opt_state=jax.device_get(_adam(settings.learning_rate).init(params)),
-                skipped=jnp.zeros((), jnp.int32),
-            )
         x_val = None
         if settings.early_stopping:
             n = len(rows)
@@ -389,6 +381,16 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 )
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
+        if start is None and settings.linear_path and model.likelihood != "bernoulli":
+            # (fitted on the training part only: early stopping's held-out part stays unseen)
+            params = _initializer(model)(jax.random.key(settings.seed))
+            params = _factor_analysis_params(model, params, rows, settings.seed)
+            start = TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                opt_state=jax.device_get(_adam(settings.learning_rate).init(params)),
+                skipped=jnp.zeros((), jnp.int32),
+            )
         trained = self._run_fit(settings, rows, x_val, start)
         self.model_ = model
         self.seed_ = settings.seed
