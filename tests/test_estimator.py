@@ -210,6 +210,7 @@ def test_input_validation(fitted, digits):
         ({"n_iter_no_change": 0}, "n_iter_no_change must be an int >= 1"),
         ({"batch_size": "64"}, "batch_size must be an int >= 1, got '64'"),
         ({"early_stopping": "yes"}, "early_stopping must be True or False, got 'yes'"),
+        ({"linear_path": 1}, "linear_path must be True or False, got 1"),
         ({"activation": "nope"}, "activation must be one of"),
         ({"likelihood": "poisson"}, "likelihood must be one of"),
         ({"obs_std": 0.0}, "obs_std must be > 0"),
