@@ -869,57 +869,50 @@ def _factor_analysis_params(model: VAE, params: Any, rows: np.ndarray, seed: int
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _factor_analysis_params_(model, params, rows, seed, FactorAnalysis)
-
-
-def _factor_analysis_params_(
-    model: VAE, params: Any, rows: np.ndarray, seed: int, factor_analysis: Any
-) -> Any:
-
-    flat = rows.reshape(len(rows), -1).astype(np.float64)
-    n, d = flat.shape
-    k = model.z_dim
-    mean = flat.mean(axis=0)
-    scale = np.std(flat, axis=0)
-    varied = scale > 0
-    scale = np.where(varied, scale, np.mean(scale[varied]) if varied.any() else 1.0)
-    u = (flat - mean) / scale
-    loadings = np.zeros((k, d))
-    noise = np.where(varied, 1.0, 0.0)  # (FA with no factor: the variances of u)
-    k_fa = min(k, d, n - 1)
-    if k_fa >= 1 and varied.any():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fa = factor_analysis(n_components=k_fa, random_state=seed % (2**31)).fit(u)
-        noise = fa.noise_variance_
-        loadings[:k_fa] = fa.components_
-    noise = np.maximum(noise, 1e-6)
-    # Rotate the loadings: M = W diag(1/noise) W^T = Q diag(e) Q^T, W <- Q^T W.
-    eigen, q = np.linalg.eigh(loadings @ (loadings / noise).T)
-    eigen = np.maximum(eigen, 0.0)
-    loadings = q.T @ loadings
-    post_var = 1.0 / (1.0 + eigen)  # [k] exact posterior variances
-    encoder_kernel = (loadings / noise).T * post_var  # [d, k]: posterior mean = u @ this
-    params = jax.tree.map(np.asarray, params)
-    enc_out = _last_dense(params["encoder"])
-    dec_out = _last_dense(params["decoder"])
-    params["encoder"][enc_out]["kernel"] = np.zeros_like(params["encoder"][enc_out]["kernel"])
-    params["encoder"][enc_out]["bias"] = np.concatenate([np.zeros(k), np.log(post_var)]).astype(
-        np.float32
-    )
-    params["decoder"][dec_out]["kernel"] = np.zeros_like(params["decoder"][dec_out]["kernel"])
-    params["decoder"][dec_out]["bias"] = np.zeros_like(params["decoder"][dec_out]["bias"])
-    params["x_shift"] = mean.astype(np.float32)
-    params["x_log_scale"] = np.log(scale).astype(np.float32)
-    params["linear_encoder"]["kernel"] = encoder_kernel.astype(np.float32)
-    params["linear_decoder"]["kernel"] = loadings.astype(np.float32)
-    params["linear_decoder"]["bias"] = np.zeros(d, np.float32)
-    noise_x = noise * scale**2
-    if model.likelihood == "gaussian_pixel":
-        params["obs_logvar"] = np.log(noise_x).reshape(model.image_shape).astype(np.float32)
-    elif model.likelihood == "gaussian_global":
-        params["obs_logvar"] = np.asarray(np.log(np.mean(noise_x)), np.float32)
-    return params
+        flat = rows.reshape(len(rows), -1).astype(np.float64)
+        n, d = flat.shape
+        k = model.z_dim
+        mean = flat.mean(axis=0)
+        scale = np.std(flat, axis=0)
+        varied = scale > 0
+        scale = np.where(varied, scale, np.mean(scale[varied]) if varied.any() else 1.0)
+        u = (flat - mean) / scale
+        loadings = np.zeros((k, d))
+        noise = np.where(varied, 1.0, 0.0)  # (FA with no factor: the variances of u)
+        k_fa = min(k, d, n - 1)
+        if k_fa >= 1 and varied.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fa = FactorAnalysis(n_components=k_fa, random_state=seed % (2**31)).fit(u)
+            noise = fa.noise_variance_
+            loadings[:k_fa] = fa.components_
+        noise = np.maximum(noise, 1e-6)
+        # Rotate the loadings: M = W diag(1/noise) W^T = Q diag(e) Q^T, W <- Q^T W.
+        eigen, q = np.linalg.eigh(loadings @ (loadings / noise).T)
+        eigen = np.maximum(eigen, 0.0)
+        loadings = q.T @ loadings
+        post_var = 1.0 / (1.0 + eigen)  # [k] exact posterior variances
+        encoder_kernel = (loadings / noise).T * post_var  # [d, k]: posterior mean = u @ this
+        params = jax.tree.map(np.asarray, params)
+        enc_out = _last_dense(params["encoder"])
+        dec_out = _last_dense(params["decoder"])
+        params["encoder"][enc_out]["kernel"] = np.zeros_like(params["encoder"][enc_out]["kernel"])
+        params["encoder"][enc_out]["bias"] = np.concatenate([np.zeros(k), np.log(post_var)]).astype(
+            np.float32
+        )
+        params["decoder"][dec_out]["kernel"] = np.zeros_like(params["decoder"][dec_out]["kernel"])
+        params["decoder"][dec_out]["bias"] = np.zeros_like(params["decoder"][dec_out]["bias"])
+        params["x_shift"] = mean.astype(np.float32)
+        params["x_log_scale"] = np.log(scale).astype(np.float32)
+        params["linear_encoder"]["kernel"] = encoder_kernel.astype(np.float32)
+        params["linear_decoder"]["kernel"] = loadings.astype(np.float32)
+        params["linear_decoder"]["bias"] = np.zeros(d, np.float32)
+        noise_x = noise * scale**2
+        if model.likelihood == "gaussian_pixel":
+            params["obs_logvar"] = np.log(noise_x).reshape(model.image_shape).astype(np.float32)
+        elif model.likelihood == "gaussian_global":
+            params["obs_logvar"] = np.asarray(np.log(np.mean(noise_x)), np.float32)
+        return params
 
 
 def _last_dense(tree: dict[str, Any]) -> str:
