@@ -206,9 +206,8 @@ def fit(
                         raise NonFiniteError(
                             f"the parameters or optimizer state are not finite after step "
                             f"{step + stop - start - 1} (a non-finite gradient in steps {step} to "
-                            f"{step + stop - start - 1}, epoch {epoch + 1}); training stopped and "
-                            f"{saver.kept()}. Lower --learning_rate (in a new --workdir), or "
-                            "rerun with --skip_nonfinite to skip and count such updates"
+                            f"{step + stop - start - 1}, epoch {epoch + 1}); "
+                            + _advice(saver.kept(), skip_hint=True)
                         )
                     step += stop - start
                     bar.update(stop - start)
@@ -226,8 +225,8 @@ def fit(
             if opts.skip_nonfinite and skipped == n_epoch - offset:
                 raise NonFiniteError(
                     f"every update of epoch {epoch + 1} (steps {epoch * n_epoch + offset} "
-                    f"to {step - 1}) had a non-finite loss or gradient and was skipped; training "
-                    f"stopped and {saver.kept()}. Lower --learning_rate (in a new --workdir)"
+                    f"to {step - 1}) had a non-finite loss or gradient and was skipped; "
+                    + _advice(saver.kept(), skip_hint=False)
                 )
             summary = run.summary(objective, epoch + 1, step, trainer)
             log(_format_record(summary))
@@ -318,9 +317,7 @@ class _Run:
             where = (
                 f"step {bad} (epoch {epoch + 1}, update {bad - epoch * n_epoch + 1} of {n_epoch})"
             )
-            advice = f"training stopped and {kept()}. Lower --learning_rate (in a new --workdir)"
-            if not skip_nonfinite:
-                advice += ", or rerun with --skip_nonfinite to skip and count such updates"
+            advice = _advice(kept(), skip_hint=not skip_nonfinite)
             first = self.initial_loss or 0.0  # (set: a bounded check needs a first loss)
             if not finite[bad - step] and skip_nonfinite:
                 raise NonFiniteError(f"non-finite loss or gradient at {where}; {advice}")
@@ -422,8 +419,7 @@ class _Saver:
         if not bool(_state_finite(trainer.state)):  # never replace a good checkpoint with inf/NaN
             raise NonFiniteError(
                 f"the parameters or optimizer state are not finite at step {step} (an update "
-                f"overflowed); training stopped and {self.kept()}. Lower --learning_rate (in a "
-                "new --workdir)"
+                "overflowed); " + _advice(self.kept(), skip_hint=False)
             )
         self.checkpointer.save(step, trainer.state, run.meta(epoch_done))
         self.last_saved = step
@@ -442,6 +438,14 @@ class _Saver:
         else:
             saved = f"the checkpoint at step {self.last_saved} is written; run again to resume"
         return Preempted(f"stopped by {name} {where}; {saved}")
+
+
+def _advice(kept: str, *, skip_hint: bool) -> str:
+    """The end of every message that stops training on a non-finite or exploding update."""
+    text = f"training stopped and {kept}. Lower --learning_rate (in a new --workdir)"
+    if skip_hint:
+        text += ", or rerun with --skip_nonfinite to skip and count such updates"
+    return text
 
 
 def run_identity(record: ExperimentConfig | dict[str, Any], trainer: Trainer) -> dict[str, Any]:
