@@ -358,7 +358,7 @@ def test_model_config_builds_the_latent_models_and_the_2layer_recipes_are_burdas
     assert isinstance(iaf, vae_jax.IAFVAE) and (iaf.flow_depth, iaf.flow_hidden) == (3, (5,))
     for name in ("iwae_paper_2layer_vae", "iwae_paper_2layer_iwae"):
         config = RECIPES[name]()
-        assert config.model.build((28, 28, 1)) == vae_jax.HierarchicalVAE()  # 100-100-100-50-50-50
+        assert config.model.build((28, 28, 1)) == vae_jax.HierarchicalVAE()  # 200-200 / 100-100
         assert config.train == RECIPES["iwae_paper_vae"]().train
     assert RECIPES["iwae_paper_2layer_iwae"]().objective.num_samples == 50
 

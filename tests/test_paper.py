@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import paper
 from tests.cli_runner import run_cli
 from vae_jax.latents import HierarchicalVAE
-from vae_jax.models import VAE
+from vae_jax.models import VAE, init_params
 from vae_jax.recipes import PAPER_ROWS, RECIPES, paper_row
 
 # Burda, Grosse & Salakhutdinov (2016), Table 1, MNIST (../shared/REFERENCES.md section 3):
@@ -52,8 +53,48 @@ def test_every_cell_of_table_1_is_a_recipe_with_its_protocol():
             assert isinstance(model, VAE) and (model.hidden, model.z_dim) == ((200, 200), 50)
         else:
             assert isinstance(model, HierarchicalVAE) and model.latent_dims == (100, 50)
-            assert model.hidden == ((100, 100), (50, 50))
+            assert model.hidden == ((200, 200), (100, 100))
         assert model.activation == "tanh"
+
+
+def _dense(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+# Parameters of the paper's networks (Section 5.1, Appendix C; yburda/iwae experiments.py),
+# counted from its widths: Gaussian heads give a mean and a log-scale per unit.
+PAPER_PARAMETERS = {
+    # q: 784-200-200-(50, 50); p: 50-200-200-784.
+    1: _dense(784, 200)
+    + _dense(200, 200)
+    + 2 * _dense(200, 50)
+    + _dense(50, 200)
+    + _dense(200, 200)
+    + _dense(200, 784),
+    # q(z1|x): 784-200-200-(100, 100); q(z2|z1): 100-100-100-(50, 50);
+    # p(z1|z2): 50-100-100-(100, 100); p(x|z1): 100-200-200-784.
+    2: _dense(784, 200)
+    + _dense(200, 200)
+    + 2 * _dense(200, 100)
+    + _dense(100, 100)
+    + _dense(100, 100)
+    + 2 * _dense(100, 50)
+    + _dense(50, 100)
+    + _dense(100, 100)
+    + 2 * _dense(100, 100)
+    + _dense(100, 200)
+    + _dense(200, 200)
+    + _dense(200, 784),
+}
+
+
+def test_every_row_has_the_papers_number_of_parameters():
+    assert PAPER_PARAMETERS == {1: 425_284, 2: 521_084}
+    for name, row in PAPER_ROWS.items():
+        model = RECIPES[name]().model.build((28, 28, 1))
+        shapes = jax.eval_shape(lambda m=model: init_params(m, jax.random.key(0)))
+        count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+        assert count == PAPER_PARAMETERS[row.layers], name
 
 
 def test_paper_row_refuses_a_name_that_is_not_a_row():

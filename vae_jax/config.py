@@ -82,7 +82,7 @@ class ModelConfig:
     upper_latent_dims: tuple[int, ...] = option(
         (),
         "sizes of the stochastic layers above z, comma-separated (Burda et al.'s 2-layer "
-        "model: --z_dim 100 --hidden 100,100 --upper_latent_dims 50 --upper_hidden 50,50); "
+        "model: --z_dim 100 --hidden 200,200 --upper_latent_dims 50 --upper_hidden 100,100); "
         "empty: one stochastic layer. MLP, standard prior, gaussian posterior only",
         low=1,
     )

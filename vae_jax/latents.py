@@ -70,7 +70,7 @@ class HierarchicalVAE(nn.Module):
     it: z_n ~ N(0, I) -> reversed(hidden[n-1]) -> z_{n-1} -> ... -> z_1 ->
     reversed(hidden[0]) -> x. Each arrow is an MLP (`activation`, tanh in the paper) with a
     diagonal-Gaussian head (a Bernoulli or Gaussian one for x, as in `VAE`). The defaults
-    are the paper's 2-layer MNIST model: 784 -100-100- z_1 (100) -50-50- z_2 (50).
+    are the paper's 2-layer MNIST model: 784 -200-200- z_1 (100) -100-100- z_2 (50).
 
     Attributes:
       image_shape: one example's shape.
@@ -84,7 +84,7 @@ class HierarchicalVAE(nn.Module):
 
     image_shape: tuple[int, ...] = (28, 28, 1)
     latent_dims: tuple[int, ...] = (100, 50)
-    hidden: tuple[tuple[int, ...], ...] = ((100, 100), (50, 50))
+    hidden: tuple[tuple[int, ...], ...] = ((200, 200), (100, 100))
     activation: str = "tanh"
     likelihood: str = "bernoulli"
     obs_std: float = 1.0
