@@ -136,7 +136,7 @@ def measure(k: int, *, steps: int, rounds: int, reps: int) -> dict[str, Any]:
     schedule_tx = make_optimizer(tc, N // tc.batch_size)
     variants: dict[str, tuple[optax.GradientTransformation, bool]] = {
         "library": (schedule_tx, True),
-        "constant_lr": (optax.adam(tc.learning_rate, eps=tc.adam_eps), True),
+        "constant_lr": (optax.adam(tc.learning_rate, b1=tc.adam_b1, eps=tc.adam_eps), True),
         "sgd": (optax.sgd(tc.learning_rate), True),
         "no_binarize": (schedule_tx, False),
     }

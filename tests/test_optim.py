@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,22 @@ def test_constant_adam_is_plain_optax_adam():
             np.testing.assert_array_equal(a, b)
 
 
+def test_adam_b1_is_optaxs_beta1():
+    params = {"w": jnp.zeros(3)}
+    ours = make_optimizer(TrainConfig(adam_b1=0.99), SPE)
+    plain, default = optax.adam(1e-3, b1=0.99), optax.adam(1e-3)
+    states = [tx.init(params) for tx in (ours, plain, default)]
+    for step in range(3):  # (gradients that change: with a constant one beta1 cancels out)
+        grads = {"w": jnp.array([1.0, -2.0, 0.5]) * (-1.0) ** step}
+        (u1, s1), (u2, s2), (u3, s3) = (
+            tx.update(grads, state, params)
+            for tx, state in zip((ours, plain, default), states, strict=True)
+        )
+        states = [s1, s2, s3]
+        np.testing.assert_array_equal(u1["w"], u2["w"])
+    assert not np.allclose(u1["w"], u3["w"])
+
+
 def test_adamw_and_clipping_change_the_update_as_they_should():
     params = {"w": jnp.full((4,), 2.0)}
     grads = {"w": jnp.full((4,), 100.0)}  # global norm 200
@@ -101,10 +118,12 @@ def test_adamw_and_clipping_change_the_update_as_they_should():
         ({"schedule": "exponential", "decay_rate": 1.5}, "decay_rate must be in (0, 1]"),
         ({"clip_norm": -1.0}, "clip_norm must be >= 0"),
         ({"adam_eps": 0.0}, "adam_eps must be > 0"),
+        ({"adam_b1": 1.0}, "adam_b1 must be in [0.0, 0.9999], got 1.0"),
+        ({"adam_b1": -0.1}, "adam_b1 must be in [0.0, 0.9999], got -0.1"),
     ],
 )
 def test_bad_optimizer_settings_are_refused(changes, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig(**changes)
 
 

@@ -303,6 +303,13 @@ class TrainConfig:
         0.0, "AdamW's decoupled weight decay (with --optimizer adamw)", low=0
     )
     adam_eps: float = option(1e-8, "Adam's epsilon (IWAE paper: 1e-4)", above=0)
+    adam_b1: float = option(
+        0.9,
+        "Adam's beta1, the decay of its gradient average (the IWAE paper's text: 0.9; the "
+        "code that made its numbers, yburda/iwae: 0.99)",
+        low=0.0,
+        high=0.9999,
+    )
     schedule: str = option(
         "constant",
         "learning-rate schedule: constant; cosine (to 0 at the last step of --epochs); "

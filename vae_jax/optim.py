@@ -78,9 +78,9 @@ def make_optimizer(tc: TrainConfig, steps_per_epoch: int) -> optax.GradientTrans
     """
     lr = make_schedule(tc, steps_per_epoch)
     if tc.optimizer == "adamw":
-        tx = optax.adamw(lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
+        tx = optax.adamw(lr, b1=tc.adam_b1, eps=tc.adam_eps, weight_decay=tc.weight_decay)
     else:
-        tx = optax.adam(lr, eps=tc.adam_eps)
+        tx = optax.adam(lr, b1=tc.adam_b1, eps=tc.adam_eps)
     if tc.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(tc.clip_norm), tx)
     return tx
