@@ -421,6 +421,26 @@ def test_checkpoint_of_other_shapes_is_refused_and_kept(tiny_mnist, reference, t
     assert not (workdir / CHECKPOINT_SUBDIR / ".unreadable").exists()
 
 
+def test_a_checkpoint_from_before_a_field_was_added_resumes(tiny_mnist, reference, tmp_path):
+    """A configuration field added after a checkpoint was written (here train.adam_b1,
+    added with its old value, 0.9) takes its default when the checkpoint's identity is
+    compared, as config.json's does (before: "is of another run (config.train.adam_b1:
+    None there, 0.9 here)", and the IWAE k=5 run could not resume after 914 epochs)."""
+    workdir = _copy(reference, tmp_path)
+    checkpointer = Checkpointer(workdir)
+    state, meta, step = checkpointer.restore(_target(read_config(workdir)), 16)
+    checkpointer.close()
+    identity = meta["identity"]
+    del identity["config"]["train"]["adam_b1"]  # (what a vae_jax older than the field wrote)
+    shutil.rmtree(workdir / CHECKPOINT_SUBDIR / "16")
+    older = Checkpointer(workdir, identity=identity)
+    kept = {k: v for k, v in meta.items() if "digest" not in k and k != "identity"}
+    older.save(step, state, kept)
+    older.close()
+    assert mnist.main(_argv(tiny_mnist, workdir)) == 0
+    _assert_same_result(workdir, reference)
+
+
 def test_training_continues_from_the_previous_checkpoint_and_matches(
     tiny_mnist, reference, tmp_path, capsys
 ):

@@ -309,6 +309,31 @@ def test_a_checkpoint_without_a_stored_identity_is_accepted(tmp_path):
     assert restored[2] == 2 and "identity" not in restored[1]
 
 
+def test_an_older_identity_is_read_in_todays_terms_before_it_is_compared(tmp_path):
+    """`upgrade_identity`: a configuration field added since (absent from the stored
+    identity) takes its default, and only its default matches."""
+    import dataclasses
+
+    from vae_jax.checkpoint import CheckpointMismatchError
+    from vae_jax.config import ExperimentConfig
+    from vae_jax.loop import upgrade_identity
+
+    config = ExperimentConfig()
+    identity = {"config": config.identity(), "data": {"sha256": "ab"}}
+    older = json.loads(json.dumps(identity))
+    del older["config"]["train"]["adam_b1"]
+    _, state = _checkpointed(tmp_path, identity=older)
+    assert _restore(tmp_path, state, identity=identity, upgrade=upgrade_identity)[2] == 2
+    with pytest.raises(CheckpointMismatchError, match="adam_b1: None there"):
+        _restore(tmp_path, state, identity=identity)  # (without the upgrade)
+    train = dataclasses.replace(config.train, adam_b1=0.99)
+    other = {**identity, "config": dataclasses.replace(config, train=train).identity()}
+    with pytest.raises(CheckpointMismatchError) as error:
+        _restore(tmp_path, state, identity=other, upgrade=upgrade_identity)
+    assert "config.train.adam_b1: 0.9 there, 0.99 here" in _one_line(error.value)
+    assert upgrade_identity({"config": {"event_shape": [4]}}) == {"config": {"event_shape": [4]}}
+
+
 def test_a_checkpoint_that_does_not_fit_the_model_is_refused_not_set_aside(tmp_path):
     """(Before: every good checkpoint was moved to .unreadable and --overwrite advised.)"""
     from vae_jax.checkpoint import CheckpointMismatchError

@@ -105,6 +105,10 @@ class Checkpointer:
         (`vae_jax.workdir.describe_difference`), nothing set aside. A checkpoint without a
         stored identity (written by an older vae_jax, or with ``identity=None``) is
         accepted; so is any checkpoint when ``identity`` is None.
+      upgrade: applied to a stored identity before it is compared: what an older vae_jax
+        recorded, in today's terms (`vae_jax.loop.upgrade_identity` gives a configuration
+        field added since its default). A checkpoint is of this run when its stored
+        identity, as it is or upgraded, equals ``identity``.
 
     Contract of `restore`: only bytes that fail their digest or do not deserialise are
     "unreadable" (skipped with a warning, and set aside by a writer). A checkpoint that is
@@ -119,10 +123,12 @@ class Checkpointer:
         max_to_keep: int = 3,
         read_only: bool = False,
         identity: dict[str, Any] | None = None,
+        upgrade: Callable[[Any], Any] | None = None,
     ) -> None:
         self.directory = Path(workdir).absolute() / CHECKPOINT_SUBDIR
         self.read_only = read_only
         self.identity = _jsonable_identity(identity)
+        self.upgrade = upgrade
         self._after_failure = contextlib.ExitStack()
         if read_only:  # (Orbax's own read_only option logs warnings on every use)
             options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
@@ -322,6 +328,10 @@ class Checkpointer:
         stored = meta.get("identity")
         if self.identity is None or stored is None or stored == self.identity:
             return
+        if self.upgrade is not None:
+            stored = self.upgrade(stored)
+            if stored == self.identity:
+                return
         if isinstance(stored, dict):
             diff = describe_difference(stored, self.identity)
         else:

@@ -379,7 +379,9 @@ class _Saver:
         self.checkpointer = self._open()
 
     def _open(self) -> Checkpointer:
-        checkpointer = Checkpointer(self.path, max_to_keep=self.keep, identity=self.identity)
+        checkpointer = Checkpointer(
+            self.path, max_to_keep=self.keep, identity=self.identity, upgrade=upgrade_identity
+        )
         return self.stack.enter_context(contextlib.closing(checkpointer))
 
     def restore(self, trainer: Trainer, run: _Run) -> None:
@@ -463,6 +465,22 @@ def run_identity(record: ExperimentConfig | dict[str, Any], trainer: Trainer) ->
         "parameters": trainer.parameter_structure(),
     }
     return json.loads(json.dumps(identity))  # (tuples as lists: as a checkpoint reads back)
+
+
+def upgrade_identity(stored: Any) -> Any:
+    """A checkpoint's stored `run_identity` in today's terms: the configuration an older
+    vae_jax recorded is read back through `ExperimentConfig.from_dict`, so that a field
+    added since takes its default, as `vae_jax.workdir.claim` reads an older config.json
+    (a field is only added with the default that keeps the old behaviour: ``adam_b1``
+    0.9, optax's). A run made from pieces (no `ExperimentConfig`), or anything
+    unreadable, is returned as it is."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        return stored
+    try:
+        config = ExperimentConfig.from_dict(stored["config"]).identity()
+    except (TypeError, ValueError):
+        return stored
+    return json.loads(json.dumps({**stored, "config": config}))
 
 
 def _enter_data(
