@@ -21,6 +21,11 @@ counters and shapes (`INT32_MAX`; seeds 32 bits), floats are finite float32 numb
 one training and one evaluation batch is checked against one device's before anything is
 allocated (`ExperimentConfig.build` with ``memory``). The model's size is checked by
 `vae_jax.loop.fit` (parameters and optimizer state against one device's memory).
+
+A field added later must default to what the library did before it existed (``adam_b1``:
+0.9, optax's): a work directory recorded before it, its config.json and its checkpoints'
+identities, is read with that default (`ExperimentConfig.from_dict`,
+`vae_jax.loop.upgrade_identity`) and resumes.
 """
 
 from __future__ import annotations
