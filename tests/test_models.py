@@ -1,5 +1,7 @@
 """Shapes, options and validation of the Flax modules."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,11 +88,26 @@ def test_gaussian_likelihoods_have_their_parameters(key):
         ({"activation": "swish2"}, "activation"),
         ({"architecture": "conv", "conv_channels": (8, 8, 8)}, "divisible by 8"),
         ({"obs_std": 0.0}, "obs_std"),
+        ({"obs_std": float("nan")}, "obs_std must be > 0"),
+        # wrong types, as positional use with the fields in another order gives them
+        # (before: a bare TypeError from a comparison, or at init)
+        ({"z_dim": "conv"}, "z_dim must be an integer, got 'conv'"),
+        ({"z_dim": 2.0}, "z_dim must be an integer, got 2.0"),
+        ({"z_dim": True}, "z_dim must be an integer, got True"),
+        ({"hidden": 400}, "hidden must be a tuple of integers, got 400"),
+        ({"conv_channels": (8, "16")}, "conv_channels must be a tuple of integers"),
+        ({"image_shape": (28, 28.0, 1)}, "image_shape must be a tuple of integers"),
+        ({"num_classes": None}, "num_classes must be an integer, got None"),
+        ({"obs_std": "1"}, "obs_std must be a number, got '1'"),
     ],
 )
 def test_bad_model_options_raise_one_line_errors(options, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         check_model(VAE(**options))
+
+
+def test_numpy_numbers_are_model_options():
+    check_model(VAE(z_dim=np.int64(2), hidden=(np.int32(8),), obs_std=np.float32(0.5)))
 
 
 def test_bfloat16_compute_keeps_float32_params(key):

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, cast
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vae_jax.conv import ConvTranspose4x4
 
@@ -264,11 +265,22 @@ def check_model(model: VAE) -> None:
         raise ValueError(
             f"activation must be one of {sorted(ACTIVATIONS)}, got {model.activation!r}"
         )
+    for name in ("image_shape", "hidden", "conv_channels"):  # (before the comparisons below)
+        value = getattr(model, name)
+        if not isinstance(value, tuple | list) or not all(_is_int(v) for v in value):
+            raise ValueError(f"{name} must be a tuple of integers, got {value!r}")
+    for name in ("z_dim", "num_classes"):
+        if not _is_int(getattr(model, name)):
+            raise ValueError(f"{name} must be an integer, got {getattr(model, name)!r}")
+    if not isinstance(model.obs_std, int | float | np.number) or isinstance(model.obs_std, bool):
+        raise ValueError(f"obs_std must be a number, got {model.obs_std!r}")
+    if any(d < 1 for d in model.image_shape):
+        raise ValueError(f"image_shape must be positive sizes, got {model.image_shape}")
     if model.z_dim < 1:
         raise ValueError(f"z_dim must be >= 1, got {model.z_dim}")
     if any(w < 1 for w in model.hidden) or any(c < 1 for c in model.conv_channels):
         raise ValueError("hidden sizes and conv channels must be >= 1")
-    if model.obs_std <= 0:
+    if not model.obs_std > 0:
         raise ValueError(f"obs_std must be > 0, got {model.obs_std}")
     if model.num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {model.num_classes}")
@@ -283,6 +295,10 @@ def check_model(model: VAE) -> None:
                 f"conv VAE with {len(model.conv_channels)} stride-2 layers needs H and W "
                 f"divisible by {factor}, got {model.image_shape[:2]}"
             )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def init_params(model: nn.Module, key: jax.Array, x: Any = None, label: Any = None) -> Any:
