@@ -433,6 +433,12 @@ def test_bad_model_flags_are_one_line_errors_with_status_2(flags, message, tmp_p
         (lambda: vae_jax.IAFVAE(BASE, flow_hidden=()), "flow_hidden needs at least one width"),
         (lambda: vae_jax.IAFVAE(vae_jax.VAE(z_dim=0)), "z_dim must be >= 1"),
         (lambda: vae_jax.IAFVAE("vae"), "base must be a VAE, got str"),
+        # wrong types (before: bare TypeErrors from comparisons or from Flax's shapes)
+        (lambda: vae_jax.HierarchicalVAE(latent_dims=4), "latent_dims must be a tuple of"),
+        (lambda: vae_jax.HierarchicalVAE(hidden=(200, 100)), "each of hidden's tuples must be"),
+        (lambda: vae_jax.VampPriorVAE(BASE, num_pseudo_inputs=2.5), "must be an integer, got 2.5"),
+        (lambda: vae_jax.IAFVAE(BASE, flow_depth="2"), "flow_depth must be an integer, got '2'"),
+        (lambda: vae_jax.IAFVAE(BASE, flow_hidden=16), "flow_hidden must be a tuple of integers"),
     ],
 )
 def test_bad_options_are_one_line_value_errors(build, message):

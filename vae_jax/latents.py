@@ -33,7 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.models import ACTIVATIONS, VAE, DecoderOutput, MLPEncoder, check_model
+from vae_jax.models import (
+    ACTIVATIONS,
+    VAE,
+    DecoderOutput,
+    MLPEncoder,
+    check_model,
+    require_int,
+    require_ints,
+)
 from vae_jax.objectives import (
     LatentSample,
     diag_gaussian_log_prob,
@@ -413,6 +421,11 @@ class IAFVAE(_AroundVAE):
 def check_latent_model(model: nn.Module) -> None:
     """Raise ValueError with a one-line reason if `model`'s options are inconsistent."""
     if isinstance(model, HierarchicalVAE):
+        require_ints("latent_dims", model.latent_dims)
+        if not isinstance(model.hidden, tuple | list):
+            raise ValueError(f"hidden must be a tuple of width tuples, got {model.hidden!r}")
+        for widths in model.hidden:
+            require_ints("each of hidden's tuples", widths)
         if not model.latent_dims:
             raise ValueError("latent_dims must name at least one stochastic layer, got ()")
         if any(d < 1 for d in model.latent_dims):
@@ -434,11 +447,14 @@ def check_latent_model(model: nn.Module) -> None:
         raise ValueError(f"base must be a VAE, got {type(base).__name__}")
     check_model(base)
     if isinstance(model, VampPriorVAE):
+        require_int("num_pseudo_inputs", model.num_pseudo_inputs)
         if model.num_pseudo_inputs < 1:
             raise ValueError(f"num_pseudo_inputs must be >= 1, got {model.num_pseudo_inputs}")
         if base.num_classes > 0:
             raise ValueError("the VampPrior is not supported on a conditional model (num_classes)")
     if isinstance(model, IAFVAE):
+        require_int("flow_depth", model.flow_depth)
+        require_ints("flow_hidden", model.flow_hidden)
         if model.flow_depth < 1:
             raise ValueError(f"flow_depth must be >= 1, got {model.flow_depth}")
         if not model.flow_hidden or any(w < 1 for w in model.flow_hidden):

@@ -266,12 +266,9 @@ def check_model(model: VAE) -> None:
             f"activation must be one of {sorted(ACTIVATIONS)}, got {model.activation!r}"
         )
     for name in ("image_shape", "hidden", "conv_channels"):  # (before the comparisons below)
-        value = getattr(model, name)
-        if not isinstance(value, tuple | list) or not all(_is_int(v) for v in value):
-            raise ValueError(f"{name} must be a tuple of integers, got {value!r}")
+        require_ints(name, getattr(model, name))
     for name in ("z_dim", "num_classes"):
-        if not _is_int(getattr(model, name)):
-            raise ValueError(f"{name} must be an integer, got {getattr(model, name)!r}")
+        require_int(name, getattr(model, name))
     if not isinstance(model.obs_std, int | float | np.number) or isinstance(model.obs_std, bool):
         raise ValueError(f"obs_std must be a number, got {model.obs_std!r}")
     if any(d < 1 for d in model.image_shape):
@@ -297,8 +294,18 @@ def check_model(model: VAE) -> None:
             )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+def require_int(name: str, value: Any) -> None:
+    """Raise ValueError (one line) unless `value` is an integer (a NumPy one too; no bool)."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def require_ints(name: str, value: Any) -> None:
+    """Raise ValueError (one line) unless `value` is a tuple (or list) of integers."""
+    if not isinstance(value, tuple | list) or not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"{name} must be a tuple of integers, got {value!r}")
 
 
 def init_params(model: nn.Module, key: jax.Array, x: Any = None, label: Any = None) -> Any:
