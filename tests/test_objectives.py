@@ -192,6 +192,18 @@ def test_objective_rejects_bad_options():
         make_elbo(model, beta=-1.0)
     with pytest.raises(ValueError, match="kind"):
         Objective(model, "nope")
+    # (before: 2.5 samples and a NaN beta were accepted, a string a bare TypeError)
+    with pytest.raises(ValueError, match="num_samples must be an integer, got 2.5"):
+        make_elbo(model, num_samples=2.5)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got nan"):
+        make_elbo(model, beta=float("nan"))
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got '1'"):
+        make_elbo(model, beta="1")
+    with pytest.raises(ValueError, match="free_bits must be a finite number >= 0, got inf"):
+        make_elbo(model, free_bits=float("inf"))
+    with pytest.raises(ValueError, match="num_samples must be an integer, got '5'"):
+        make_iwae(model, num_samples="5")
+    assert make_elbo(model, beta=np.float32(0.5), num_samples=np.int64(2)).num_samples == 2
     assert make_iwae(model, num_samples=50).name == "IWAE (k=50)"
     assert make_elbo(model, beta=4.0).name == "beta-ELBO (beta=4)"
 

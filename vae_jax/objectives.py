@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from vae_jax.arrays import check_inputs, to_float
-from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode
+from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode, require_int
 
 Params = Any
 Batch = jax.Array | Mapping[str, jax.Array]
@@ -284,12 +285,14 @@ class Objective:
             )
         if self.kind not in ("elbo", "iwae"):
             raise ValueError(f"kind must be 'elbo' or 'iwae', got {self.kind!r}")
+        require_int("num_samples", self.num_samples)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if self.free_bits < 0:
-            raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
+        for name in ("beta", "free_bits"):
+            value = getattr(self, name)
+            real = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+            if not real or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.free_bits > 0 and hasattr(self.model, "sample_latent"):
             raise ValueError("free_bits needs the per-latent KL of a diagonal-Gaussian encode()")
 
