@@ -123,6 +123,11 @@ def test_save_and_load(fitted, digits, tmp_path):
     assert loaded.history_ == fitted.history_ and loaded.seed_ == fitted.seed_
     with pytest.raises(FileExistsError, match="overwrite"):
         fitted.save(path)
+    # (before: a truthy "no" replaced the save; allow_unverified="no" skipped the digests)
+    with pytest.raises(ValueError, match="overwrite must be True or False, got 'no'"):
+        fitted.save(path, overwrite="no")
+    with pytest.raises(ValueError, match="allow_unverified must be True or False, got 'no'"):
+        VAEEstimator.load(path, allow_unverified="no")
     fitted.save(path, overwrite=True)
     with pytest.raises(FileNotFoundError, match="not a saved VAEEstimator"):
         VAEEstimator.load(tmp_path)

@@ -229,3 +229,16 @@ def test_a_run_prepares_checks_and_builds_each_once(tiny_mnist, tmp_path, monkey
         "MNIST prepared": 1,
         "split checked": 2,  # (train and test, once each)
     }
+
+
+def test_run_experiment_takes_only_run_options_beside_the_configuration(tmp_path):
+    """(Before: seed=5, batch_size=4 replaced the configuration's values while config.json
+    recorded the configuration's, and a cosine schedule was sized for the other batch.)"""
+    from vae_jax.config import ExperimentConfig
+    from vae_jax.experiment import run_experiment
+
+    with pytest.raises(TypeError, match=r"got \['batch_size', 'seed'\]: the configuration sets"):
+        run_experiment(ExperimentConfig(), tmp_path / "run", seed=5, batch_size=4)
+    with pytest.raises(TypeError, match="config must be an ExperimentConfig, got dict"):
+        run_experiment(ExperimentConfig().to_dict(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # (refused before anything is written)

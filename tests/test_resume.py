@@ -556,6 +556,17 @@ def test_fit_refuses_a_fresh_start_over_checkpoints(reference, tmp_path):
     labels = np.zeros(N_TRAIN, np.int32)
     with pytest.raises(WorkdirError, match="holds checkpoints of this configuration .* step 16"):
         fit_config(config, images, labels, workdir=workdir, resume=False, progress=False)
+    # (before: any truthy value was True: overwrite="no" deleted the checkpoints)
+    for flags, message in [
+        ({"resume": False, "overwrite": "no"}, "overwrite must be True or False, got 'no'"),
+        ({"resume": "no"}, "resume must be True or False, got 'no'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fit_config(config, images, labels, workdir=workdir, progress=False, **flags)
+    with pytest.raises(TypeError, match="workdir must be a path, got int"):
+        fit_config(config, images, labels, workdir=3, progress=False)
+    with pytest.raises(ValueError, match="progress must be True or False, got 'no'"):
+        fit_config(config, images, labels, workdir=workdir, progress="no")
     assert _steps(workdir) == [12, 14, 16]
 
 

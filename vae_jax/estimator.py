@@ -58,6 +58,7 @@ from vae_jax.estimator_files import (
     warn_other_version,
 )
 from vae_jax.evaluate import make_batch_evaluator
+from vae_jax.fields import require_bool
 from vae_jax.jit_cache import use_compilation_cache
 from vae_jax.loop import fit as fit_loop
 from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, LinearPathVAE, decode, init_params
@@ -288,11 +289,11 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             )
             random_state = self.seed
         max_epochs = _check_int("max_epochs" if _is_str(self.epochs) else "epochs", max_epochs, 1)
-        _check_bool("early_stopping", early_stopping)
-        _check_bool("binarize", self.binarize)
-        _check_bool("verbose", self.verbose)
-        _check_bool("warm_start", self.warm_start)
-        _check_bool("linear_path", self.linear_path)
+        require_bool("early_stopping", early_stopping)
+        require_bool("binarize", self.binarize)
+        require_bool("verbose", self.verbose)
+        require_bool("warm_start", self.warm_start)
+        require_bool("linear_path", self.linear_path)
         fraction = _check_float("validation_fraction", self.validation_fraction)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
@@ -668,7 +669,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         check_is_fitted(self)
         n = _check_int("n_samples", n_samples, 1)
-        _check_bool("mean", mean)
+        require_bool("mean", mean)
         key_z, key_x = jax.random.split(_key_from(random_state, self.seed_, "random_state"))
         z = np.asarray(jax.random.normal(key_z, (n, self.model_.z_dim)))
         loc, std = _map_rows(_programs(self.model_).decode, self.params_, z)
@@ -785,6 +786,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             estimator (overwrite replaces only one; the new save is swapped in atomically).
         """
         check_is_fitted(self)
+        require_bool("overwrite", overwrite)  # (a truthy "no" would replace a save)
         return save_estimator(self, path, overwrite=overwrite)
 
     @classmethod
@@ -797,6 +799,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
           SavedEstimatorError (a ValueError): a damaged, truncated, incomplete or foreign
             directory; one line naming the file.
         """
+        require_bool("allow_unverified", allow_unverified)
         estimator = load_estimator(cls, path, allow_unverified=allow_unverified)
         assert isinstance(estimator, cls)
         return estimator
@@ -1032,11 +1035,6 @@ def _check_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def _seed_from(random_state: Any) -> int:

@@ -118,6 +118,10 @@ def make_epoch_pictures(
     return hook
 
 
+RUN_ONLY = ("placement", "skip_nonfinite", "checkpoint_every_steps")
+"""The `FitOptions` a run sets beside its configuration (`run_experiment`'s `run`)."""
+
+
 def run_experiment(
     config: ExperimentConfig,
     workdir: str | os.PathLike,
@@ -145,6 +149,14 @@ def run_experiment(
         directory); the message is one line.
       CheckpointError, DivergenceError, Preempted, DataUnavailableError, OSError: see `fit`.
     """
+    others = sorted(set(run) - set(RUN_ONLY))
+    if others:  # (before: they replaced the configuration's values, which config.json kept)
+        raise TypeError(
+            f"run_experiment() got {others}: the configuration sets those (change it with "
+            f"dataclasses.replace); the run-only options are {list(RUN_ONLY)}"
+        )
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
     # The model and objective are built once, by the configuration's one check that needs
     # the data's event shape: before anything is read or written when the configuration

@@ -143,3 +143,24 @@ def check_fields(section: Any) -> None:
         if choices is not None and value not in choices:
             raise FieldError(name, f"one of {choices!r}", value, choices)
         object.__setattr__(section, name, value)
+
+
+def require_int(name: str, value: Any) -> None:
+    """Raise ValueError (one line) unless `value` is an integer (a NumPy one too; no bool)."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def require_ints(name: str, value: Any) -> None:
+    """Raise ValueError (one line) unless `value` is a tuple (or list) of integers."""
+    if not isinstance(value, tuple | list) or not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"{name} must be a tuple of integers, got {value!r}")
+
+
+def require_bool(name: str, value: Any) -> None:
+    """Raise ValueError (one line) unless `value` is True or False (a NumPy bool too): a
+    truthy string such as "no" must not mean yes where it decides what is deleted."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")

@@ -33,14 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.fields import require_int, require_ints
 from vae_jax.models import (
     ACTIVATIONS,
     VAE,
     DecoderOutput,
     MLPEncoder,
     check_model,
-    require_int,
-    require_ints,
 )
 from vae_jax.objectives import (
     LatentSample,

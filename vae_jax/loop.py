@@ -39,6 +39,7 @@ from vae_jax.arrays import Split, check_split
 from vae_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from vae_jax.config import ExperimentConfig
 from vae_jax.distributed import any_process, on_primary
+from vae_jax.fields import require_bool
 from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
 from vae_jax.train import NO_BOUND, DivergenceError, NonFiniteError, TrainState, all_finite
@@ -172,6 +173,7 @@ def fit(
         finished, a checkpoint was written (with `workdir`) and training stopped; calling
         `fit` again the same way resumes it. A second signal ends the process at once.
     """
+    require_bool("progress", progress)
     opts = options or FitOptions()
     train, test = _enter_data(objective, tx, opts, (x_train, y_train), (x_test, y_test))
     trainer = Trainer(objective, tx, train, test, opts)
@@ -367,6 +369,14 @@ class _Saver:
         if workdir is None:
             return
         where = workdir if isinstance(workdir, RunDir) else RunDir(workdir)
+        if not isinstance(where.path, str | os.PathLike):
+            raise TypeError(f"workdir must be a path, got {type(where.path).__name__}")
+        require_bool("resume", where.resume)  # (a truthy "no" would delete a run's work)
+        require_bool("overwrite", where.overwrite)
+        if where.record is not None and not isinstance(where.record, ExperimentConfig):
+            raise TypeError(
+                f"record must be an ExperimentConfig or None, got {type(where.record).__name__}"
+            )
         record = where.record
         owner = record if record is not None else _run_record(trainer)
         self.identity = run_identity(owner, trainer)

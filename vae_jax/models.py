@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.conv import ConvTranspose4x4
+from vae_jax.fields import require_int, require_ints
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -292,20 +293,6 @@ def check_model(model: VAE) -> None:
                 f"conv VAE with {len(model.conv_channels)} stride-2 layers needs H and W "
                 f"divisible by {factor}, got {model.image_shape[:2]}"
             )
-
-
-def require_int(name: str, value: Any) -> None:
-    """Raise ValueError (one line) unless `value` is an integer (a NumPy one too; no bool)."""
-    if not isinstance(value, int | np.integer) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-
-
-def require_ints(name: str, value: Any) -> None:
-    """Raise ValueError (one line) unless `value` is a tuple (or list) of integers."""
-    if not isinstance(value, tuple | list) or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(f"{name} must be a tuple of integers, got {value!r}")
 
 
 def init_params(model: nn.Module, key: jax.Array, x: Any = None, label: Any = None) -> Any:

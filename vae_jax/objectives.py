@@ -24,7 +24,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from vae_jax.arrays import check_inputs, to_float
-from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode, require_int
+from vae_jax.fields import require_int
+from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode
 
 Params = Any
 Batch = jax.Array | Mapping[str, jax.Array]
