@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -534,6 +535,23 @@ def test_the_write_check_creates_nothing(tmp_path):
     with pytest.raises(CheckpointError):
         evaluate_checkpoint(tmp_path / "nowhere", pictures_dir=tmp_path / "pics", progress=False)
     assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_samples": 2.5}, "num_samples must be an integer, got 2.5"),
+        ({"seed": 2**32}, "seed must be in 0..4294967295, got 4294967296"),  # (was seed 0's)
+        ({"seed": "0"}, "seed must be an integer, got '0'"),
+        ({"num_examples": True}, "num_examples must be an integer, got True"),
+        ({"sample_chunk": "2"}, "sample_chunk must be an integer, got '2'"),
+    ],
+)
+def test_evaluate_checkpoint_refuses_bad_numbers_before_reading(tmp_path, options, message):
+    from vae_jax.evaluation_run import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate_checkpoint(tmp_path / "nowhere", progress=False, **options)
 
 
 def test_a_failed_report_write_comes_after_the_printed_numbers(tiny_run, monkeypatch, capsys):

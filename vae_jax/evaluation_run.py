@@ -28,6 +28,7 @@ from vae_jax.evaluate import (
     make_report,
     write_evaluation_pictures,
 )
+from vae_jax.fields import MAX_SEED, require_int
 from vae_jax.models import VAE
 from vae_jax.sources import prepare_data
 from vae_jax.workdir import write_json
@@ -92,8 +93,21 @@ def evaluate_checkpoint(
         first; this cannot happen for a correct estimator, up to Monte Carlo noise).
       ValueError: `num_examples` below 1, or data that do not fit the model.
     """
-    if num_examples is not None and num_examples < 1:
-        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    # (Python ints, which the report's JSON takes; before: np.int64 failed the report's
+    # write after the whole evaluation, and seed 2**32 drew seed 0's samples)
+    for name, value in (("num_samples", num_samples), ("sample_chunk", sample_chunk),
+                        ("batch_size", batch_size), ("seed", seed)):  # fmt: skip
+        require_int(name, value)
+    num_samples, sample_chunk, batch_size, seed = map(
+        int, (num_samples, sample_chunk, batch_size, seed)
+    )
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
+    if num_examples is not None:
+        require_int("num_examples", num_examples)
+        num_examples = int(num_examples)
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
     report_file = Path(report_path or Path(workdir) / f"evaluation_k{num_samples}.json")
     check_writable(report_file.parent, "the report", hint="--report")
     if report_file.is_dir():
