@@ -93,6 +93,9 @@ def test_inverse_transform_and_sample(fitted, digits):
     assert list(names) == ["vaeestimator0", "vaeestimator1"]
     with pytest.raises(ValueError, match="z_dim = 2 columns"):
         fitted.inverse_transform(np.zeros((3, 5)))
+    # (before: it allocated until the machine ran out of memory)
+    with pytest.raises(ValueError, match="more than this machine's memory.*draw them in parts"):
+        fitted.sample(2**40)
 
 
 def test_score_samples_elbo_and_importance_sampling(fitted, digits):

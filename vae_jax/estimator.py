@@ -65,6 +65,7 @@ from vae_jax.models import LOGVAR_MAX, LOGVAR_MIN, VAE, LinearPathVAE, decode, i
 from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
+from vae_jax.sources import machine_memory
 from vae_jax.train import TrainState, steps_per_epoch
 
 __all__ = [
@@ -670,6 +671,12 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         check_is_fitted(self)
         n = _check_int("n_samples", n_samples, 1)
         require_bool("mean", mean)
+        nbytes = n * (math.prod(self.feature_shape_) + self.model_.z_dim) * 4
+        if nbytes > machine_memory():  # (before: it allocated until the machine ran out)
+            raise ValueError(
+                f"n_samples={n:,} needs {nbytes / 2**30:,.1f} GiB for the samples, more than "
+                f"this machine's memory ({machine_memory() / 2**30:,.1f} GiB): draw them in parts"
+            )
         key_z, key_x = jax.random.split(_key_from(random_state, self.seed_, "random_state"))
         z = np.asarray(jax.random.normal(key_z, (n, self.model_.z_dim)))
         loc, std = _map_rows(_programs(self.model_).decode, self.params_, z)
