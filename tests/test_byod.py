@@ -293,6 +293,12 @@ def test_fit_refuses_what_is_not_an_objective_an_optimizer_or_an_option():
     with pytest.raises(ValueError, match="binarize must be True or False, got 'yes'"):
         vae_jax.FitOptions(binarize="yes")
     assert vae_jax.FitOptions(batch_size=np.int64(8)).batch_size.__class__ is int  # JSON-able
+    # seeds: the declared 0..2**32-1 (before: capped at int32 with "an integer >= 0 <= ...")
+    assert vae_jax.FitOptions(seed=2**32 - 1).seed == 2**32 - 1
+    with pytest.raises(ValueError, match=r"seed must be an integer in 0\.\.4294967295"):
+        vae_jax.FitOptions(seed=2**32)
+    with pytest.raises(ValueError, match=r"epochs must be an integer in 0\.\.2147483647 \(int32\)"):
+        vae_jax.FitOptions(epochs=2**31)
 
 
 def test_init_params_needs_an_example_for_a_module_without_image_shape():

@@ -86,8 +86,9 @@ def _check_int(name: str, value: Any, meta: Any) -> int:
         raise FieldError(name, _int_rule(low), value)
     if high is not None and value > high:
         raise FieldError(name, _int_rule(low, high), value)
-    if value > INT32_MAX:
-        raise FieldError(name, f"{_int_rule(low)} <= {INT32_MAX} (int32)", value)
+    if high is None and value > INT32_MAX:  # (a declared `high`, the seeds', is the bound)
+        rule = f"{_int_rule(low)} <= " if low in (None, 1) else f"an integer in {low}.."
+        raise FieldError(name, f"{rule}{INT32_MAX} (int32)", value)
     return value
 
 
