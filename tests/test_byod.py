@@ -390,3 +390,14 @@ def test_host_evaluation_matches_the_device_evaluation():
     b = on_host(params, vae_jax.Split(x, labels), key)
     for name in ("elbo", "log_likelihood", "kl"):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5)
+
+
+def test_load_dataset_takes_a_path_object(tmp_path):
+    """(Before: load_dataset(Path(...)) failed with AttributeError: 'PosixPath' object has
+    no attribute 'lower'.)"""
+    path = tmp_path / "d.npz"
+    x = np.zeros((4, 3), np.float32)
+    np.savez(path, x_train=x, x_test=x[:2])
+    assert vae_jax.load_dataset(path).x_train.shape == vae_jax.load_dataset(str(path)).x_train.shape
+    with pytest.raises(TypeError, match="spec must be a dataset name or a file's path, got int"):
+        vae_jax.load_dataset(3)

@@ -65,15 +65,23 @@ def is_file_spec(spec: str) -> bool:
 
 
 def load_dataset(
-    spec: str, *, data_dir: str | os.PathLike | None = None, mnist_dir: str | None = None
+    spec: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    mnist_dir: str | None = None,
 ) -> Dataset:
-    """Read the data set `spec` names (see the module docstring) into memory.
+    """Read the data set `spec` names (see the module docstring; a path object is a
+    file's path) into memory.
 
     Raises:
       ValueError: a missing or malformed file, or a TFDS dataset that is not prepared as
         array_record in the data directory (the message says how to prepare it).
       DataUnavailableError: MNIST could not be prepared from any source.
     """
+    if isinstance(spec, os.PathLike):
+        return load_file(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a dataset name or a file's path, got {type(spec).__name__}")
     if spec == "mnist":
         from vae_jax.mnist import load_mnist_with_source
 
