@@ -142,3 +142,20 @@ def test_cosine_schedule_ties_the_work_directory_to_its_epoch_count():
     cosine = dataclasses.replace(plain, train=dataclasses.replace(plain.train, schedule="cosine"))
     cosine20 = dataclasses.replace(cosine, train=dataclasses.replace(cosine.train, epochs=20))
     assert cosine.identity() != cosine20.identity()  # the schedule's length changes
+
+
+@pytest.mark.parametrize(
+    ("tc", "steps", "error", "message"),
+    [
+        (TrainConfig(), 0, ValueError, "steps_per_epoch must be >= 1, got 0"),
+        (TrainConfig(schedule="cosine"), -1, ValueError, "steps_per_epoch must be >= 1, got -1"),
+        (TrainConfig(), 2.5, ValueError, "steps_per_epoch must be an integer, got 2.5"),
+        (TrainConfig(), True, ValueError, "steps_per_epoch must be an integer, got True"),
+        (TrainConfig(schedule="exponential"), "10", ValueError, "must be an integer, got '10'"),
+        (None, 10, TypeError, "tc must be a TrainConfig, got NoneType"),
+    ],
+)
+def test_make_optimizer_refuses_bad_steps_per_epoch(tc, steps, error, message):
+    """(Before: 0, -1, 2.5 and True were accepted; a string or None gave a bare error.)"""
+    with pytest.raises(error, match=re.escape(message)):
+        make_optimizer(tc, steps)

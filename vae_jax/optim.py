@@ -10,6 +10,7 @@ from __future__ import annotations
 import optax
 
 from vae_jax.config import TrainConfig
+from vae_jax.fields import require_int
 
 # Burda et al. (2016), Section 5: "we used the schedule ... learning rate 0.001 * 10**(-i/7)
 # for 3**i epochs, i = 0..7": 3280 epochs in all.
@@ -49,6 +50,11 @@ def make_schedule(tc: TrainConfig, steps_per_epoch: int) -> float | optax.Schedu
     """The learning rate of `tc` as a float (constant, no warm-up) or an `optax.Schedule`
     of the update count. The warm-up, if any, comes first and the schedule starts after it.
     (`check_schedule` says whether it fits the run.)"""
+    if not isinstance(tc, TrainConfig):
+        raise TypeError(f"tc must be a TrainConfig, got {type(tc).__name__}")
+    require_int("steps_per_epoch", steps_per_epoch)  # (before: 0, -1 and 2.5 were accepted)
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     total = tc.epochs * steps_per_epoch
     lr = tc.learning_rate
     schedule: float | optax.Schedule
