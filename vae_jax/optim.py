@@ -52,9 +52,11 @@ def make_schedule(tc: TrainConfig, steps_per_epoch: int) -> float | optax.Schedu
     (`check_schedule` says whether it fits the run.)"""
     if not isinstance(tc, TrainConfig):
         raise TypeError(f"tc must be a TrainConfig, got {type(tc).__name__}")
-    require_int("steps_per_epoch", steps_per_epoch)  # (before: 0, -1 and 2.5 were accepted)
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    # (before: -1 and 2.5 were accepted; 0, what empty data give, is left to `fit`, whose
+    # message names the data)
+    require_int("steps_per_epoch", steps_per_epoch)
+    if steps_per_epoch < 0:
+        raise ValueError(f"steps_per_epoch must be >= 0, got {steps_per_epoch}")
     total = tc.epochs * steps_per_epoch
     lr = tc.learning_rate
     schedule: float | optax.Schedule
