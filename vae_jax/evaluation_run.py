@@ -95,17 +95,14 @@ def evaluate_checkpoint(
     """
     # (Python ints, which the report's JSON takes; before: np.int64 failed the report's
     # write after the whole evaluation, and seed 2**32 drew seed 0's samples)
-    for name, value in (("num_samples", num_samples), ("sample_chunk", sample_chunk),
-                        ("batch_size", batch_size), ("seed", seed)):  # fmt: skip
-        require_int(name, value)
-    num_samples, sample_chunk, batch_size, seed = map(
-        int, (num_samples, sample_chunk, batch_size, seed)
-    )
+    num_samples = require_int("num_samples", num_samples)
+    sample_chunk = require_int("sample_chunk", sample_chunk)
+    batch_size = require_int("batch_size", batch_size)
+    seed = require_int("seed", seed)
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
     if num_examples is not None:
-        require_int("num_examples", num_examples)
-        num_examples = int(num_examples)
+        num_examples = require_int("num_examples", num_examples)
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
     report_file = Path(report_path or Path(workdir) / f"evaluation_k{num_samples}.json")

@@ -146,18 +146,34 @@ def check_fields(section: Any) -> None:
         object.__setattr__(section, name, value)
 
 
-def require_int(name: str, value: Any) -> None:
-    """Raise ValueError (one line) unless `value` is an integer (a NumPy one too; no bool)."""
-    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def require_int(name: str, value: Any) -> int:
+    """`value` as a Python int; ValueError (one line) unless it is an integer (a NumPy one
+    too; no bool)."""
+    if not _is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def require_ints(name: str, value: Any) -> None:
     """Raise ValueError (one line) unless `value` is a tuple (or list) of integers."""
-    if not isinstance(value, tuple | list) or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value
-    ):
+    if not isinstance(value, tuple | list) or not all(_is_int(v) for v in value):
         raise ValueError(f"{name} must be a tuple of integers, got {value!r}")
+
+
+def is_number(value: Any) -> bool:
+    """Whether `value` is a real number (NumPy's too; no bool; NaN and infinities are)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def require_number(name: str, value: Any) -> float:
+    """`value` as a float; ValueError (one line) unless `is_number`."""
+    if not is_number(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def require_bool(name: str, value: Any) -> None:

@@ -34,13 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.fields import require_int, require_ints
-from vae_jax.models import (
-    ACTIVATIONS,
-    VAE,
-    DecoderOutput,
-    MLPEncoder,
-    check_model,
-)
+from vae_jax.models import ACTIVATIONS, VAE, DecoderOutput, MLPEncoder, check_model
 from vae_jax.objectives import (
     LatentSample,
     diag_gaussian_log_prob,

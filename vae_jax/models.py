@@ -15,10 +15,9 @@ from typing import Any, NamedTuple, cast
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vae_jax.conv import ConvTranspose4x4
-from vae_jax.fields import require_int, require_ints
+from vae_jax.fields import require_int, require_ints, require_number
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -270,8 +269,7 @@ def check_model(model: VAE) -> None:
         require_ints(name, getattr(model, name))
     for name in ("z_dim", "num_classes"):
         require_int(name, getattr(model, name))
-    if not isinstance(model.obs_std, int | float | np.number) or isinstance(model.obs_std, bool):
-        raise ValueError(f"obs_std must be a number, got {model.obs_std!r}")
+    require_number("obs_std", model.obs_std)
     if any(d < 1 for d in model.image_shape):
         raise ValueError(f"image_shape must be positive sizes, got {model.image_shape}")
     if model.z_dim < 1:

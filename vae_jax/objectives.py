@@ -20,11 +20,10 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from vae_jax.arrays import check_inputs, to_float
-from vae_jax.fields import require_int
+from vae_jax.fields import is_number, require_int
 from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode
 
 Params = Any
@@ -291,8 +290,7 @@ class Objective:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         for name in ("beta", "free_bits"):
             value = getattr(self, name)
-            real = isinstance(value, int | float | np.number) and not isinstance(value, bool)
-            if not real or not math.isfinite(value) or value < 0:
+            if not (is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.free_bits > 0 and hasattr(self.model, "sample_latent"):
             raise ValueError("free_bits needs the per-latent KL of a diagonal-Gaussian encode()")
