@@ -257,20 +257,33 @@ def test_an_epoch_hook_that_returns_true_stops_fit_there(tmp_path):
     )
 
 
-def test_fit_takes_a_checked_split_as_it_is(monkeypatch):
-    """A Split (what check_split and prepare_data return) is not checked again; only its
-    shape is compared with the model's."""
-    x = np.random.default_rng(4).normal(size=(32, 4)).astype(np.float32)
+def test_fit_and_the_trainer_check_a_split_built_by_hand():
+    """A `Split` is a plain named tuple anyone can build: it is checked like arrays (before:
+    taken as checked, so grey levels 0..255 as floats trained a Bernoulli model to a loss of
+    4e12, and 31 labels for 32 examples went through). A checked split passes unchanged."""
+    x = np.random.default_rng(4).uniform(size=(32, 4)).astype(np.float32)
     split = vae_jax.arrays.check_split(x, name="x")
-    monkeypatch.setattr(vae_jax.loop, "check_split", None)  # (would fail if called)
-    objective, tx = vae_jax.make_elbo(MeanOnly()), optax.adam(1e-2)
+    objective, tx = vae_jax.make_elbo(MeanOnly(likelihood="bernoulli")), optax.adam(1e-2)
     options = vae_jax.FitOptions(epochs=1, batch_size=16, log=lambda _: None)
     run = functools.partial(vae_jax.fit, objective, tx, options=options, progress=False)
     assert int(run(split).state.step) == 2
-    with pytest.raises(ValueError, match="training data: examples are .3,., expected .4,."):
-        run(split._replace(image=x[:, :3]))
+    assert vae_jax.Trainer(objective, tx, split, options=options).train.image is split.image
+    levels = vae_jax.Split(255 * x, split.label)
+    for bad, message in [
+        (levels, r"training data: x has values in \[2.*\]; a Bernoulli likelihood .* \[0, 1\]"),
+        (split._replace(label=split.label[:31]), r"\(31,\) labels for 32 examples"),
+        (split._replace(image=x[:, :3]), r"training data: examples are .3,., expected .4,."),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run(bad)
+        with pytest.raises(ValueError, match=message):
+            vae_jax.Trainer(objective, tx, bad, options=options)
+    with pytest.raises(ValueError, match=r"test data: x has values in"):
+        run(split, x_test=levels)
     with pytest.raises(ValueError, match="a Split carries its labels; pass None as its y"):
         run(split, np.zeros(32, np.int32))
+    with pytest.raises(TypeError, match=r"training data must be a vae_jax.Split\(image, label\)"):
+        vae_jax.Trainer(objective, tx, (x, None), options=options)
 
 
 def test_load_checkpoint_needs_the_module_only(tmp_path):

@@ -28,23 +28,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-# One home per rule (file:line of this version; everything else that needs a rule calls it):
-#   scale   uint8 levels -> [0, 1]: UINT8_SCALE (arrays.py:50), `to_float` in jit
-#           (arrays.py:93), `to_float_np` on the host (arrays.py:101), the same
-#           bits; `binarize_once` divides by UINT8_MAX instead (its bits predate the scale)
-#   dtype   "uint8 stays uint8, any other real dtype is float32": `storage_dtype`
-#           (arrays.py:77), `as_stored` (arrays.py:83); what is real:
-#           `is_real_dtype` (arrays.py:112)
+# One home per rule (everything else that needs a rule calls it):
+#   scale   uint8 levels -> [0, 1]: UINT8_SCALE, `to_float` in jit, `to_float_np` on the
+#           host, the same bits; `binarize_once` divides by UINT8_MAX instead (its bits
+#           predate the scale)
+#   dtype   "uint8 stays uint8, any other real dtype is float32": `storage_dtype`,
+#           `as_stored`; what is real: `is_real_dtype`
 #   values  finite as float32, in [0, 1] when asked (round-off clipped): `check_values`
-#           (arrays.py:149)
-#   shape   [N >= 1, *event_shape]: `check_shape` (arrays.py:129)
-#   labels  integer [N], in 0..num_classes - 1 for a conditional model: `check_labels`
-#           (arrays.py:191); under jit, where values are abstract, a label out of
-#           range makes the model's one-hot NaN: `_one_hot` (models.py:52)
-# Boundaries: `check_split` (arrays.py:224; fit, the data sources, MNIST), `check_inputs`
-# (arrays.py:267; the objectives' `check_batch`, the importance-sampled bounds; values only
-# where concrete), `VAEEstimator._validate` (estimator.py:351; scikit-learn's validate_data,
-# then `check_values`).
+#   shape   [N >= 1, *event_shape]: `check_shape`
+#   labels  integer [N], in 0..num_classes - 1 for a conditional model: `check_labels`;
+#           under jit, where values are abstract, a label out of range makes the model's
+#           one-hot NaN: `vae_jax.models._one_hot`
+# Boundaries: `check_split` (the `Trainer`, so `fit`, for every split, a `Split` built by
+# hand included; the data sources; MNIST), `check_inputs` (the objectives' `check_batch`,
+# the importance-sampled bounds; values only where concrete), `VAEEstimator._validate`
+# (scikit-learn's validate_data, then `check_values`).
 
 UINT8_MAX = 255
 UINT8_SCALE = 1.0 / UINT8_MAX

@@ -538,7 +538,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         stopper = None
         if x_val is not None:
             stopper = _EarlyStopping(settings.n_iter_no_change, settings.tol)
-        # Splits: X was checked once, by `_validate`; fit takes a Split as checked.
+        # (fit checks these Splits again, by check_split: a float32 read, 50 ms per 188 MB)
         result = fit_loop(
             make_elbo(model),
             _adam(settings.learning_rate),

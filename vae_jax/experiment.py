@@ -205,7 +205,7 @@ def run_experiment(
         result = fit(
             built.objective,
             make_optimizer(config.train, n_steps_epoch),
-            train,  # (Splits: checked once, by prepare_data)
+            train,  # (Splits from prepare_data; fit checks them against the model)
             x_test=test,
             options=dataclasses.replace(options, log=log),
             # (claimed there, once, when the data and the model are known to fit)

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax.arrays import Split, check_split
+from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from vae_jax.config import ExperimentConfig
 from vae_jax.distributed import any_process, on_primary
@@ -134,8 +134,8 @@ def fit(
       x_train: ``[N, *event_shape]`` examples (`vae_jax.arrays`): uint8 levels (scaled by
         1/255 in the step) or real values used exactly as given (float32); in [0, 1] for a
         Bernoulli likelihood or dynamic binarization. The event shape must be the model's
-        ``image_shape`` when it has one. A `vae_jax.arrays.Split` (with its labels; `y_train`
-        None) is taken as checked: only its shape is looked at again.
+        ``image_shape`` when it has one. Or a `vae_jax.arrays.Split` (with its labels;
+        `y_train` None), checked by the same rules.
       y_train: int ``[N]`` labels, or None (needed by a conditional model).
       x_test, y_test: evaluated after every epoch (single-sample ELBO with a fixed key; also
         the IWAE bound when training with IWAE), placed like the training set.
@@ -175,15 +175,16 @@ def fit(
     """
     require_bool("progress", progress)
     opts = options or FitOptions()
-    train, test = _enter_data(objective, tx, opts, (x_train, y_train), (x_test, y_test))
-    trainer = Trainer(objective, tx, train, test, opts)
+    train = _as_split(x_train, y_train, name="training data")
+    test = None if x_test is None else _as_split(x_test, y_test, name="test data")
+    trainer = Trainer(objective, tx, train, test, opts)  # (checks them all, once)
     if initial_state is not None:
         _check_same_shapes(initial_state, trainer.abstract_state)
         trainer.restore(initial_state)
     log, n_epoch, total_steps = opts.log, trainer.steps_per_epoch, trainer.total_steps
     if trainer.streamed:
         log(
-            f"data: the training set ({train.image.nbytes / 2**20:.0f} MiB) stays in host "
+            f"data: the training set ({trainer.train.image.nbytes / 2**20:.0f} MiB) stays in host "
             "memory; batches are gathered there and prefetched to the device"
         )
     run = _Run(opts.data_variant or _variant(trainer.event_shape, opts.binarize))
@@ -493,35 +494,6 @@ def upgrade_identity(stored: Any) -> Any:
     return json.loads(json.dumps({**stored, "config": config}))
 
 
-def _enter_data(
-    objective: Objective,
-    tx: optax.GradientTransformation,
-    opts: FitOptions,
-    train: tuple[Any, Any],
-    test: tuple[Any, Any],
-) -> tuple[Split, Split | None]:
-    """`fit`'s pieces checked: the objective and optimizer's types, and the splits
-    (`check_split`, against the model's event shape and likelihood)."""
-    if not isinstance(objective, Objective):
-        raise TypeError(
-            f"objective must be an Objective (make_elbo(model) or make_iwae(model)), got "
-            f"{type(objective).__name__}"
-        )
-    if not all(callable(getattr(tx, name, None)) for name in ("init", "update")):
-        raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
-    model = objective.model
-    checks: dict[str, Any] = {
-        "num_classes": getattr(model, "num_classes", 0) or None,
-        "unit_interval": model.likelihood == "bernoulli" or opts.binarize,
-    }
-    model_shape = tuple(getattr(model, "image_shape", ()) or ()) or None
-    train_split = _enter(*train, name="training data", event_shape=model_shape, **checks)
-    event_shape = tuple(train_split.image.shape[1:])
-    if test[0] is None:
-        return train_split, None
-    return train_split, _enter(*test, name="test data", event_shape=event_shape, **checks)
-
-
 @contextlib.contextmanager
 def _catch_preemption(received: list[int]) -> Iterator[None]:
     """While training, a preemption signal is recorded in `received` (the loop then
@@ -547,17 +519,13 @@ def _catch_preemption(received: list[int]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _enter(x: Any, y: Any, *, name: str, event_shape: Any, **checks: Any) -> Split:
-    """`check_split` of arrays; a `Split` (checked where it entered) has its shape checked."""
-    if not isinstance(x, Split):
-        return check_split(x, y, name=name, event_shape=event_shape, **checks)
-    if y is not None:
-        raise ValueError(f"{name}: a Split carries its labels; pass None as its y")
-    if event_shape is not None and tuple(x.image.shape[1:]) != tuple(event_shape):
-        raise ValueError(
-            f"{name}: examples are {tuple(x.image.shape[1:])}, expected {tuple(event_shape)}"
-        )
-    return x
+def _as_split(x: Any, y: Any, *, name: str) -> Split:
+    """`fit`'s ``(x, y)`` as the `Split` the `Trainer` checks: a `Split` carries its labels."""
+    if isinstance(x, Split):
+        if y is not None:
+            raise ValueError(f"{name}: a Split carries its labels; pass None as its y")
+        return x
+    return Split(x, y)
 
 
 def _check_meta(state: TrainState, meta: dict[str, Any]) -> None:

@@ -16,8 +16,9 @@
   named ``image``; its label the ``ClassLabel`` feature, if any. Splits "train" and, if
   present, "test".
 
-`load_dataset` only reads; `prepare_data` checks what it read, once (`vae_jax.arrays.
-check_split`), and returns `Split`s that `fit` takes as checked.
+`load_dataset` only reads; `prepare_data` checks what it read (`vae_jax.arrays.check_split`,
+before binarizing the test split once) and returns `Split`s, which `fit` checks again
+against the model (free for uint8, one read of float32 data).
 """
 
 from __future__ import annotations
