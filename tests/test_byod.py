@@ -295,6 +295,111 @@ def test_load_checkpoint_needs_the_module_only(tmp_path):
         vae_jax.load_checkpoint(tmp_path, tx=optax.adam(1e-3))
 
 
+def _wrong_kinds():
+    """(call, exception, message) for arguments of the wrong kind given to public functions
+    (before: AttributeError / TypeError tracebacks from deep inside, or, for a truthy
+    "no", a pip download)."""
+    x, quiet = np.zeros((16, 4), np.float32), vae_jax.FitOptions(log=lambda _: None)
+    fit = functools.partial(vae_jax.fit, vae_jax.make_elbo(MeanOnly()), optax.adam(1e-3), x)
+    path = r"must be a path \(a str or a pathlib.Path\), got"
+    return {
+        "fit options": (
+            lambda: fit(options={"epochs": 1}),
+            TypeError,
+            "options must be a FitOptions or None, got dict",
+        ),
+        "fit hook": (
+            lambda: fit(options=quiet, on_epoch_end=3),
+            TypeError,
+            "on_epoch_end must be callable, got int",
+        ),
+        "fit state": (
+            lambda: fit(options=quiet, initial_state=3),
+            TypeError,
+            r"initial_state must be a TrainState \(a FitResult's state\), got int",
+        ),
+        "load_checkpoint path": (
+            lambda: vae_jax.load_checkpoint(3),
+            TypeError,
+            f"workdir {path} int",
+        ),
+        "load_checkpoint model": (
+            lambda: vae_jax.load_checkpoint(".", model=3),
+            TypeError,
+            "model must be a Flax module or None, got int",
+        ),
+        "load_checkpoint tx": (
+            lambda: vae_jax.load_checkpoint(".", model=MeanOnly(), tx=1e-3),
+            TypeError,
+            "tx must be an optax.GradientTransformation, got float",
+        ),
+        "evaluate_checkpoint path": (
+            lambda: vae_jax.evaluate_checkpoint([]),
+            TypeError,
+            f"workdir {path} list",
+        ),
+        "evaluate_checkpoint report": (
+            lambda: vae_jax.evaluate_checkpoint(".", report_path=3),
+            TypeError,
+            f"report_path {path} int",
+        ),
+        "evaluate_checkpoint log": (
+            lambda: vae_jax.evaluate_checkpoint(".", log=None),
+            TypeError,
+            "log must be callable, got NoneType",
+        ),
+        "run_experiment path": (
+            lambda: vae_jax.run_experiment(vae_jax.ExperimentConfig(), 3),
+            TypeError,
+            f"workdir {path} int",
+        ),
+        "run_experiment log": (
+            lambda: vae_jax.run_experiment(vae_jax.ExperimentConfig(), "w", log=None),
+            TypeError,
+            "log must be callable, got NoneType",
+        ),
+        "prepare_mnist path": (lambda: vae_jax.prepare_mnist(3), TypeError, f"data_dir {path} int"),
+        "prepare_mnist empty": (
+            lambda: vae_jax.prepare_mnist(""),
+            ValueError,
+            "data_dir is empty: give a path",
+        ),
+        "prepare_mnist idx": (
+            lambda: vae_jax.prepare_mnist(mnist_dir=7),
+            TypeError,
+            f"mnist_dir {path} int",
+        ),
+        "prepare_mnist pip": (
+            lambda: vae_jax.prepare_mnist(allow_pip="no"),
+            ValueError,
+            "allow_pip must be True or False, got 'no'",
+        ),
+        "prepare_mnist download": (
+            lambda: vae_jax.prepare_mnist(allow_download="no"),
+            ValueError,
+            "allow_download must be True or False, got 'no'",
+        ),
+        "load_dataset data_dir": (
+            lambda: vae_jax.load_dataset("mnist", data_dir=3),
+            TypeError,
+            f"data_dir {path} int",
+        ),
+        "estimator load": (lambda: vae_jax.VAEEstimator.load(3), TypeError, f"path {path} int"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_wrong_kinds()))
+def test_public_functions_refuse_arguments_of_the_wrong_kind_in_one_line(
+    case, tmp_path, monkeypatch
+):
+    """Checked before anything is read, written or downloaded (run in an empty directory)."""
+    monkeypatch.chdir(tmp_path)
+    call, error, message = _wrong_kinds()[case]
+    with pytest.raises(error, match=message) as caught:
+        call()
+    assert "\n" not in str(caught.value) and list(tmp_path.iterdir()) == []
+
+
 def test_fit_refuses_what_is_not_an_objective_an_optimizer_or_an_option():
     x = np.zeros((16, 4), np.float32)
     with pytest.raises(TypeError, match="objective must be an Objective .make_elbo"):

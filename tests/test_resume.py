@@ -563,7 +563,7 @@ def test_fit_refuses_a_fresh_start_over_checkpoints(reference, tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             fit_config(config, images, labels, workdir=workdir, progress=False, **flags)
-    with pytest.raises(TypeError, match="workdir must be a path, got int"):
+    with pytest.raises(TypeError, match=r"workdir must be a path \(a str .*\), got int"):
         fit_config(config, images, labels, workdir=3, progress=False)
     with pytest.raises(ValueError, match="progress must be True or False, got 'no'"):
         fit_config(config, images, labels, workdir=workdir, progress="no")

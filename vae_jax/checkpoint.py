@@ -53,6 +53,7 @@ import orbax.checkpoint as ocp
 from vae_jax.config import ExperimentConfig
 from vae_jax.digests import DigestError, check_tree, file_digest, list_files
 from vae_jax.distributed import is_primary
+from vae_jax.fields import require_int, require_optimizer, require_path
 from vae_jax.models import init_params
 from vae_jax.train import TrainState, init_train_state
 from vae_jax.workdir import (
@@ -694,6 +695,13 @@ def load_checkpoint(
         `model` (one line: the parameter path, the stored shape and the expected one);
         nothing is set aside.
     """
+    workdir = require_path("workdir", workdir)
+    if step is not None:
+        step = require_int("step", step)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a Flax module or None, got {type(model).__name__}")
+    if tx is not None:
+        require_optimizer("tx", tx)
     config = None
     if model is None:
         try:

@@ -52,6 +52,7 @@ import orbax.checkpoint as ocp
 
 from vae_jax._version import __version__
 from vae_jax.digests import DigestError, check_tree, list_files, tree_digests
+from vae_jax.fields import require_path
 from vae_jax.models import init_params
 from vae_jax.workdir import one_line, remove_tree, replace_dir, write_json
 
@@ -100,7 +101,7 @@ def save_estimator(estimator: Any, path: str | os.PathLike, *, overwrite: bool) 
       FileExistsError: `path` exists and `overwrite` is False, or `path` is not a saved
         estimator (one line; nothing is touched).
     """
-    path = Path(path).absolute()
+    path = require_path("path", path).absolute()
     if path.is_symlink():
         raise FileExistsError(
             f"{path} is a symbolic link; save writes a directory there, never through a link"
@@ -244,7 +245,7 @@ def load_estimator(cls: type, path: str | os.PathLike, *, allow_unverified: bool
     A version 1 save (written before the digests) cannot be checked: it loads only with
     `allow_unverified` (and a warning), else a one-line `SavedEstimatorError`.
     """
-    path = Path(path).absolute()
+    path = require_path("path", path).absolute()
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} holds no {META_FILE}: not a saved VAEEstimator")

@@ -28,9 +28,9 @@ from vae_jax.evaluate import (
     make_report,
     write_evaluation_pictures,
 )
-from vae_jax.fields import MAX_SEED, require_int
+from vae_jax.fields import MAX_SEED, require_bool, require_callable, require_int, require_path
 from vae_jax.models import VAE
-from vae_jax.sources import prepare_data
+from vae_jax.sources import check_paths, prepare_data
 from vae_jax.workdir import write_json
 
 
@@ -105,12 +105,20 @@ def evaluate_checkpoint(
         num_examples = require_int("num_examples", num_examples)
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    report_file = Path(report_path or Path(workdir) / f"evaluation_k{num_samples}.json")
+    require_bool("progress", progress)
+    require_callable("log", log)
+    workdir = require_path("workdir", workdir)
+    check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
+    if report_path is not None:
+        report_path = require_path("report_path", report_path)
+    if pictures_dir is not None:
+        pictures_dir = require_path("pictures_dir", pictures_dir)
+    report_file = Path(report_path or workdir / f"evaluation_k{num_samples}.json")
     check_writable(report_file.parent, "the report", hint="--report")
     if report_file.is_dir():
         raise EvaluationError(f"cannot write the report to {report_file}: it is a directory")
     if pictures_dir is not None:
-        check_writable(Path(pictures_dir), "the pictures", hint="--out")
+        check_writable(pictures_dir, "the pictures", hint="--out")
 
     loaded = load_checkpoint(workdir, step)
     config = loaded.config

@@ -31,12 +31,12 @@ from vae_jax import visualize
 from vae_jax.arrays import Split, is_image_shape, to_float_np
 from vae_jax.config import ExperimentConfig
 from vae_jax.distributed import is_primary, on_primary
+from vae_jax.fields import require_callable, require_path
 from vae_jax.loop import FitResult, RunDir, fit
 from vae_jax.models import decoder_mean, reconstruct
 from vae_jax.optim import check_schedule, make_optimizer
-from vae_jax.sources import prepare_data
+from vae_jax.sources import check_paths, prepare_data
 from vae_jax.tensorboard import TensorBoardWriter
-from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
 from vae_jax.train import TrainState, make_mesh, steps_per_epoch
 from vae_jax.trainer import device_memory
 from vae_jax.workdir import workdir_lock, writable_dir, write_metrics
@@ -157,6 +157,8 @@ def run_experiment(
         )
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
+    path = require_path("workdir", workdir)
+    require_callable("log", log)
     check_paths(data_dir=data_dir, mnist_dir=mnist_dir)
     # The model and objective are built once, by the configuration's one check that needs
     # the data's event shape: before anything is read or written when the configuration
@@ -167,9 +169,8 @@ def run_experiment(
     # and prepares the data first (a first MNIST run writes its TFDS copy); the others then
     # read the data, and all of them train.
     primary = is_primary()
-    path = Path(workdir)
     # (the lock first: the directory is probed by `claim`, inside it)
-    with workdir_lock(writable_dir(workdir, probe=False)) if primary else contextlib.nullcontext():
+    with workdir_lock(writable_dir(path, probe=False)) if primary else contextlib.nullcontext():
 
         def load() -> tuple[ExperimentConfig, Split, Split | None]:
             return prepare_data(config, data_dir=data_dir, mnist_dir=mnist_dir, log=log)
@@ -238,14 +239,3 @@ def devices_memory(num_devices: int) -> int:
     split over them); ValueError if there are fewer devices."""
     mesh = make_mesh(num_devices)
     return device_memory(mesh) * mesh.size
-
-
-def check_paths(*, data_dir: str | None, mnist_dir: str | None) -> None:
-    """Raise ValueError unless the data paths given (or set in the environment) can be used."""
-    if data_dir is not None and (not data_dir or Path(data_dir).expanduser().is_file()):
-        raise ValueError(f"data_dir {data_dir!r} is not a directory")
-    if data_dir is None and os.environ.get(DATA_DIR_ENV):
-        if resolve_data_dir(None).is_file():
-            raise ValueError(f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]!r} is not a directory")
-    if mnist_dir is not None and not Path(mnist_dir).expanduser().is_dir():
-        raise ValueError(f"mnist_dir {mnist_dir!r} is not a directory")

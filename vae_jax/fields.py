@@ -14,6 +14,8 @@ float32 numbers (`FLOAT32_MAX`), and lists (layer widths) have at most `MAX_LAYE
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,3 +183,28 @@ def require_bool(name: str, value: Any) -> None:
     truthy string such as "no" must not mean yes where it decides what is deleted."""
     if not isinstance(value, bool | np.bool_):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def require_path(name: str, value: Any) -> Path:
+    """`value` as a `Path`; TypeError (one line) unless it is a str or an `os.PathLike`,
+    ValueError when it is the empty string (which would mean the current directory)."""
+    if not isinstance(value, str | os.PathLike):
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be a path (a str or a pathlib.Path), got {kind}")
+    if value == "":
+        raise ValueError(f"{name} is empty: give a path")
+    return Path(value)
+
+
+def require_optimizer(name: str, value: Any) -> None:
+    """Raise TypeError (one line) unless `value` looks like an `optax.GradientTransformation`
+    (callable ``init`` and ``update``)."""
+    if not all(callable(getattr(value, f, None)) for f in ("init", "update")):
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be an optax.GradientTransformation, got {kind}")
+
+
+def require_callable(name: str, value: Any) -> None:
+    """Raise TypeError (one line) unless `value` can be called (a hook, a `log` like print)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")

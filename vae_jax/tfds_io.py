@@ -26,15 +26,18 @@ from typing import Any
 import numpy as np
 
 from vae_jax.arrays import Split
+from vae_jax.fields import require_path
 
 DATA_DIR_ENV = "TFDS_DATA_DIR"
 _READ_CHUNK = 8192
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The TFDS data directory: `data_dir` (a path: TypeError / ValueError, one line, for
+    anything else or ""), else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``."""
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
-    return Path(data_dir).expanduser().absolute()
+    return require_path("data_dir", data_dir).expanduser().absolute()
 
 
 # The feature classes a prepared dataset may name: TFDS's own, already imported with TFDS.

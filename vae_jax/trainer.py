@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from vae_jax.arrays import Split, check_split, to_float_np
+from vae_jax.fields import require_optimizer
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.options import FitOptions
 from vae_jax.train import (
@@ -78,8 +79,7 @@ def check_data(
             f"objective must be an Objective (make_elbo(model) or make_iwae(model)), got "
             f"{type(objective).__name__}"
         )
-    if not all(callable(getattr(tx, name, None)) for name in ("init", "update")):
-        raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
+    require_optimizer("tx", tx)
     model = objective.model
     checks: dict[str, Any] = {
         "num_classes": getattr(model, "num_classes", 0) or None,
