@@ -348,3 +348,22 @@ def test_a_second_fit_of_one_configuration_and_shape_compiles_nothing(cancer, ca
         jax.config.update("jax_log_compiles", False)
     compiled = [r.getMessage()[:80] for r in caplog.records if "Compiling" in r.getMessage()]
     assert compiled == []
+
+
+def test_training_errors_name_the_estimators_own_parameters():
+    """(Before: a diverging fit advised "Lower --learning_rate (in a new --workdir), or rerun
+    with --skip_nonfinite", the CLI's flags; max_epochs=2**31 was refused as "epochs".)"""
+    import vae_jax
+
+    x = np.random.default_rng(0).normal(size=(64, 4))
+    with pytest.raises(vae_jax.NonFiniteError) as caught:
+        VAEEstimator(**WARM, max_epochs=1, learning_rate=1e30).fit(x)
+    assert str(caught.value).endswith("; training stopped: lower learning_rate (it is 1e+30)")
+    assert "--" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"^max_epochs=2147483648 epochs of 2 steps each exceed"):
+        VAEEstimator(**WARM, max_epochs=2**31).fit(x)
+    vae = VAEEstimator(**WARM, max_epochs=1).fit(x)
+    with pytest.raises(
+        ValueError, match=r"after the 1 trained \(warm_start\) .* lower max_epochs$"
+    ):
+        vae.set_params(warm_start=True, max_epochs=2**30).fit(x)

@@ -66,7 +66,8 @@ from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
 from vae_jax.sources import machine_memory
-from vae_jax.train import TrainState, steps_per_epoch
+from vae_jax.train import DivergenceError, TrainState, steps_per_epoch
+from vae_jax.trainer import MAX_STEPS
 
 __all__ = [
     "IncomparableScoreWarning",
@@ -525,7 +526,15 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         model = _model(settings, x_train.shape[1:])
         variant = "binarized" if settings.binarize else "values as given"
         batch_size = min(settings.batch_size, n_train)  # a small X: one batch per epoch
-        done = 0 if start is None else -(-int(start.step) // steps_per_epoch(n_train, batch_size))
+        n_steps = steps_per_epoch(n_train, batch_size)
+        done = 0 if start is None else -(-int(start.step) // n_steps)
+        if (done + settings.max_epochs) * n_steps > MAX_STEPS:  # (the int32 step counter)
+            name = "max_epochs" if _is_str(self.epochs) else "epochs"
+            after = f" after the {done} trained (warm_start)" if done else ""
+            raise ValueError(
+                f"{name}={settings.max_epochs} epochs{after} of {n_steps} steps each exceed "
+                f"the {MAX_STEPS} steps training can count (int32): lower {name}"
+            )
         options = FitOptions(
             epochs=done + settings.max_epochs,
             batch_size=batch_size,
@@ -538,17 +547,22 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         stopper = None
         if x_val is not None:
             stopper = _EarlyStopping(settings.n_iter_no_change, settings.tol)
-        # (fit checks these Splits again, by check_split: a float32 read, 50 ms per 188 MB)
-        result = fit_loop(
-            make_elbo(model),
-            _adam(settings.learning_rate),
-            _unlabelled(x_train),
-            x_test=None if x_val is None else _unlabelled(x_val),
-            options=options,
-            on_epoch_end=stopper,
-            progress=bool(self.verbose),
-            initial_state=start,
-        )
+        try:  # (fit checks these Splits again, by check_split: a float32 read, 50 ms per 188 MB)
+            result = fit_loop(
+                make_elbo(model),
+                _adam(settings.learning_rate),
+                _unlabelled(x_train),
+                x_test=None if x_val is None else _unlabelled(x_val),
+                options=options,
+                on_epoch_end=stopper,
+                progress=bool(self.verbose),
+                initial_state=start,
+            )
+        except DivergenceError as error:  # (fit's advice names the CLI's flags)
+            raise type(error)(
+                error.problem,
+                f"training stopped: lower learning_rate (it is {settings.learning_rate:g})",
+            ) from None
         if stopper is not None:
             return stopper.trained()
         records = result.records

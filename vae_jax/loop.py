@@ -218,8 +218,8 @@ def fit(
                         raise NonFiniteError(
                             f"the parameters or optimizer state are not finite after step "
                             f"{step + stop - start - 1} (a non-finite gradient in steps {step} to "
-                            f"{step + stop - start - 1}, epoch {epoch + 1}); "
-                            + _advice(saver.kept(), skip_hint=True)
+                            f"{step + stop - start - 1}, epoch {epoch + 1})",
+                            _advice(saver.kept(), skip_hint=True),
                         )
                     step += stop - start
                     bar.update(stop - start)
@@ -237,8 +237,8 @@ def fit(
             if opts.skip_nonfinite and skipped == n_epoch - offset:
                 raise NonFiniteError(
                     f"every update of epoch {epoch + 1} (steps {epoch * n_epoch + offset} "
-                    f"to {step - 1}) had a non-finite loss or gradient and was skipped; "
-                    + _advice(saver.kept(), skip_hint=False)
+                    f"to {step - 1}) had a non-finite loss or gradient and was skipped",
+                    _advice(saver.kept(), skip_hint=False),
                 )
             summary = run.summary(objective, epoch + 1, step, trainer)
             log(_format_record(summary))
@@ -332,16 +332,17 @@ class _Run:
             advice = _advice(kept(), skip_hint=not skip_nonfinite)
             first = self.initial_loss or 0.0  # (set: a bounded check needs a first loss)
             if not finite[bad - step] and skip_nonfinite:
-                raise NonFiniteError(f"non-finite loss or gradient at {where}; {advice}")
+                raise NonFiniteError(f"non-finite loss or gradient at {where}", advice)
             if not finite[bad - step]:  # (a gradient is checked through the state: `fit`)
                 raise NonFiniteError(
-                    f"non-finite loss at {where}, or a non-finite gradient in the update "
-                    f"before it; {advice}"
+                    f"non-finite loss at {where}, or a non-finite gradient in the update before it",
+                    advice,
                 )
             raise DivergenceError(
                 f"the loss exploded at {where}: {metrics['loss'][bad - step]:.4g} nats per "
                 f"example, above the divergence bound {divergence_bound(first):.4g} (the first "
-                f"loss, {first:.4g}, plus 1000 times its size); {advice}"
+                f"loss, {first:.4g}, plus 1000 times its size)",
+                advice,
             )
         finite = finite & bounded  # (with skip_nonfinite: the updates applied)
         w = metrics["weight"] * finite
@@ -440,7 +441,8 @@ class _Saver:
         if not bool(_state_finite(trainer.state)):  # never replace a good checkpoint with inf/NaN
             raise NonFiniteError(
                 f"the parameters or optimizer state are not finite at step {step} (an update "
-                "overflowed); " + _advice(self.kept(), skip_hint=False)
+                "overflowed)",
+                _advice(self.kept(), skip_hint=False),
             )
         self.checkpointer.save(step, trainer.state, run.meta(epoch_done))
         self.last_saved = step

@@ -44,7 +44,17 @@ NO_BOUND = np.float32(np.inf)  # a train call's default max_loss: no divergence 
 
 
 class DivergenceError(FloatingPointError):
-    """Training diverged: a loss far above the divergence bound, or not finite."""
+    """Training diverged: a loss far above the divergence bound, or not finite.
+
+    Attributes:
+      problem: what happened and where ("the loss exploded at step 12 ...").
+      advice: what was kept and what to do; the message is ``"{problem}; {advice}"``. A
+        caller with other knobs (`VAEEstimator`) raises it again with its own advice.
+    """
+
+    def __init__(self, problem: str, advice: str = "") -> None:
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+        self.problem, self.advice = problem, advice
 
 
 class NonFiniteError(DivergenceError):
