@@ -116,3 +116,52 @@ def test_bfloat16_compute_keeps_float32_params(key):
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     value = make_elbo(model)(params, jax.random.uniform(key, (4, 28, 28, 1)), key)
     assert value.dtype == jnp.float32 and np.isfinite(value)
+
+
+def test_the_model_functions_refuse_inputs_that_do_not_fit_in_one_line(key):
+    """(Before: init_params made parameters for 5 inputs that no 4-value data fit, the
+    sample counts 0 gave empty arrays, a [1]-shaped logvar broadcast silently, and
+    reconstruct took values far outside a Bernoulli model's [0, 1].)"""
+    import vae_jax
+
+    model = VAE(image_shape=(4,), z_dim=2, hidden=(8,), likelihood="bernoulli")
+    params = init_params(model, key)
+    x = np.full((3, 4), 0.5, np.float32)
+    mean = jnp.zeros((3, 2))
+    cases = [
+        (
+            lambda: init_params(model, key, np.zeros((1, 5))),
+            r"init_params: examples are \(5,\), expected \(4,\)",
+        ),
+        (lambda: init_params(model, key, np.zeros((0, 4))), r"init_params: x must be \[N >= 1"),
+        (lambda: vae_jax.reparameterize(key, mean, mean, 0), "num_samples must be >= 1, got 0"),
+        (
+            lambda: vae_jax.reparameterize(key, mean, mean, 2.0),
+            "num_samples must be an integer, got 2.0",
+        ),
+        (
+            lambda: vae_jax.reparameterize(key, mean, mean[:, :1], 1),
+            r"mean and logvar must have the same shape, got \(3, 2\) and \(3, 1\)",
+        ),
+        (
+            lambda: vae_jax.sample_latent(model, params, x, None, key, 0),
+            "num_samples must be >= 1, got 0",
+        ),
+        (
+            lambda: vae_jax.reconstruct(model, params, x[:, :3]),
+            r"reconstruct: examples are \(3,\), expected \(4,\)",
+        ),
+        (
+            lambda: vae_jax.reconstruct(model, params, 255 * x),
+            r"reconstruct: x has values in \[127.5, 127.5\]",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+    assert vae_jax.reconstruct(model, params, x).shape == (3, 4)
+    assert vae_jax.reparameterize(key, mean, mean, 2).shape == (2, 3, 2)
+    jitted = jax.jit(lambda m, lv: vae_jax.reparameterize(key, m, lv, 1))  # (at trace time)
+    with pytest.raises(ValueError, match="mean and logvar must have the same shape"):
+        jitted(mean, mean[:, :1])

@@ -15,7 +15,9 @@ from typing import Any, NamedTuple, cast
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vae_jax.arrays import check_inputs
 from vae_jax.conv import ConvTranspose4x4
 from vae_jax.fields import require_int, require_ints, require_number
 
@@ -320,9 +322,11 @@ def init_params(model: nn.Module, key: jax.Array, x: Any = None, label: Any = No
                 "to init_params(model, key, x)"
             )
         x = jnp.zeros((1, *shape), jnp.float32)
-    x = jnp.asarray(x, jnp.float32)
     if label is None and getattr(model, "num_classes", None):
-        label = jnp.zeros(x.shape[:1], jnp.int32)
+        label = jnp.zeros(np.shape(x)[:1], jnp.int32)
+    # (an example of another shape would make parameters that do not fit the model's data)
+    check_inputs(model, x, label, name="init_params")
+    x = jnp.asarray(x, jnp.float32)
 
     def touch_all(module: Any, x: jax.Array, label: Any) -> Any:
         if hasattr(module, "sample_latent"):
@@ -364,7 +368,9 @@ def decoder_mean(
 def reconstruct(
     model: nn.Module, params: Any, x: jax.Array, label: jax.Array | None = None
 ) -> jax.Array:
-    """Decode the posterior mean of each example: `decoder_mean` at z = E_q[z], shaped like x."""
+    """Decode the posterior mean of each example: `decoder_mean` at z = E_q[z], shaped like x
+    (checked first: `vae_jax.arrays.check_inputs`)."""
+    check_inputs(model, x, label, name="reconstruct")
     mean, _ = encode(model, params, x, label)
     return decoder_mean(model, params, mean, label)
 

@@ -142,6 +142,12 @@ def standard_normal_log_prob(z: ArrayLike) -> jax.Array:
     return -0.5 * jnp.sum(LOG_2PI + jnp.square(z), axis=-1)
 
 
+def _check_num_samples(num_samples: Any) -> None:
+    """Raise ValueError (one line) unless `num_samples` is an integer >= 1."""
+    if require_int("num_samples", num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+
+
 def reparameterize(
     key: jax.Array, mean: jax.Array, logvar: jax.Array, num_samples: int
 ) -> jax.Array:
@@ -154,7 +160,17 @@ def reparameterize(
 
     Returns:
       [num_samples, batch, z_dim] samples.
+
+    Raises:
+      ValueError: (one line; at trace time under jit) `num_samples` not an integer >= 1,
+        or `mean` and `logvar` of different shapes (they would broadcast silently).
     """
+    _check_num_samples(num_samples)
+    if jnp.shape(mean) != jnp.shape(logvar):
+        raise ValueError(
+            f"mean and logvar must have the same shape, got {jnp.shape(mean)} and "
+            f"{jnp.shape(logvar)}"
+        )
     eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
     return mean[None] + jnp.exp(0.5 * logvar)[None] * eps
 
@@ -203,6 +219,7 @@ def sample_latent(
     `key` (so one example's noise depends on the key, its index in the batch and the batch
     size), and the KL in closed form.
     """
+    _check_num_samples(n)
     if hasattr(model, "sample_latent"):
         return model.apply({"params": params}, x, label, key, n, method="sample_latent")
     mean, logvar = encode(model, params, x, label)
@@ -285,9 +302,7 @@ class Objective:
             )
         if self.kind not in ("elbo", "iwae"):
             raise ValueError(f"kind must be 'elbo' or 'iwae', got {self.kind!r}")
-        require_int("num_samples", self.num_samples)
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        _check_num_samples(self.num_samples)
         for name in ("beta", "free_bits"):
             value = getattr(self, name)
             if not (is_number(value) and math.isfinite(value) and value >= 0):
