@@ -302,7 +302,30 @@ def _wrong_kinds():
     x, quiet = np.zeros((16, 4), np.float32), vae_jax.FitOptions(log=lambda _: None)
     fit = functools.partial(vae_jax.fit, vae_jax.make_elbo(MeanOnly()), optax.adam(1e-3), x)
     path = r"must be a path \(a str or a pathlib.Path\), got"
+    call = functools.partial(
+        vae_jax.make_train_call, vae_jax.make_elbo(MeanOnly()), optax.adam(1e-3), event_shape=(4,)
+    )
     return {
+        "train call binarize": (
+            lambda: call(vae_jax.make_mesh(1), binarize="no"),
+            ValueError,
+            "binarize must be True or False, got 'no'",
+        ),
+        "train call warm-up": (
+            lambda: call(vae_jax.make_mesh(1), kl_warmup_steps=-5),
+            ValueError,
+            "kl_warmup_steps must be >= 0, got -5",
+        ),
+        "mesh negative": (
+            lambda: vae_jax.make_mesh(-1),
+            ValueError,
+            r"num_devices must be >= 0 \(0: all devices\), got -1",
+        ),
+        "mesh float": (
+            lambda: vae_jax.make_mesh(2.0),
+            ValueError,
+            "num_devices must be an integer, got 2.0",
+        ),
         "fit options": (
             lambda: fit(options={"epochs": 1}),
             TypeError,

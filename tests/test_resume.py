@@ -594,3 +594,33 @@ def test_after_a_failed_write_only_closed_event_loop_reports_are_dropped(capsys)
     finally:
         sys.unraisablehook = previous
     assert reported == ["something else", "Event loop is closed"]
+
+
+def test_a_checkpointer_refuses_steps_and_settings_it_cannot_keep(reference, tmp_path):
+    """(Before: save(-1) or save(1.5) wrote a complete checkpoint that steps() and restore()
+    never found; max_to_keep=2.5 failed the third save as a write error; read_only="no"
+    opened it read-only; a bug in a restore check moved every intact checkpoint into
+    .unreadable.)"""
+    workdir = _copy(reference, tmp_path)
+    config = read_config(workdir)
+    for settings, error, message in [
+        ({"max_to_keep": 2.5}, ValueError, "max_to_keep must be an integer, got 2.5"),
+        ({"max_to_keep": 0}, ValueError, "max_to_keep must be >= 1, got 0"),
+        ({"read_only": "no"}, ValueError, "read_only must be True or False, got 'no'"),
+    ]:
+        with pytest.raises(error, match=message):
+            Checkpointer(workdir, **settings)
+    checkpointer = Checkpointer(workdir)
+    state, meta, _ = checkpointer.restore(_target(config))
+    for step, message in [(-1, "step must be >= 0, got -1"), (1.5, "step must be an integer")]:
+        with pytest.raises(ValueError, match=message):
+            checkpointer.save(step, state, {})
+
+    def buggy(state, meta):
+        return meta["no such key"]
+
+    with pytest.raises(KeyError, match="no such key"):
+        checkpointer.restore(_target(config), check=buggy)
+    checkpointer.close()
+    assert _steps(workdir) == [12, 14, 16]
+    assert not (workdir / CHECKPOINT_SUBDIR / ".unreadable").exists()

@@ -53,7 +53,7 @@ import orbax.checkpoint as ocp
 from vae_jax.config import ExperimentConfig
 from vae_jax.digests import DigestError, check_tree, file_digest, list_files
 from vae_jax.distributed import is_primary
-from vae_jax.fields import require_int, require_optimizer, require_path
+from vae_jax.fields import require_bool, require_int, require_optimizer, require_path
 from vae_jax.models import init_params
 from vae_jax.train import TrainState, init_train_state
 from vae_jax.workdir import (
@@ -126,7 +126,10 @@ class Checkpointer:
         identity: dict[str, Any] | None = None,
         upgrade: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.directory = Path(workdir).absolute() / CHECKPOINT_SUBDIR
+        if require_int("max_to_keep", max_to_keep) < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+        require_bool("read_only", read_only)  # (a truthy "no" would open it read-only)
+        self.directory = require_path("workdir", workdir).absolute() / CHECKPOINT_SUBDIR
         self.read_only = read_only
         self.identity = _jsonable_identity(identity)
         self.upgrade = upgrade
@@ -172,6 +175,8 @@ class Checkpointer:
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
+        if require_int("step", step) < 0:  # (Orbax lists only steps named 0, 1, 2, ...)
+            raise ValueError(f"step must be >= 0, got {step}")
         if self.identity is not None:
             meta = {**meta, "identity": self.identity}
         meta = {**meta, "params_digest": params_digest(state.params, meta)}
@@ -222,8 +227,9 @@ class Checkpointer:
           target: a `TrainState` (concrete, or from `jax.eval_shape`) giving the structure,
             shapes, dtypes and placement; with `params_only`, the parameter tree alone.
           step: a specific checkpoint; default the newest readable one.
-          check: called as ``check(state, meta)`` on what was read; raising marks the
-            checkpoint unreadable.
+          check: called as ``check(state, meta)`` on what was read; a ValueError marks the
+            checkpoint unreadable (any other exception, a bug in `check`, propagates and
+            nothing is set aside).
           params_only: read only the parameters (no optimizer needed); their own digest
             (``params_digest``) is checked, and the file list when there is one.
 
@@ -290,11 +296,15 @@ class Checkpointer:
                 state = self.manager.restore(candidate, args=args).state
                 _check_like(state, target)
                 _check_digest(state, meta, candidate)
-            if check is not None:
-                check(state, meta)
         except Exception as error:  # corrupt: fall back, loudly
             self._unreadable(candidate, error)
             return None
+        if check is not None:
+            try:
+                check(state, meta)
+            except ValueError as error:  # (what was read is not what the caller wrote)
+                self._unreadable(candidate, error)
+                return None
         return state, meta, candidate
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vae_jax.arrays import to_float
+from vae_jax.fields import require_bool, require_int
 from vae_jax.models import init_params
 from vae_jax.objectives import Objective
 from vae_jax.options import STEP_LOOPS
@@ -100,6 +101,8 @@ def make_keys(seed: int) -> Keys:
 
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D mesh with axis "data" over the first `num_devices` devices (0 = all)."""
+    if require_int("num_devices", num_devices) < 0:  # (-1 made a mesh of all but one)
+        raise ValueError(f"num_devices must be >= 0 (0: all devices), got {num_devices}")
     devices = jax.devices()
     if num_devices and jax.process_count() > 1:
         raise ValueError(
@@ -354,7 +357,16 @@ def make_train_call(
 
     Returns metrics of shape [steps]: loss, log_likelihood, kl, weight (the batch's total
     example weight), finite and bounded.
+
+    Raises:
+      ValueError: (one line) a flag that is not True or False, `kl_warmup_steps` not an
+        integer >= 0 (`FitOptions`' rules, for callers that build the call themselves).
     """
+    for name, flag in (("binarize", binarize), ("skip_nonfinite", skip_nonfinite)):
+        require_bool(name, flag)  # (a truthy "no" would binarize, or skip updates)
+    require_bool("streamed", streamed)
+    if require_int("kl_warmup_steps", kl_warmup_steps) < 0:  # (a negative KL weight)
+        raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
     settings: dict[str, Any] = dict(binarize=binarize, kl_warmup_steps=kl_warmup_steps)
     settings.update(skip_nonfinite=skip_nonfinite, streamed=streamed)
     if streamed and event_shape is None:
