@@ -305,7 +305,31 @@ def _wrong_kinds():
     call = functools.partial(
         vae_jax.make_train_call, vae_jax.make_elbo(MeanOnly()), optax.adam(1e-3), event_shape=(4,)
     )
+    bernoulli = vae_jax.make_elbo(MeanOnly(likelihood="bernoulli"))
+    evaluate = functools.partial(vae_jax.make_evaluate, bernoulli, batch_size=8)
+    levels = vae_jax.train.to_device(np.full((16, 4), 200.0), np.zeros(16), vae_jax.make_mesh(1))
+    key = jax.random.key(0)
     return {
+        "evaluate levels": (
+            lambda: evaluate(vae_jax.make_mesh(1))(None, levels, key),
+            ValueError,
+            r"evaluate: data: x has values in \[200, 200\]; a Bernoulli likelihood needs",
+        ),
+        "evaluate tuple": (
+            lambda: evaluate(vae_jax.make_mesh(1))(None, (x, None), key),
+            TypeError,
+            r"evaluate: data must be a DeviceData \(vae_jax.train.to_device\), got tuple",
+        ),
+        "evaluate model": (
+            lambda: vae_jax.make_evaluate(MeanOnly(), vae_jax.make_mesh(1), batch_size=8),
+            TypeError,
+            r"objective must be an Objective \(make_elbo\(model\)\), got MeanOnly",
+        ),
+        "evaluate batch": (
+            lambda: evaluate(vae_jax.make_mesh(1), batch_size=0),
+            ValueError,
+            "batch_size must be >= 1, got 0",
+        ),
         "train call binarize": (
             lambda: call(vae_jax.make_mesh(1), binarize="no"),
             ValueError,

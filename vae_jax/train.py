@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax.arrays import to_float
+from vae_jax.arrays import check_inputs, to_float
 from vae_jax.fields import require_bool, require_int
 from vae_jax.models import init_params
 from vae_jax.objectives import Objective
@@ -154,6 +155,33 @@ def to_device(image: np.ndarray, label: np.ndarray, mesh: Mesh) -> DeviceData:
     image = image if image.dtype == np.uint8 else image.astype(np.float32)
     on_device = replicate((image, np.asarray(label, np.int32)), mesh)
     return DeviceData(*on_device)
+
+
+# Device splits already checked (`check_device_data`): id(image) -> (a weak reference to the
+# image, the model it was checked for). A test split is checked at its first evaluation.
+_CHECKED: dict[int, tuple[weakref.ref[Any], Any]] = {}
+
+
+def check_device_data(model: Any, data: Any, *, name: str) -> None:
+    """Raise (one line) unless `data` is a `DeviceData` that fits `model`: `check_inputs`
+    (event shape, finite values, [0, 1] for a Bernoulli likelihood, labels) of one replica
+    copied to the host, once per array and model (a split already checked passes free).
+    Before, values were not looked at: floats 0..255 gave a Bernoulli ELBO of -5e12."""
+    if not isinstance(data, DeviceData):
+        raise TypeError(
+            f"{name} must be a DeviceData (vae_jax.train.to_device), got {type(data).__name__}"
+        )
+    seen = _CHECKED.get(id(data.image))
+    if seen is not None and seen[0]() is data.image and seen[1] == model:
+        return
+
+    def host(a: jax.Array) -> np.ndarray:  # (replicated: any local shard is the whole array)
+        return np.asarray(a.addressable_shards[0].data)
+
+    check_inputs(model, host(data.image), host(data.label), name=name)
+    for dead in [k for k, (ref, _) in _CHECKED.items() if ref() is None]:
+        del _CHECKED[dead]
+    _CHECKED[id(data.image)] = (weakref.ref(data.image), model)
 
 
 def padded_batches(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -527,7 +555,18 @@ def make_evaluate(
     stored: a binarized test set is stored binarized once (0/255), never resampled.
     The batches run in one `lax.scan` or as a host loop, as `step_loop` says ("auto":
     `step_loop_for` the data's event shape, decided at each call; cached).
+
+    Raises:
+      TypeError, ValueError: (one line) at construction, an `objective` that is not an
+        `Objective` or a `batch_size` not an integer >= 1; at a call, `data` that is not a
+        `DeviceData` or does not fit the model (`check_device_data`: shape, values, labels).
     """
+    if not isinstance(objective, Objective):
+        raise TypeError(
+            f"objective must be an Objective (make_elbo(model)), got {type(objective).__name__}"
+        )
+    if require_int("batch_size", batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     names = ("elbo", "log_likelihood", "kl")
 
@@ -562,6 +601,7 @@ def make_evaluate(
         return {name: total / n for name, total in zip(names, totals, strict=True)}
 
     def chosen(params: Any, data: DeviceData, key: jax.Array) -> dict[str, jax.Array]:
+        check_device_data(objective.model, data, name="evaluate: data")
         event_shape = tuple(data.image.shape[1:])
         if _resolve_step_loop(step_loop, objective, mesh, event_shape) == "host":
             return host_evaluate(params, data, key)
