@@ -179,6 +179,8 @@ def test_input_validation(fitted, digits):
         ValueError, match=re.escape("X contains infinite values (or beyond float32) (")
     ):
         fitted.transform(np.full(x[:3].shape, 1e300))
+    with pytest.raises(ValueError, match=re.escape("X contains infinite values (or beyond")):
+        fitted.inverse_transform(np.full((3, 2), 1e300))  # (before: NaN, and numpy's warning)
     with pytest.raises(ValueError, match=r"values in \[0, 16\].*Bernoulli.*clip=True"):
         VAEEstimator(likelihood="bernoulli").fit(x * 16.0)
     with pytest.raises(ValueError, match=r"values in \[0, 16\]"):

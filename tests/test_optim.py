@@ -133,6 +133,12 @@ def test_schedule_that_does_not_fit_the_run_is_refused():
     with pytest.raises(ValueError, match="the iwae_paper schedule ends after 3280 epochs"):
         check_schedule(TrainConfig(epochs=3281, schedule="iwae_paper"), SPE)
     check_schedule(TrainConfig(epochs=50, schedule="iwae_paper"), SPE)  # truncated: fine
+    # the optimizer applies the same rule (before: only the CLI did, so make_optimizer gave a
+    # run whose learning rate stayed in its warm-up, 1e-5, to the end)
+    with pytest.raises(ValueError, match=r"warmup_steps \(1000\) must be shorter than the run"):
+        make_optimizer(TrainConfig(epochs=1, warmup_steps=1000), 10)
+    with pytest.raises(ValueError, match="the iwae_paper schedule ends after 3280 epochs"):
+        make_schedule(TrainConfig(epochs=5000, schedule="iwae_paper"), 10)
 
 
 def test_cosine_schedule_ties_the_work_directory_to_its_epoch_count():

@@ -660,6 +660,8 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 f"X has {z.shape[1]} columns; inverse_transform decodes codes of z_dim = "
                 f"{self.model_.z_dim} columns"
             )
+        # (finite as float32: 1e300 decoded to NaN with only numpy's overflow warning)
+        z = check_values(z, name="X", advice="latent codes are finite numbers")
         loc, _ = _map_rows(_programs(self.model_).decode, self.params_, z.astype(np.float32))
         return loc.reshape(len(z), *self.feature_shape_).astype(z.dtype)
 

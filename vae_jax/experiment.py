@@ -34,7 +34,7 @@ from vae_jax.distributed import is_primary, on_primary
 from vae_jax.fields import require_callable, require_path
 from vae_jax.loop import FitResult, RunDir, fit
 from vae_jax.models import decoder_mean, reconstruct
-from vae_jax.optim import check_schedule, make_optimizer
+from vae_jax.optim import make_optimizer
 from vae_jax.sources import check_paths, prepare_data
 from vae_jax.tensorboard import TensorBoardWriter
 from vae_jax.train import TrainState, make_mesh, steps_per_epoch
@@ -182,7 +182,7 @@ def run_experiment(
         config = read
         options = config.fit_options(**run)
         n_steps_epoch = steps_per_epoch(len(train.image), config.train.batch_size)
-        check_schedule(config.train, n_steps_epoch)
+        tx = make_optimizer(config.train, n_steps_epoch)  # (refuses a schedule that does not fit)
         model = built.model
         shown = test if test is not None else train
         pictures = None
@@ -205,7 +205,7 @@ def run_experiment(
 
         result = fit(
             built.objective,
-            make_optimizer(config.train, n_steps_epoch),
+            tx,
             train,  # (Splits from prepare_data; fit checks them against the model)
             x_test=test,
             options=dataclasses.replace(options, log=log),

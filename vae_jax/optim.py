@@ -49,7 +49,11 @@ def check_schedule(tc: TrainConfig, steps_per_epoch: int) -> None:
 def make_schedule(tc: TrainConfig, steps_per_epoch: int) -> float | optax.Schedule:
     """The learning rate of `tc` as a float (constant, no warm-up) or an `optax.Schedule`
     of the update count. The warm-up, if any, comes first and the schedule starts after it.
-    (`check_schedule` says whether it fits the run.)"""
+
+    Raises:
+      ValueError: (one line) `check_schedule`'s: the schedule does not fit the run (a
+        warm-up as long as the run, more epochs than the IWAE paper's schedule has).
+    """
     if not isinstance(tc, TrainConfig):
         raise TypeError(f"tc must be a TrainConfig, got {type(tc).__name__}")
     # (before: -1 and 2.5 were accepted; 0, what empty data give, is left to `fit`, whose
@@ -57,6 +61,8 @@ def make_schedule(tc: TrainConfig, steps_per_epoch: int) -> float | optax.Schedu
     require_int("steps_per_epoch", steps_per_epoch)
     if steps_per_epoch < 0:
         raise ValueError(f"steps_per_epoch must be >= 0, got {steps_per_epoch}")
+    if steps_per_epoch:  # (a warm-up never reached left the rate at 1e-5 for the whole run)
+        check_schedule(tc, steps_per_epoch)
     total = tc.epochs * steps_per_epoch
     lr = tc.learning_rate
     schedule: float | optax.Schedule
