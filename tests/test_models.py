@@ -120,8 +120,10 @@ def test_bfloat16_compute_keeps_float32_params(key):
 
 def test_the_model_functions_refuse_inputs_that_do_not_fit_in_one_line(key):
     """(Before: init_params made parameters for 5 inputs that no 4-value data fit, the
-    sample counts 0 gave empty arrays, a [1]-shaped logvar broadcast silently, and
-    reconstruct took values far outside a Bernoulli model's [0, 1].)"""
+    sample counts 0 gave empty arrays, a [1]-shaped logvar broadcast silently, reconstruct
+    took values far outside a Bernoulli model's [0, 1], gaussian_kl summed a [3, 1] mean
+    over a [3, 5] logvar, event_ndims=-1 acted as 0, and decoder_mean gave NaN for label 7
+    of 3 classes.)"""
     import vae_jax
 
     model = VAE(image_shape=(4,), z_dim=2, hidden=(8,), likelihood="bernoulli")
@@ -156,11 +158,50 @@ def test_the_model_functions_refuse_inputs_that_do_not_fit_in_one_line(key):
             r"reconstruct: x has values in \[127.5, 127.5\]",
         ),
     ]
+    conditional = VAE(image_shape=(4,), z_dim=2, hidden=(8,), num_classes=3)
+    c_params = init_params(conditional, key)
+    z = jnp.zeros((3, 2))
+    labels = np.array([0, 1, 7])
+    cases += [
+        (
+            lambda: vae_jax.gaussian_kl(np.ones((3, 1)), np.zeros((3, 5))),
+            r"mean and logvar must have the same shape, got \(3, 1\) and \(3, 5\)",
+        ),
+        (
+            lambda: vae_jax.bernoulli_log_likelihood(x, x, event_ndims=-1),
+            r"event_ndims must be in 0\.\.2 \(the arrays' rank\), got -1",
+        ),
+        (
+            lambda: vae_jax.gaussian_log_likelihood(x, x, x, event_ndims=5),
+            r"event_ndims must be in 0\.\.2",
+        ),
+        (
+            lambda: vae_jax.bernoulli_log_likelihood(x, x, event_ndims=True),
+            "event_ndims must be an integer, got True",
+        ),
+        (
+            lambda: vae_jax.decoder_mean(conditional, c_params, z, labels),
+            r"decoder_mean: labels span 0\.\.7, outside 0\.\.2",
+        ),
+        (
+            lambda: vae_jax.decoder_mean(conditional, c_params, z),
+            "decoder_mean: this model is conditional: it needs labels",
+        ),
+        (
+            lambda: vae_jax.decoder_mean(conditional, c_params, z, labels[:1]),
+            r"decoder_mean: \(1,\) labels for 3 examples",
+        ),
+        (
+            lambda: vae_jax.decoder_mean(conditional, c_params, z, labels * 0.5),
+            "decoder_mean: labels must be an integer numpy array, got float64",
+        ),
+    ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message) as caught:
             call()
         assert "\n" not in str(caught.value)
     assert vae_jax.reconstruct(model, params, x).shape == (3, 4)
+    assert vae_jax.decoder_mean(conditional, c_params, z, labels % 3).shape == (3, 4)
     assert vae_jax.reparameterize(key, mean, mean, 2).shape == (2, 3, 2)
     jitted = jax.jit(lambda m, lv: vae_jax.reparameterize(key, m, lv, 1))  # (at trace time)
     with pytest.raises(ValueError, match="mean and logvar must have the same shape"):

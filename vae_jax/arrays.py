@@ -294,16 +294,21 @@ def check_inputs(model: Any, x: Any, label: Any = None, *, name: str = "the batc
             unit_interval=getattr(model, "likelihood", None) == "bernoulli",
             advice="uint8 levels 0..255 are scaled by 1/255; floats are used as given",
         )
-    if isinstance(label, jax.core.Tracer):  # (shape and dtype only: values are abstract)
+    check_input_labels(label, shape[0], name=name, num_classes=num_classes)
+
+
+def check_input_labels(label: Any, n: int, *, name: str, num_classes: int | None) -> None:
+    """`check_labels` of a model's input labels, also under `jit`: a tracer by shape and
+    dtype only (its values are abstract); None is refused only for a conditional model."""
+    if isinstance(label, jax.core.Tracer):
         if not jnp.issubdtype(label.dtype, jnp.integer):
             raise ValueError(f"{name}: labels must be an integer array, got {label.dtype}")
-        if tuple(label.shape) != shape[:1]:
+        if tuple(label.shape) != (n,):
             raise ValueError(
-                f"{name}: {tuple(label.shape)} labels for {shape[0]} examples "
-                f"(expected shape ({shape[0]},))"
+                f"{name}: {tuple(label.shape)} labels for {n} examples (expected shape ({n},))"
             )
         return
-    check_labels(label, shape[0], name=name, num_classes=num_classes)
+    check_labels(label, n, name=name, num_classes=num_classes)
 
 
 _SCAN_ROWS = 1 << 16  # rows per block: checks of large (memory-mapped) arrays stay small

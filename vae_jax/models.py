@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.arrays import check_inputs
+from vae_jax.arrays import check_input_labels, check_inputs
 from vae_jax.conv import ConvTranspose4x4
 from vae_jax.fields import require_int, require_ints, require_number
 
@@ -358,7 +358,14 @@ def decoder_mean(
     model: nn.Module, params: Any, z: jax.Array, label: jax.Array | None = None
 ) -> jax.Array:
     """The mean of p(x|z), float32 [..., batch, *event_shape]: sigmoid(logits) in [0, 1]
-    for a Bernoulli likelihood, the Gaussian mean (any real value) otherwise."""
+    for a Bernoulli likelihood, the Gaussian mean (any real value) otherwise. Labels are
+    checked (`vae_jax.arrays.check_input_labels`: a conditional model's label 7 of 3
+    classes gave NaN)."""
+    classes = getattr(model, "num_classes", None) or None
+    first = jax.tree.leaves(z)[0]  # (a model with several latent layers takes a tuple)
+    if (label is not None or classes) and jnp.ndim(first) >= 2:
+        n = jnp.shape(first)[-2]
+        check_input_labels(label, n, name="decoder_mean", num_classes=classes)
     output = decode(model, params, z, label)
     if model.likelihood == "bernoulli":
         return jax.nn.sigmoid(output.loc.astype(jnp.float32))

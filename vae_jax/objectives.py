@@ -51,7 +51,13 @@ def _flatten_events(arrays: list[jax.Array], event_ndims: int) -> list[jax.Array
     axis, which XLA:CPU vectorizes (image-shaped [..., 28, 28, 1] arrays have a minor axis
     of size 1: the Bernoulli likelihood's kernels ran scalar, -7 to -8% per epoch of the
     seed recipe; docs/benchmarks.md).
+
+    Raises ValueError (one line; at trace time) unless `event_ndims` is an integer from 0 to
+    the arrays' rank (before: -1 acted as 0, and 5 on [batch, D] summed the batch away).
     """
+    rank = min(a.ndim for a in arrays)
+    if not 0 <= require_int("event_ndims", event_ndims) <= rank:
+        raise ValueError(f"event_ndims must be in 0..{rank} (the arrays' rank), got {event_ndims}")
     if event_ndims == 0:
         return [a[..., None] for a in arrays]
     event = jnp.broadcast_shapes(*(a.shape[a.ndim - event_ndims :] for a in arrays))
@@ -67,6 +73,15 @@ def _flatten_events(arrays: list[jax.Array], event_ndims: int) -> list[jax.Array
     return flat
 
 
+def _check_same_shape(mean: ArrayLike, logvar: ArrayLike) -> None:
+    """Raise ValueError (one line; at trace time) unless the two have one shape."""
+    if jnp.shape(mean) != jnp.shape(logvar):
+        raise ValueError(
+            f"mean and logvar must have the same shape, got {jnp.shape(mean)} and "
+            f"{jnp.shape(logvar)}"
+        )
+
+
 def gaussian_kl(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
     """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last axis.
 
@@ -76,8 +91,13 @@ def gaussian_kl(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
 
     Returns:
       [...] KL divergence in nats.
+
+    Raises:
+      ValueError: (one line; at trace time) `mean` and `logvar` of different shapes (they
+        would broadcast: a [3, 1] mean against a [3, 5] logvar was summed over 5).
     """
     mean, logvar = jnp.asarray(mean), jnp.asarray(logvar)
+    _check_same_shape(mean, logvar)
     return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
 
 
@@ -166,11 +186,7 @@ def reparameterize(
         or `mean` and `logvar` of different shapes (they would broadcast silently).
     """
     _check_num_samples(num_samples)
-    if jnp.shape(mean) != jnp.shape(logvar):
-        raise ValueError(
-            f"mean and logvar must have the same shape, got {jnp.shape(mean)} and "
-            f"{jnp.shape(logvar)}"
-        )
+    _check_same_shape(mean, logvar)
     eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
     return mean[None] + jnp.exp(0.5 * logvar)[None] * eps
 
