@@ -350,6 +350,11 @@ def _wrong_kinds():
             ValueError,
             "num_devices must be an integer, got 2.0",
         ),
+        "fit y_test": (
+            lambda: fit(options=quiet, y_test=np.zeros(16, np.int32)),
+            ValueError,
+            "y_test was given without x_test",
+        ),
         "fit options": (
             lambda: fit(options={"epochs": 1}),
             TypeError,

@@ -380,6 +380,10 @@ def test_training_curves_with_missing_keys(tmp_path):
     assert path.exists()
     with pytest.raises(ValueError, match="epoch"):
         vis.save_training_curves(tmp_path / "bad.png", [{"train_loss": 1.0}])
+    # one name, not a sequence of them (before: a line per character, "no values for t, r")
+    with pytest.raises(ValueError, match="keys must be a sequence of metric names, got 'kl'"):
+        vis.save_training_curves(tmp_path / "one.png", records, keys="kl")
+    assert not (tmp_path / "one.png").exists()
 
 
 def test_no_pyplot_imported(tmp_path):

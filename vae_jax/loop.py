@@ -185,6 +185,8 @@ def fit(
         )
     opts = options or FitOptions()
     train = _as_split(x_train, y_train, name="training data")
+    if x_test is None and y_test is not None:  # (before: ignored, so no test set was scored)
+        raise ValueError("y_test was given without x_test")
     test = None if x_test is None else _as_split(x_test, y_test, name="test data")
     trainer = Trainer(objective, tx, train, test, opts)  # (checks them all, once)
     if initial_state is not None:

@@ -737,8 +737,11 @@ def save_training_curves(
         The path written.
 
     Raises:
-        ValueError: If a record has no "epoch".
+        ValueError: If a record has no "epoch", or `keys` is one string (its characters
+            would be plotted as keys) or holds something else than strings.
     """
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"keys must be a sequence of metric names, got {keys!r}")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
