@@ -69,6 +69,13 @@ def test_transform_generate_reconstruct(fitted, digits):
     samples = fitted.generate(5, key=jax.random.key(1))
     assert samples.shape == (5, 8, 8) and samples.min() >= 0.0 and samples.max() <= 1.0
     np.testing.assert_array_equal(fitted.generate(5, key=1), fitted.generate(5, key=1))
+    # a legacy jax.random.PRNGKey is the same key (before: refused by a message that said
+    # a jax.random key was accepted)
+    legacy = fitted.generate(5, key=jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(legacy, samples)
+    assert fitted.score(x[:20], key=jax.random.PRNGKey(2)) == fitted.score(
+        x[:20], key=jax.random.key(2)
+    )
     recon = fitted.reconstruct(x[:100])
     assert recon.shape == (100, 8, 8)
     mean_error = np.mean(np.abs(recon - x[:100]))

@@ -1079,11 +1079,14 @@ def _seed_from(random_state: Any) -> int:
 
 
 def _key_from(value: Any, default_seed: int, name: str) -> jax.Array:
-    """A `jax.random` key from None (`default_seed`), a seed or NumPy generator, or a key."""
+    """A `jax.random` key from None (`default_seed`), a seed or NumPy generator, or a key
+    (a typed one, or a legacy ``jax.random.PRNGKey``: uint32 [2], before refused)."""
     if value is None:
         return jax.random.key(default_seed)
     if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
         return value
+    if isinstance(value, jax.Array) and value.dtype == jnp.uint32 and value.shape == (2,):
+        return jax.random.wrap_key_data(value)
     try:
         return jax.random.key(_seed_from(value))
     except ValueError:
