@@ -172,6 +172,11 @@ def test_active_units_on_a_constructed_case():
     assert active_units(mean, threshold=0.001).num_active == 3
     with pytest.raises(ValueError, match="N >= 2"):
         active_units(mean[:1])
+    # (before: 0 active units, a confident count, for NaN means or a NaN threshold)
+    with pytest.raises(ValueError, match="posterior_mean contains NaN or infinite values"):
+        active_units(np.where(mean > 5, np.nan, mean))
+    with pytest.raises(ValueError, match="threshold must be a finite number >= 0, got nan"):
+        active_units(mean, threshold=float("nan"))
 
 
 def test_bits_per_dim():

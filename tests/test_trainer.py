@@ -178,3 +178,10 @@ def test_a_trainer_epoch_is_fits_epoch():
         jax.tree.leaves(trainer.state.params), jax.tree.leaves(result.state.params), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+    for bad, message in [
+        ({"max_steps": 0}, r"max_steps must be >= 1 \(or None: the whole epoch\), got 0"),
+        ({"epoch": -1}, "epoch must be >= 0, got -1"),
+        ({"epoch": 1.5}, "epoch must be an integer, got 1.5"),
+    ]:  # (before: max_steps=0 reported a loss of 0.0 for no training)
+        with pytest.raises(ValueError, match=message):
+            trainer.train_epoch(**{"epoch": 0, **bad})

@@ -32,6 +32,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from vae_jax.arrays import check_split, to_float
+from vae_jax.fields import is_number
 from vae_jax.models import VAE, DecoderOutput
 from vae_jax.objectives import (
     Objective,
@@ -517,6 +518,11 @@ def active_units(
     mean = np.asarray(posterior_mean, np.float64)
     if mean.ndim != 2 or mean.shape[0] < 2:
         raise ValueError(f"posterior_mean must be [N >= 2, z_dim], got {mean.shape}")
+    # (before: NaN means or a NaN threshold counted 0 active units, a confident wrong count)
+    if not np.isfinite(mean).all():
+        raise ValueError("posterior_mean contains NaN or infinite values")
+    if not (is_number(threshold) and math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
     variance = mean.var(axis=0)
     return ActiveUnits(int(np.sum(variance > threshold)), variance, threshold)
 

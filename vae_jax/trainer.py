@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from vae_jax.arrays import Split, check_split, to_float_np
-from vae_jax.fields import require_optimizer
+from vae_jax.fields import require_int, require_optimizer
 from vae_jax.objectives import Objective, make_elbo, make_iwae
 from vae_jax.options import FitOptions
 from vae_jax.train import (
@@ -276,7 +276,13 @@ class Trainer:
 
     def train_epoch(self, epoch: int, max_steps: int | None = None) -> EpochTiming:
         """Epoch `epoch` as `fit` runs it (its calls, metrics fetched after each; no
-        divergence checks, no checkpoints), or its whole calls until `max_steps` steps ran."""
+        divergence checks, no checkpoints), or its whole calls until `max_steps` (>= 1) steps
+        ran. ValueError (one line) for a negative `epoch` or `max_steps` below 1 (before:
+        max_steps=0 reported a loss of 0.0 for no training)."""
+        if require_int("epoch", epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if max_steps is not None and require_int("max_steps", max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None: the whole epoch), got {max_steps}")
         start, total, count, steps = time.perf_counter(), 0.0, 0.0, 0
         for begin, stop, inputs in self.batches(epoch):
             if max_steps is not None and steps >= max_steps:
