@@ -736,6 +736,13 @@ BAD_DATASETS = {
         _npz(x_train=GREY, y_train=np.zeros(3, np.int64)),
         "(3,) labels for 40 examples",
     ),
+    # (as the file is read, by load_dataset: before, returned as read)
+    "one-dimensional x_train": (_npz(x_train=GREY[:, 0]), "x_train: x must be [N >= 1,"),
+    "float labels": (
+        _npz(x_train=GREY, y_train=np.zeros(40)),
+        "y_train: labels must be an integer",
+    ),
+    "string values": (_npz(x_train=GREY.astype(str)), "x_train must be numeric"),
     "real values for a Bernoulli likelihood": (
         _npz(x_train=GREY * 10 - 5),
         "a Bernoulli likelihood and binarization need values in [0, 1]",

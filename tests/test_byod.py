@@ -571,3 +571,12 @@ def test_load_dataset_takes_a_path_object(tmp_path):
     assert vae_jax.load_dataset(path).x_train.shape == vae_jax.load_dataset(str(path)).x_train.shape
     with pytest.raises(TypeError, match="spec must be a dataset name or a file's path, got int"):
         vae_jax.load_dataset(3)
+    # a malformed file is refused as it is read (before: returned as read)
+    for arrays, message in [
+        ({"x_train": x[:, 0]}, r"d.npz: x_train: x must be \[N >= 1"),
+        ({"x_train": x, "y_train": np.zeros(3, np.int64)}, r"d.npz: y_train: \(3,\) labels"),
+        ({"x_train": x, "x_test": x[:, :2]}, r"d.npz: x_test: examples are \(2,\), expected"),
+    ]:
+        np.savez(path, **arrays)
+        with pytest.raises(ValueError, match=message):
+            vae_jax.load_dataset(path)

@@ -33,7 +33,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vae_jax.arrays import Split, binarize_once, check_split, is_real_dtype, pad_images
+from vae_jax.arrays import (
+    Split,
+    binarize_once,
+    check_dtype,
+    check_labels,
+    check_shape,
+    check_split,
+    is_real_dtype,
+    pad_images,
+)
 from vae_jax.config import ExperimentConfig
 from vae_jax.fields import require_path
 from vae_jax.tfds_io import DATA_DIR_ENV, resolve_data_dir
@@ -114,6 +123,7 @@ def load_file(path: str | os.PathLike) -> Dataset:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"cannot read {path} as a NumPy file: {one_line(error)}") from None
     if isinstance(loaded, np.ndarray):  # .npy: the training set, no labels
+        _check_structure(path, loaded, None, None, None)
         return Dataset(loaded, None, None, None, None, f"{path}")
     with loaded:
         names = set(loaded.files)
@@ -132,7 +142,24 @@ def load_file(path: str | os.PathLike) -> Dataset:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"cannot read the arrays of {path}: {one_line(error)}") from None
     get = arrays.get
+    _check_structure(path, arrays["x_train"], get("y_train"), get("x_test"), get("y_test"))
     return Dataset(arrays["x_train"], get("y_train"), get("x_test"), get("y_test"), None, f"{path}")
+
+
+def _check_structure(path: Path, x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> None:
+    """Raise ValueError (one line) unless the arrays read from `path` have a data set's
+    shapes and dtypes: [N >= 1, *event] of a real dtype (the test split: the training
+    split's event shape), integer labels [N] (before: a 1-D x_train, 3 labels for 10
+    examples or a string array were returned as read). Values are `prepare_data`'s."""
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x is None:
+            continue
+        name = f"{path}: x_{split}"
+        event = None if split == "train" else tuple(x_train.shape[1:])
+        check_shape(x.shape, name=name, event_shape=event)
+        check_dtype(x.dtype, name=name)
+        if y is not None:
+            check_labels(y, x.shape[0], name=f"{path}: y_{split}")
 
 
 def check_headers(path: Path) -> None:
