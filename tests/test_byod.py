@@ -350,6 +350,21 @@ def _wrong_kinds():
             ValueError,
             "num_devices must be an integer, got 2.0",
         ),
+        "config shape": (
+            lambda: vae_jax.ExperimentConfig().build(4),
+            ValueError,
+            "event_shape must be a tuple of integers, got 4",
+        ),
+        "config memory": (
+            lambda: vae_jax.ExperimentConfig().build(memory=-5),
+            ValueError,
+            r"memory must be >= 0 bytes \(0: not checked\), got -5",
+        ),
+        "config base": (
+            lambda: vae_jax.ExperimentConfig.from_dict({}, base="x"),
+            TypeError,
+            "base must be an ExperimentConfig or None, got str",
+        ),
         "fit y_test": (
             lambda: fit(options=quiet, y_test=np.zeros(16, np.int32)),
             ValueError,

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vae_jax.fields import MAX_LAYERS, MAX_SEED, check_fields, option
+from vae_jax.fields import MAX_LAYERS, MAX_SEED, check_fields, option, require_int, require_ints
 from vae_jax.latents import IAFVAE, HierarchicalVAE, VampPriorVAE
 from vae_jax.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS, VAE, check_model
 from vae_jax.objectives import Objective
@@ -433,9 +433,13 @@ class ExperimentConfig:
             the objective does not fit the model (free bits need a diagonal-Gaussian
             posterior), or a batch does not fit in `memory`.
         """
-        shape = tuple(event_shape if event_shape is not None else self.data.image_shape)
+        shape = event_shape if event_shape is not None else self.data.image_shape
+        require_ints("event_shape", shape)  # (before: build(4) said 'int' is not iterable)
         if not shape:
             raise ValueError("the data's event shape is not known yet (read the data first)")
+        if require_int("memory", memory) < 0:  # (before: "more than the devices' -0.0 GiB")
+            raise ValueError(f"memory must be >= 0 bytes (0: not checked), got {memory}")
+        shape = tuple(shape)
         model = self.model.build(shape)
         objective = self.objective.build(model)
         if memory:
@@ -498,6 +502,8 @@ class ExperimentConfig:
         defaults). Raises ValueError (one line) for an unknown section or field, or a value
         of the wrong type or range."""
         base = base if base is not None else cls()
+        if not isinstance(base, ExperimentConfig):
+            raise TypeError(f"base must be an ExperimentConfig or None, got {type(base).__name__}")
         if not isinstance(d, dict):
             raise ValueError(f"expected a JSON object of sections, got {type(d).__name__}")
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
