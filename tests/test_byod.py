@@ -231,6 +231,10 @@ def test_fit_from_pieces_records_them_resumes_and_loads(tmp_path):
     with pytest.raises(vae_jax.workdir.WorkdirError, match=other):
         run(MeanOnly(z_dim=2), epochs=2)
     loaded = vae_jax.load_checkpoint(workdir, model=MeanOnly(), tx=optax.adam(1e-2))
+    with pytest.raises(ValueError, match="the pictures need the run's recorded configuration"):
+        vae_jax.evaluate.write_evaluation_pictures(  # (before: an AssertionError, no message)
+            workdir, workdir / "out", posterior_mean=None, images=None, labels=None, loaded=loaded
+        )
     assert loaded.step == 8 and loaded.config is None
     final = jax.tree.leaves(longer.state.params)
     for a, b in zip(jax.tree.leaves(loaded.params), final, strict=True):

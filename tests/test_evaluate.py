@@ -432,6 +432,13 @@ def test_the_checks_accept_good_inputs_and_skip_under_jit():
         functools.partial(importance_log_likelihood, CONDITIONAL, num_samples=4, sample_chunk=2)
     )
     assert fn(params, _BINARY * 255.0, labels, jax.random.key(0)).shape == (3,)
+    # lists are arrays (before: checked, then "only integer scalar arrays" when indexed)
+    run = functools.partial(evaluate_dataset, CONDITIONAL, params, key=jax.random.key(0))
+    run = functools.partial(run, num_samples=4, sample_chunk=2, progress=False)
+    as_lists = run(_BINARY.tolist(), labels.tolist())
+    np.testing.assert_array_equal(as_lists.terms.log_px, run(_BINARY, labels).terms.log_px)
+    with pytest.raises(ValueError, match=r"num_samples must be an integer, got \[4\]"):
+        evaluate_dataset(CONDITIONAL, params, _BINARY, labels, jax.random.key(0), num_samples=[4])
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from vae_jax.arrays import is_image_shape, to_float, to_float_np
+from vae_jax.fields import require_int
 from vae_jax.importance import (
     ACTIVE_UNIT_THRESHOLD,
     ActiveUnits,
@@ -139,13 +140,17 @@ def evaluate_dataset(
     Raises:
       ValueError: (one line, before any computation) data that do not fit the model
         (`vae_jax.importance.check_inputs`: no examples, NaN, values outside [0, 1] for
-        a Bernoulli likelihood, labels, ...) or a `batch_size` below 1.
+        a Bernoulli likelihood, labels, ...) or a `batch_size` or `num_samples` that is not
+        an integer >= 1.
     """
     use_labels = getattr(model, "num_classes", 0) > 0
     check_inputs(model, images, labels if use_labels else None, name="images")
-    valid = isinstance(batch_size, int | np.integer) and not isinstance(batch_size, bool)
-    if not valid or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    # (as arrays: a list was checked, then failed to index: "only integer scalar arrays")
+    images = images if isinstance(images, np.ndarray) else np.asarray(images)
+    labels = None if labels is None or not use_labels else np.asarray(labels)
+    for name, value in (("batch_size", batch_size), ("num_samples", num_samples)):
+        if require_int(name, value) < 1:  # (num_samples=[4]: "unhashable type: 'list'")
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     n = len(images)
     batch_size = min(batch_size, n)
     per_layer = hasattr(model, "sample_layers")
@@ -391,7 +396,11 @@ def write_evaluation_pictures(
 
         loaded = load_checkpoint(workdir, step)
     model, params, config = cast(VAE, loaded.model), loaded.params, loaded.config
-    assert config is not None  # (loaded without a model: from its recorded configuration)
+    if config is None:  # (before: an AssertionError without a message)
+        raise ValueError(
+            "the pictures need the run's recorded configuration (its data set and "
+            "binarization); a run that fit made from your own pieces has none"
+        )
     out = Path(out_dir)
     conditional = model.num_classes > 0
     written = []
