@@ -412,3 +412,57 @@ def test_a_picture_interrupted_while_written_leaves_the_previous_one(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         vis._write_atomically(path, dies_half_way)
     assert path.read_bytes() == before
+
+
+def test_arguments_of_the_wrong_kind_are_one_line_errors(tmp_path):
+    """(Before: float counts gave numpy TypeErrors, a NumPy integer scale was refused, a
+    non-string title an AttributeError, string labels a ufunc TypeError, NaN codes an
+    empty plot or an SVD error, and a directory as the path "[Errno 21] 'out.tmp' -> 'out'".)"""
+    images = np.zeros((4, 3, 3), np.float32)
+    z, labels = np.random.default_rng(0).normal(size=(6, 3)), np.arange(6)
+    cases = [
+        (
+            lambda: vis.image_grid(images, ncols=2.0),
+            ValueError,
+            "ncols must be an integer, got 2.0",
+        ),
+        (lambda: vis.image_grid(images, ncols=2, padding=-1), ValueError, "padding must be >= 0"),
+        (
+            lambda: vis.interpolate_latents(z[0], z[1], steps=2.5),
+            ValueError,
+            "steps must be an integer",
+        ),
+        (
+            lambda: vis.latent_manifold(lambda u: u, n=2.5),
+            ValueError,
+            "n must be an integer, got 2.5",
+        ),
+        (
+            lambda: vis.save_image_grid(tmp_path / "a.png", images, ncols=2, title=3),
+            ValueError,
+            "title must be a string or None; got int",
+        ),
+        (
+            lambda: vis.save_latent_scatter(tmp_path / "b.png", z, labels.astype(str)),
+            ValueError,
+            "labels must be integers; got dtype <U",
+        ),
+        (
+            lambda: vis.save_latent_scatter(tmp_path / "c.png", np.where(z > 1, np.nan, z), labels),
+            ValueError,
+            "z contains NaN or infinite values",
+        ),
+        (
+            lambda: vis.save_image_grid(tmp_path, images, ncols=2),
+            IsADirectoryError,
+            "is a directory: give a file's path",
+        ),
+        (lambda: vis.save_image_grid("", images, ncols=2), ValueError, "path is empty"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    path = vis.save_image_grid(tmp_path / "d.png", images, ncols=np.int64(2), scale=np.int64(2))
+    assert _read_png(path).shape[:2] == (24, 24)  # (2 x 3-pixel rows, 3 x 2 padding) x 2

@@ -31,6 +31,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw, ImageFont
 
+from vae_jax.fields import require_int
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -87,6 +89,19 @@ def _to_uint8_images(images: ArrayLike) -> np.ndarray:
     raise ValueError(f"images must be float in [0, 1] or uint8 in [0, 255]; got dtype {x.dtype}")
 
 
+def _count(name: str, value: Any, low: int) -> int:
+    """`value` as an int; ValueError (one line) unless it is an integer (NumPy's too) >= low
+    (before: floats gave numpy TypeErrors, np.int64 scales were refused)."""
+    if require_int(name, value) < low:
+        raise ValueError(f"{name} must be >= {low}; got {value}")
+    return int(value)
+
+
+def _check_title(title: Any) -> None:
+    if title is not None and not isinstance(title, str):
+        raise ValueError(f"title must be a string or None; got {type(title).__name__}")
+
+
 def image_grid(
     images: ArrayLike, *, ncols: int, padding: int = 2, pad_value: float = 1.0
 ) -> np.ndarray:
@@ -113,10 +128,8 @@ def image_grid(
         ValueError: On a bad shape, an empty batch, an unsupported dtype or a bad argument.
     """
     tiles = _to_uint8_images(images)  # [N, H, W, C]
-    if ncols < 1:
-        raise ValueError(f"ncols must be >= 1; got {ncols}")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0; got {padding}")
+    _count("ncols", ncols, 1)
+    _count("padding", padding, 0)
     if not 0.0 <= pad_value <= 1.0:
         raise ValueError(f"pad_value must be in [0, 1]; got {pad_value}")
     n, h, w, c = tiles.shape
@@ -168,8 +181,8 @@ def _write_grid_png(
 
     `row_centres` are the vertical centres of the labelled rows in *unscaled* grid pixels.
     """
-    if not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be an integer >= 1; got {scale!r}")
+    scale = _count("scale", scale, 1)
+    _check_title(title)
     body = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     rgb = body.ndim == 3
     white: int | tuple[int, int, int] = (255, 255, 255) if rgb else 255
@@ -325,8 +338,7 @@ def reconstruction_grid(
         )
     x = _to_uint8_images(originals)
     y = _to_uint8_images(reconstructions)
-    if ncols < 1:
-        raise ValueError(f"ncols must be >= 1; got {ncols}")
+    _count("ncols", ncols, 1)
     n, h, w, c = x.shape
     cols = min(ncols, n)
     blocks = math.ceil(n / cols)
@@ -362,8 +374,8 @@ def save_class_conditional_grid(
         The path written.
     """
     tiles = _to_uint8_images(images)
-    if num_classes < 1 or per_class < 1:
-        raise ValueError(f"need num_classes, per_class >= 1; got {num_classes}, {per_class}")
+    _count("num_classes", num_classes, 1)
+    _count("per_class", per_class, 1)
     if tiles.shape[0] != num_classes * per_class:
         raise ValueError(
             f"expected num_classes * per_class = {num_classes * per_class} images "
@@ -414,8 +426,7 @@ def save_interpolations(
 
 def _manifold_u(n: int, quantile_eps: float | None) -> np.ndarray:
     """Unit-square coordinates `[n]` of the manifold grid, increasing."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
+    _count("n", n, 1)
     if quantile_eps is None:
         return (np.arange(n) + 0.5) / n
     if not 0.0 < quantile_eps < 0.5:
@@ -492,8 +503,8 @@ def save_latent_manifold(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be an integer >= 1; got {scale!r}")
+    scale = _count("scale", scale, 1)
+    _check_title(title)
     grid = image_grid(latent_manifold(decode, n=n), ncols=n, padding=0)
     img_h, img_w = grid.shape[0] * scale, grid.shape[1] * scale
     # Margins in pixels; small grids get wider margins so the labels and title still fit.
@@ -549,6 +560,8 @@ def _project(z: ArrayLike, method: str) -> tuple[np.ndarray, str, str, str]:
     x = np.asarray(z, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] < 2 or x.shape[0] < 1:
         raise ValueError(f"z must have shape [N >= 1, D >= 2]; got shape {x.shape}")
+    if not np.isfinite(x).all():  # (before: an empty plot for D = 2, an SVD error for D > 2)
+        raise ValueError("z contains NaN or infinite values")
     d = x.shape[1]
     if d == 2:
         return x.copy(), "z (2-D latent)", "$z_1$", "$z_2$"
@@ -618,6 +631,9 @@ def save_latent_scatter(
     y = np.asarray(labels)
     if y.shape != (points.shape[0],):
         raise ValueError(f"labels must have shape [N={points.shape[0]}]; got {y.shape}")
+    _check_title(title)
+    if y.size and y.dtype.kind not in "biuf":  # (strings: a numpy ufunc TypeError)
+        raise ValueError(f"labels must be integers; got dtype {y.dtype}")
     if y.size and not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise ValueError("labels must be integers")
@@ -688,8 +704,7 @@ def interpolate_latents(
     a, b = np.asarray(z_start), np.asarray(z_end)
     if a.ndim != 1 or a.shape != b.shape:
         raise ValueError(f"z_start and z_end must both have shape [D]; got {a.shape}, {b.shape}")
-    if steps < 2:
-        raise ValueError(f"steps must be >= 2 (endpoints are included); got {steps}")
+    _count("steps", steps, 2)  # (endpoints are included)
     if method not in ("linear", "slerp"):
         raise ValueError(f"unknown method {method!r}; supported: 'linear', 'slerp'")
     dtype = np.result_type(a.dtype, b.dtype)
@@ -742,6 +757,7 @@ def save_training_curves(
     """
     if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
         raise ValueError(f"keys must be a sequence of metric names, got {keys!r}")
+    _check_title(title)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

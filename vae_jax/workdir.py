@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 
 from vae_jax._version import __version__
 from vae_jax.config import ExperimentConfig, check_config
+from vae_jax.fields import require_path
 
 CONFIG_FILE = "config.json"
 # config.json's record of the library version that wrote it (not part of the configuration:
@@ -64,8 +65,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
 
     Returns:
       `path` as a `Path`.
+
+    Raises:
+      IsADirectoryError: `path` is a directory (before: "[Errno 21] 'out.tmp' -> 'out'");
+        ValueError / TypeError: `path` is "" or not a path.
     """
-    path = Path(path)
+    path = require_path("path", path)
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(f"{path} is a directory: give a file's path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path.name}.tmp"
     directory = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
