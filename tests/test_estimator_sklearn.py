@@ -363,6 +363,9 @@ def test_training_errors_name_the_estimators_own_parameters():
     with pytest.raises(ValueError, match=r"^max_epochs=2147483648 epochs of 2 steps each exceed"):
         VAEEstimator(**WARM, max_epochs=2**31).fit(x)
     vae = VAEEstimator(**WARM, max_epochs=1).fit(x)
+    # (before: XLA's RESOURCE_EXHAUSTED, 30,720,002,048 bytes, after compiling)
+    with pytest.raises(ValueError, match=r"^sample_chunk=10,000,000: 128 examples x 10,000,000"):
+        vae.score_samples(x, num_samples=10**7, sample_chunk=10**7)
     with pytest.raises(
         ValueError, match=r"after the 1 trained \(warm_start\) .* lower max_epochs$"
     ):

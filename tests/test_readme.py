@@ -62,3 +62,18 @@ def test_readme_latent_models_example_runs_as_written(capsys):
     test_elbo = -namespace["result"].records[-1]["test_loss"]  # (the last model's)
     log_px = float(np.mean(namespace["log_px"]))
     assert np.isfinite(log_px) and log_px >= test_elbo - 0.5  # IS >= ELBO (up to MC noise)
+
+
+def test_readme_counts_the_robustness_rows_that_exist():
+    """The README's "N numbered rows and M safety cases" is the table's own count: rows
+    1..N of docs/robustness.md's bad-input table, none missing or repeated, and the W cases."""
+    readme = README.read_text()
+    doc = (README.parent / "docs" / "robustness.md").read_text()
+    stated = re.search(r"\((\d+) numbered rows and (\d+) safety cases\)", readme)
+    assert stated is not None
+    table = doc[doc.index("## Bad inputs tried") :]
+    numbers = [int(n) for n in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
+    assert numbers == list(range(1, len(numbers) + 1))
+    safety = re.findall(r"^\| W(\d+) \|", doc, flags=re.M)
+    assert safety == [str(i) for i in range(1, len(safety) + 1)]
+    assert (int(stated.group(1)), int(stated.group(2))) == (len(numbers), len(safety))

@@ -49,7 +49,7 @@ except ImportError:  # one line, not a chain of two tracebacks
 
 from vae_jax._version import __version__
 from vae_jax.arrays import Split, check_values
-from vae_jax.config import ModelConfig
+from vae_jax.config import ExperimentConfig, ModelConfig
 from vae_jax.estimator_files import (
     SavedEstimatorError,
     VersionWarning,
@@ -66,8 +66,8 @@ from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
 from vae_jax.sources import machine_memory
-from vae_jax.train import DivergenceError, TrainState, steps_per_epoch
-from vae_jax.trainer import MAX_STEPS
+from vae_jax.train import DivergenceError, TrainState, make_mesh, steps_per_epoch
+from vae_jax.trainer import MAX_STEPS, device_memory
 
 __all__ = [
     "IncomparableScoreWarning",
@@ -743,6 +743,7 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         use_compilation_cache()
         k = _check_int("num_samples", num_samples, 1)
         chunk = _check_int("sample_chunk", sample_chunk, 1)
+        self._check_score_memory(min(chunk, k))
         jax_key = _key_from(key, self.seed_, "key")
         x = self._validate(X, reset=False, unit_interval=self.model_.likelihood == "bernoulli")
         rows = _model_input(x, self.feature_shape_)
@@ -826,6 +827,24 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         estimator = load_estimator(cls, path, allow_unverified=allow_unverified)
         assert isinstance(estimator, cls)
         return estimator
+
+    def _check_score_memory(self, chunk: int) -> None:
+        """Refuse (ValueError, one line) a `sample_chunk` whose batch of decoded samples
+        cannot fit in the device's memory, before anything is allocated (before: XLA's
+        RESOURCE_EXHAUSTED after compiling). The estimate is the experiments' own
+        (`ExperimentConfig.activation_bytes`)."""
+        m = self.model_
+        config = ExperimentConfig(
+            model=ModelConfig(hidden=tuple(m.hidden), z_dim=m.z_dim, likelihood=m.likelihood)
+        )
+        nbytes = config.activation_bytes(tuple(m.image_shape), _SCORE_BATCH * chunk)
+        memory = device_memory(make_mesh(1))
+        if nbytes > memory:
+            raise ValueError(
+                f"sample_chunk={chunk:,}: {_SCORE_BATCH} examples x {chunk:,} samples at once "
+                f"need about {nbytes / 2**30:,.1f} GiB of activations, more than the device's "
+                f"{memory / 2**30:,.1f} GiB: a smaller sample_chunk (the scores do not change)"
+            )
 
     def _build_model(self, feature_shape: tuple[int, ...]) -> VAE:
         """The `VAE` that `fit` trains for examples of `feature_shape` (`load` rebuilds it)."""
