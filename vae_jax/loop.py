@@ -173,16 +173,7 @@ def fit(
         finished, a checkpoint was written (with `workdir`) and training stopped; calling
         `fit` again the same way resumes it. A second signal ends the process at once.
     """
-    require_bool("progress", progress)
-    if options is not None and not isinstance(options, FitOptions):
-        raise TypeError(f"options must be a FitOptions or None, got {type(options).__name__}")
-    if on_epoch_end is not None:
-        require_callable("on_epoch_end", on_epoch_end)
-    if initial_state is not None and not isinstance(initial_state, TrainState):
-        raise TypeError(
-            f"initial_state must be a TrainState (a FitResult's state), got "
-            f"{type(initial_state).__name__}"
-        )
+    _check_arguments(options, on_epoch_end, initial_state, progress)
     opts = options or FitOptions()
     train = _as_split(x_train, y_train, name="training data")
     if x_test is None and y_test is not None:  # (before: ignored, so no test set was scored)
@@ -529,6 +520,21 @@ def _catch_preemption(received: list[int]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _check_arguments(options: Any, on_epoch_end: Any, initial_state: Any, progress: Any) -> None:
+    """Raise (one line) unless `fit`'s other arguments are of their kinds (before: bare
+    AttributeErrors and TypeErrors from inside)."""
+    require_bool("progress", progress)
+    if options is not None and not isinstance(options, FitOptions):
+        raise TypeError(f"options must be a FitOptions or None, got {type(options).__name__}")
+    if on_epoch_end is not None:
+        require_callable("on_epoch_end", on_epoch_end)
+    if initial_state is not None and not isinstance(initial_state, TrainState):
+        raise TypeError(
+            f"initial_state must be a TrainState (a FitResult's state), got "
+            f"{type(initial_state).__name__}"
+        )
 
 
 def _as_split(x: Any, y: Any, *, name: str) -> Split:
