@@ -175,6 +175,22 @@ def _workdir_with_checkpoints(path):
     (path / "checkpoints" / "4").mkdir(parents=True)
 
 
+def _foreign_files(workdir):
+    """Another program's files at the names a run writes (before: --overwrite deleted all
+    but notes.txt)."""
+    (workdir / "config.json").write_text('{"name": "my project"}')
+    (workdir / "metrics.jsonl").write_text("USER DATA\n")
+    for name in ("images/photo.png", "tensorboard/events.mine", "notes.txt"):
+        (workdir / name).parent.mkdir(exist_ok=True)
+        (workdir / name).write_bytes(b"USER DATA")
+
+
+def _outputs_without_config(workdir):
+    """(Before: a fresh run replaced them.)"""
+    (workdir / "images").mkdir()
+    (workdir / "images" / "training_curves.png").write_bytes(b"USER DATA")
+
+
 def _config_garbage(path):
     (path / "config.json").write_text("{not json")
 
@@ -213,7 +229,25 @@ BAD_WORKDIRS = {
         "holds checkpoints of this configuration (the newest at step 4), which a fresh start "
         "(--no_resume",
     ),
-    "config.json not JSON": (_config_garbage, (), "config.json is not a valid vae_jax config"),
+    # (a config.json of unknown origin is never deleted: --overwrite is not offered)
+    "config.json not JSON": (
+        _config_garbage,
+        ("--overwrite",),
+        "config.json is not a valid vae_jax configuration: Expecting property name enclosed in "
+        "double quotes: line 1 column 2 (char 1); it holds files vae_jax did not write "
+        "(config.json), which it never deletes",
+    ),
+    "another program's files, with --overwrite": (
+        _foreign_files,
+        ("--overwrite",),
+        "it holds files vae_jax did not write (config.json, metrics.jsonl, images/photo.png, "
+        "tensorboard/events.mine), which it never deletes: move them away, or use another",
+    ),
+    "outputs but no config.json": (
+        _outputs_without_config,
+        (),
+        "holds images but no config.json; use another --workdir, or --overwrite",
+    ),
     "config.json value of wrong type": (
         _config_wrong_type,
         (),
@@ -241,8 +275,8 @@ def test_workdir_that_is_not_ours_is_refused_and_kept(tiny, tmp_path, capsys, ca
     setup(workdir)
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
     status, err = _cli(_base_argv(tiny, workdir, *flags), capsys)
-    assert status == 2
-    assert message in err and "--overwrite" in err and "Traceback" not in err
+    assert status == 2 and message in err and "Traceback" not in err
+    assert ("or --overwrite" in err) == ("did not write" not in message)
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*") if p.name != ".lock") == (
         before
     )

@@ -7,6 +7,8 @@ import functools
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -599,3 +601,46 @@ def test_load_dataset_takes_a_path_object(tmp_path):
         np.savez(path, **arrays)
         with pytest.raises(ValueError, match=message):
             vae_jax.load_dataset(path)
+
+
+def test_fit_refuses_a_work_directory_in_use_and_files_it_did_not_write(tmp_path):
+    """(Before: fit never took the work directory's lock, so overwrite=True deleted the
+    checkpoints of a run in progress; and overwrite deleted another program's config.json,
+    metrics.jsonl, images/ and tensorboard/ files with a run's outputs.)"""
+    x = np.random.default_rng(4).normal(size=(32, 4)).astype(np.float32)
+    options = vae_jax.FitOptions(epochs=1, batch_size=16, log=lambda _: None)
+    run = functools.partial(
+        vae_jax.fit, vae_jax.make_elbo(MeanOnly()), optax.adam(1e-2), x, options=options
+    )
+    workdir = tmp_path / "run"
+    run(workdir=workdir, progress=False)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    holder = subprocess.Popen(  # another process holds the lock, as a run in progress does
+        [sys.executable, "-c", HOLD_LOCK, str(workdir / ".lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(vae_jax.workdir.WorkdirError, match=r"is in use by another run \(pid"):
+            run(workdir=vae_jax.RunDir(workdir, resume=False, overwrite=True), progress=False)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+    (workdir / "config.json").write_text('{"name": "my project"}')
+    (workdir / "images").mkdir()
+    (workdir / "images" / "photo.png").write_bytes(b"mine")
+    with pytest.raises(vae_jax.workdir.WorkdirError, match=r"did not write \(config.json, images"):
+        run(workdir=vae_jax.RunDir(workdir, overwrite=True), progress=False)
+    assert (workdir / "images" / "photo.png").read_bytes() == b"mine"
+    assert (workdir / "config.json").read_text() == '{"name": "my project"}'
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"999999\\n")
+print("held", flush=True)
+time.sleep(60)
+"""

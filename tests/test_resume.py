@@ -545,8 +545,12 @@ def test_checkpoints_path_that_is_a_file_is_a_one_line_error(tiny_mnist, tmp_pat
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / CHECKPOINT_SUBDIR).write_text("not a directory")
-    err = _run_failing(tiny_mnist, workdir, capsys)
-    assert "cannot use" in err and "for checkpoints" in err
+    with pytest.raises(SystemExit) as exit_info:  # (a file vae_jax did not write: kept)
+        mnist.main(_argv(tiny_mnist, workdir))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "holds checkpoints but no config.json; it holds files vae_jax did not write" in err
+    assert (workdir / CHECKPOINT_SUBDIR).read_text() == "not a directory"
 
 
 def test_fit_refuses_a_fresh_start_over_checkpoints(reference, tmp_path):

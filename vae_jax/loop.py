@@ -38,13 +38,13 @@ from tqdm.auto import tqdm
 from vae_jax.arrays import Split
 from vae_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from vae_jax.config import ExperimentConfig
-from vae_jax.distributed import any_process, on_primary
+from vae_jax.distributed import any_process, is_primary, on_primary
 from vae_jax.fields import require_bool, require_callable, require_path
 from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
 from vae_jax.train import NO_BOUND, DivergenceError, NonFiniteError, TrainState, all_finite
 from vae_jax.trainer import Trainer, data_fingerprint
-from vae_jax.workdir import claim, one_line
+from vae_jax.workdir import claim, held_workdir_lock, one_line, writable_dir
 
 # Whether the parameters and optimizer state are finite (checked before each checkpoint).
 _state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)))
@@ -383,6 +383,8 @@ class _Saver:
         record = where.record
         owner = record if record is not None else _run_record(trainer)
         self.identity = run_identity(owner, trainer)
+        if is_primary():  # (before: fit wrote, even --overwrite deleted, a directory in use)
+            stack.enter_context(held_workdir_lock(writable_dir(where.path, probe=False)))
         on_primary(
             lambda: claim(where.path, owner, resume=where.resume, overwrite=where.overwrite),
             "claim the work directory",

@@ -17,9 +17,12 @@ the library writes or deletes there is reached through a symbolic link that lead
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +48,24 @@ DISCARDED_SUBDIR = ".discarded"  # a previous run's outputs, renamed here then d
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (POSIX; 0 elsewhere)
+# The names a run writes inside its output directories (`foreign_outputs`): anything else
+# there is not the library's, and is never deleted. (".tmp": an atomic write cut short.)
+_OURS_IN = {
+    CHECKPOINT_SUBDIR: re.compile(
+        rf"\d+|\d+\.orbax-checkpoint-tmp.*|{re.escape(UNREADABLE_SUBDIR)}|{re.escape(TRASH_SUBDIR)}"
+    ),
+    IMAGES_SUBDIR: re.compile(
+        r"((samples|reconstructions|class_samples)_epoch\d+|training_curves)\.png(\.tmp)?"
+    ),
+    TENSORBOARD_SUBDIR: re.compile(r"events\.out\.tfevents\..+"),
+}
+# The work directories whose lock this thread holds (`workdir_lock`; a context variable,
+# so another thread's `fit` on one of them is refused like another process's).
+_HELD: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "vae_jax_held_workdirs", default=frozenset()
+)
+_PIECES_RECORD_KEYS = frozenset({"objective", "model", "event_shape", "options", "run"})
+_MAX_METRICS_BYTES = 64 << 20  # a run's metrics.jsonl is one short line per epoch
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], object]) -> Path:
@@ -168,9 +189,11 @@ def claim(
 
     Nothing is lost by mistake: a directory whose ``config.json`` holds a different
     configuration (other than the epoch budget and the checkpoint cadence), is unreadable,
-    or is missing while checkpoints exist, is refused unless `overwrite`; so is a directory
+    or is missing while outputs exist, is refused unless `overwrite`; so is a directory
     with checkpoints of this configuration when `resume` is False. With `overwrite`, those
-    checkpoints, metrics and images are deleted and the run starts afresh; a directory of
+    checkpoints, metrics, images and event files are deleted and the run starts afresh,
+    but only when all of them are the library's: a directory with files vae_jax did not
+    write at those names (`foreign_outputs`) is refused, `overwrite` or not. A directory of
     the same configuration is resumed (unless `resume` is False), `overwrite` or not.
 
     Raises:
@@ -184,8 +207,11 @@ def claim(
         problem = str(error)
     else:
         set_aside = _checkpoint_steps(path / CHECKPOINT_SUBDIR, UNREADABLE_SUBDIR)
-        if existing is None:
-            problem = f"{path} has checkpoints but no {CONFIG_FILE}" if steps else ""
+        outputs = [n for n in _OUTPUTS if n != CONFIG_FILE and _present(path / n)]
+        if existing is None:  # (a fresh start would replace what is at the outputs' names)
+            problem = f"{path} holds {', '.join(outputs)} but no {CONFIG_FILE}" if outputs else ""
+            if steps:
+                problem = f"{path} has checkpoints but no {CONFIG_FILE}"
         elif set_aside and not steps:
             problem = (
                 f"{path} holds no readable checkpoint (those of steps {set_aside} could not be "
@@ -203,17 +229,82 @@ def claim(
             )
         else:
             problem = ""
-    if problem and not overwrite:
-        raise WorkdirError(
-            f"{problem}; use another --workdir, or --overwrite to start afresh there"
-        )
     if problem:
+        foreign = foreign_outputs(path)
+        if foreign:  # (before: --overwrite deleted them with the run's outputs)
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            )
+            raise WorkdirError(
+                f"{problem}; it holds files vae_jax did not write ({shown}), which it never "
+                "deletes: move them away, or use another --workdir"
+            )
+        if not overwrite:
+            raise WorkdirError(
+                f"{problem}; use another --workdir, or --overwrite to start afresh there"
+            )
         _discard_outputs(path)
     if isinstance(config, ExperimentConfig):
         write_config(path, config)
     else:
         write_json(path / CONFIG_FILE, {**config, VERSION_FIELD: __version__})
     return path
+
+
+_OUTPUTS = (CHECKPOINT_SUBDIR, METRICS_FILE, IMAGES_SUBDIR, TENSORBOARD_SUBDIR, CONFIG_FILE)
+
+
+def _present(path: Path) -> bool:
+    """Whether `path` is there: a file, a link, or a directory with something in it."""
+    if path.is_symlink() or path.is_file():
+        return True
+    return path.is_dir() and any(path.iterdir())
+
+
+def foreign_outputs(path: str | os.PathLike) -> list[str]:
+    """The entries at a run's output names in `path` that vae_jax did not write, which
+    `claim` refuses to discard (so --overwrite deletes only a run's own outputs): a
+    config.json that is not a vae_jax record (an `ExperimentConfig`'s sections, or the record
+    `fit` writes for its pieces), a metrics.jsonl that is not one JSON record with an
+    "epoch" per line, and in checkpoints/, images/ and tensorboard/ any name a run does not
+    write there (or a file where the directory goes). Nothing is deleted here."""
+    path = Path(path)
+    found = []
+    if (path / CONFIG_FILE).is_file() and not _is_our_record(path / CONFIG_FILE):
+        found.append(CONFIG_FILE)
+    if (path / METRICS_FILE).is_file() and not _is_our_metrics(path / METRICS_FILE):
+        found.append(METRICS_FILE)
+    for name, ours in _OURS_IN.items():
+        where = path / name
+        if where.is_dir() and not where.is_symlink():
+            found += [
+                f"{name}/{p.name}" for p in sorted(where.iterdir()) if not ours.fullmatch(p.name)
+            ]
+        elif where.is_file():
+            found.append(name)
+    return found
+
+
+def _is_our_record(config: Path) -> bool:
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(values, dict):
+        return False
+    keys = set(values) - {VERSION_FIELD}
+    sections = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    return bool(keys) and (keys <= sections or keys <= _PIECES_RECORD_KEYS)
+
+
+def _is_our_metrics(metrics: Path) -> bool:
+    try:
+        if metrics.stat().st_size > _MAX_METRICS_BYTES:
+            return False
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, RecursionError):
+        return False
+    return all(isinstance(r, dict) and "epoch" in r for r in records)
 
 
 def _identity(config: ExperimentConfig | dict[str, Any]) -> dict[str, Any]:
@@ -360,7 +451,7 @@ def _discard_outputs(path: Path) -> None:
         trash.unlink()
     remove_tree(trash, ignore_errors=True)
     trash.mkdir()
-    for name in (CHECKPOINT_SUBDIR, METRICS_FILE, IMAGES_SUBDIR, TENSORBOARD_SUBDIR, CONFIG_FILE):
+    for name in _OUTPUTS:
         if (path / name).exists() or (path / name).is_symlink():
             (path / name).rename(trash / name)
     remove_tree(trash, ignore_errors=True)
@@ -370,7 +461,9 @@ def _discard_outputs(path: Path) -> None:
 def workdir_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path/.lock`` (released when the process dies, even by
     SIGKILL), so two runs never write the same work directory. The lock file is opened
-    without following a link (a link there is refused)."""
+    without following a link (a link there is refused). Not re-entrant: a second run in
+    this process is refused like one in another (`held_workdir_lock` is the caller's)."""
+    key = os.path.realpath(path)
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
@@ -398,10 +491,20 @@ def workdir_lock(path: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
+        token = _HELD.set(_HELD.get() | {key})
         try:
             yield
         finally:
+            _HELD.reset(token)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def held_workdir_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """`workdir_lock`, unless this thread's caller already holds it (`run_experiment`
+    around `fit`): `fit` takes the lock for its own callers, who did not."""
+    if os.path.realpath(path) in _HELD.get():
+        return contextlib.nullcontext()
+    return workdir_lock(path)
 
 
 def write_config(workdir: str | os.PathLike, config: ExperimentConfig) -> None:
