@@ -183,3 +183,24 @@ def test_readme_hook_example_logs_each_epoch(monkeypatch, capsys):
     exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
     epochs = namespace["result"].records[-1]["epoch"]
     assert logged == list(range(1, epochs + 1)) and epochs >= 1
+
+
+def test_a_damaged_record_length_ends_the_reading_instead_of_a_huge_read(tmp_path):
+    """One flipped byte in a record's length (before: a read of up to 2**64 bytes, a
+    MemoryError on every resume, before the epoch's checkpoint): the reading stops there,
+    at the records before it."""
+    TensorBoardWriter(tmp_path).write(2, [record(1), record(2)], {})
+    (path,) = (tmp_path / SUBDIR).iterdir()
+    data = bytearray(path.read_bytes())
+    whole = last_step_written(tmp_path / SUBDIR)
+    for value in (0xFF, 0x7F):  # the first record's length: 2**64 - 1 ... and a bit
+        damaged = bytearray(data)
+        damaged[7] = value
+        path.write_bytes(bytes(damaged))
+        assert last_step_written(tmp_path / SUBDIR) == 0  # (nothing readable before it)
+    damaged = bytearray(data)
+    damaged[0] ^= 0x01  # a length off by one, its CRC no longer matching
+    path.write_bytes(bytes(damaged))
+    assert last_step_written(tmp_path / SUBDIR) == 0
+    path.write_bytes(bytes(data))
+    assert last_step_written(tmp_path / SUBDIR) == whole == 2

@@ -53,6 +53,7 @@ from google.protobuf.message import DecodeError
 from PIL import Image
 
 from vae_jax.distributed import is_primary
+from vae_jax.fields import require_path
 from vae_jax.workdir import TENSORBOARD_SUBDIR, WorkdirError, writable_dir
 
 SUBDIR = TENSORBOARD_SUBDIR  # in the work directory
@@ -71,7 +72,7 @@ class TensorBoardWriter:
     """
 
     def __init__(self, workdir: str | os.PathLike) -> None:
-        self.directory = Path(workdir) / SUBDIR
+        self.directory = require_path("workdir", workdir) / SUBDIR
         self._file: Path | None = None
         self._last_step: int | None = None  # the largest step written (None: not read yet)
         self._refuse_link()
@@ -201,10 +202,19 @@ def last_step_written(directory: str | os.PathLike) -> int:
 
 
 def _records(path: Path) -> Iterator[bytes]:
-    """The records of a TFRecord file (length, its CRC, data, its CRC), CRCs unchecked."""
+    """The records of a TFRecord file (length, its CRC, data, its CRC), up to the first
+    damaged one: a length whose CRC does not match, or longer than the rest of the file,
+    ends the reading (before: one flipped byte there made a 2**64-byte read, a MemoryError
+    on every resume). The data's CRC is not checked (a damaged event fails to decode)."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    size = path.stat().st_size
     with open(path, "rb") as file:
         while len(header := file.read(12)) == 12:
             (length,) = struct.unpack("<Q", header[:8])
+            crc = struct.unpack("<I", header[8:])[0]
+            if crc != masked_crc32c(header[:8]) or length > size - file.tell() - 4:
+                return
             data = file.read(length)
             if len(data) < length or len(file.read(4)) < 4:
                 return
