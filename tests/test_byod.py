@@ -644,3 +644,39 @@ os.write(fd, b"999999\\n")
 print("held", flush=True)
 time.sleep(60)
 """
+
+
+def test_a_record_that_does_not_describe_the_run_is_refused(tmp_path):
+    """RunDir(path, record=config): config.json, and load_checkpoint's model, come from the
+    record (before: a relu model recorded as tanh loaded as tanh with relu's weights, and
+    config.json kept the record's batch size and seed, not the ones trained with)."""
+    import dataclasses
+
+    config = vae_jax.ExperimentConfig()
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=16))
+    x = np.zeros((32, 28, 28, 1), np.uint8)
+    tanh = dataclasses.replace(config.model, activation="tanh").build((28, 28, 1))
+    built = config.build()
+    options = config.fit_options(log=lambda _: None)
+    workdir = vae_jax.RunDir(tmp_path / "run", record=config)
+    run = functools.partial(vae_jax.fit, tx=optax.adam(1e-3), workdir=workdir, progress=False)
+    cases = [
+        (
+            lambda: run(vae_jax.make_elbo(tanh), x_train=x, options=options),
+            r"another model \(VAE\(image_shape=\(28, 28, 1\), .*activation='relu'.*\) than "
+            r"the one trained \(.*activation='tanh'",
+        ),
+        (
+            lambda: run(vae_jax.make_elbo(built.model, beta=4.0), x_train=x, options=options),
+            r"another objective \(beta: 1.0 there, 4.0 here\)",
+        ),
+        (
+            lambda: run(built.objective, x_train=x, options=dataclasses.replace(options, seed=5)),
+            "the record says seed 0, the options 5",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

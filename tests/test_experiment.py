@@ -219,7 +219,9 @@ def test_a_run_prepares_checks_and_builds_each_once(tiny_mnist, tmp_path, monkey
     counted(config.ModelConfig, "build", "model built")
     counted(config.ObjectiveConfig, "build", "objective built")
     counted(mnist_data, "prepare_mnist", "MNIST prepared")
-    for module in (arrays, mnist_data, sources):
+    from vae_jax import trainer
+
+    for module in (arrays, mnist_data, sources, trainer):
         counted(module, "check_split", "split checked")
     assert run(tiny_mnist, tmp_path / "run", "--epochs", "1", "--hidden", "16", "--z_dim", "2",
                "--learning_rate", "0.002") == 0  # fmt: skip
@@ -227,7 +229,9 @@ def test_a_run_prepares_checks_and_builds_each_once(tiny_mnist, tmp_path, monkey
         "model built": 1,
         "objective built": 1,
         "MNIST prepared": 1,
-        "split checked": 2,  # (train and test, once each)
+        # train and test: as MNIST is read, then where every split enters training (the
+        # Trainer, which a hand-built Split cannot bypass); uint8, so no value is read twice
+        "split checked": 4,
     }
 
 

@@ -30,6 +30,7 @@ identities, is read with that default (`ExperimentConfig.from_dict`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, NamedTuple
@@ -389,6 +390,12 @@ class Built(NamedTuple):
 _ACTIVATION_FACTOR = 4
 
 
+# `ExperimentConfig.build`'s results, by configuration and event shape (the newest
+# `_BUILT_SIZE`): modules and objectives are immutable, so one made is one to reuse.
+_BUILT: dict[tuple[Any, tuple[int, ...]], Built] = {}
+_BUILT_SIZE = 32
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     model: ModelConfig = ModelConfig()
@@ -440,11 +447,20 @@ class ExperimentConfig:
         if require_int("memory", memory) < 0:  # (before: "more than the devices' -0.0 GiB")
             raise ValueError(f"memory must be >= 0 bytes (0: not checked), got {memory}")
         shape = tuple(shape)
-        model = self.model.build(shape)
-        objective = self.objective.build(model)
+        try:
+            built = _BUILT.get((self, shape))
+        except TypeError:  # (an unhashable field: built afresh)
+            built = None
+        if built is None:  # (made once: `fit` checks its record against what run_experiment built)
+            model = self.model.build(shape)
+            built = Built(model, self.objective.build(model))
+            with contextlib.suppress(TypeError):
+                if len(_BUILT) >= _BUILT_SIZE:
+                    _BUILT.pop(next(iter(_BUILT)))
+                _BUILT[self, shape] = built
         if memory:
             self._check_batch_memory(shape, memory)
-        return Built(model, objective)
+        return built
 
     def activation_bytes(self, shape: tuple[int, ...], rows: int) -> int:
         """A coarse upper bound of the activation memory of `rows` model inputs (examples x

@@ -44,7 +44,13 @@ from vae_jax.objectives import Objective
 from vae_jax.options import FitOptions
 from vae_jax.train import NO_BOUND, DivergenceError, NonFiniteError, TrainState, all_finite
 from vae_jax.trainer import Trainer, data_fingerprint
-from vae_jax.workdir import claim, held_workdir_lock, one_line, writable_dir
+from vae_jax.workdir import (
+    claim,
+    describe_difference,
+    held_workdir_lock,
+    one_line,
+    writable_dir,
+)
 
 # Whether the parameters and optimizer state are finite (checked before each checkpoint).
 _state_finite = jax.jit(lambda state: all_finite((state.params, state.opt_state)))
@@ -381,6 +387,8 @@ class _Saver:
                 f"record must be an ExperimentConfig or None, got {type(where.record).__name__}"
             )
         record = where.record
+        if record is not None:
+            _check_record(record, trainer)
         owner = record if record is not None else _run_record(trainer)
         self.identity = run_identity(owner, trainer)
         if is_primary():  # (before: fit wrote, even --overwrite deleted, a directory in use)
@@ -594,6 +602,37 @@ def _describe(module: nn.Module) -> str:
     fields = [f for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
     text = ", ".join(f"{f.name}={getattr(module, f.name)!r}" for f in fields)
     return " ".join(f"{type(module).__name__}({text})".split())
+
+
+# The options a configuration sets that decide what is trained (the others: how it runs).
+_RECORDED_OPTIONS = ("epochs", "batch_size", "seed", "binarize", "kl_warmup_steps")
+
+
+def _check_record(record: ExperimentConfig, trainer: Trainer) -> None:
+    """Raise ValueError (one line) unless `record` (what config.json will say, and what
+    `load_checkpoint` rebuilds the model from) describes what `trainer` trains: its model
+    and objective for the data's event shape, and the options it sets (before: a relu model
+    recorded as tanh loaded as tanh with relu's weights). The optimizer is not compared."""
+    built = record.build(trainer.event_shape).objective  # (made once: ExperimentConfig.build)
+    objective = trainer.objective
+    if built.model != objective.model:
+        raise ValueError(
+            f"the record describes another model ({_describe(built.model)}) than the one "
+            f"trained ({_describe(objective.model)})"
+        )
+    if built != objective:
+        fields = ("kind", "beta", "num_samples", "free_bits")
+        theirs, ours = ({f: getattr(o, f) for f in fields} for o in (built, objective))
+        raise ValueError(
+            f"the record describes another objective ({describe_difference(theirs, ours)})"
+        )
+    expected = record.fit_options()
+    for name in _RECORDED_OPTIONS:
+        if getattr(expected, name) != getattr(trainer.options, name):
+            raise ValueError(
+                f"the record says {name} {getattr(expected, name)!r}, the options "
+                f"{getattr(trainer.options, name)!r}"
+            )
 
 
 def _run_record(trainer: Trainer) -> dict[str, Any]:
