@@ -334,3 +334,30 @@ def test_sample_latent_hook_gives_the_same_bounds_with_a_monte_carlo_kl():
     np.testing.assert_allclose(mc, exact, rtol=0.03, atol=0.1)
     with pytest.raises(ValueError, match="free_bits needs the per-latent KL"):
         make_elbo(hooked, free_bits=0.5)
+
+
+def test_per_call_weights_and_beta_are_checked():
+    """(Before: one weight broadcast, so terms returned the batch's sum, not its mean; zero
+    weights gave NaN; a per-call beta of -5 gave an ELBO above E[log p(x|z)]; beta=1e39,
+    infinite in float32, an ELBO of -inf.)"""
+    model = VAE(image_shape=(4,), z_dim=2, hidden=(8,))
+    params = init_params(model, jax.random.key(0))
+    x, key = np.full((4, 4), 0.5, np.float32), jax.random.key(1)
+    objective = make_elbo(model)
+    for kwargs, message in [
+        (
+            {"weights": np.ones(1)},
+            r"weights must have shape \(4,\) \(one per example\), got \(1,\)",
+        ),
+        ({"weights": np.zeros(4)}, "weights must be finite and >= 0, and not all 0"),
+        ({"weights": -np.ones(4)}, "weights must be finite and >= 0, and not all 0"),
+        ({"beta": -5.0}, "beta must be a finite number >= 0, got -5.0$"),
+        ({"beta": float("nan")}, "beta must be a finite number >= 0, got nan"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            objective.terms(params, x, key, **kwargs)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got 1e.39, beyond"):
+        make_elbo(model, beta=1e39)
+    assert objective.terms(params, x, key, weights=np.ones(4)).elbo == objective(params, x, key)
+    traced = jax.jit(lambda w, b: objective.terms(params, x, key, weights=w, beta=b).elbo)
+    assert np.isfinite(traced(np.ones(4), np.float32(0.5)))  # (tracers: by shape only)

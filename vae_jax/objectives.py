@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from vae_jax.arrays import check_inputs, to_float
-from vae_jax.fields import is_number, require_int
+from vae_jax.fields import FLOAT32_MAX, is_number, require_int
 from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode
 
 Params = Any
@@ -160,6 +161,34 @@ def standard_normal_log_prob(z: ArrayLike) -> jax.Array:
     """log N(z | 0, I), summed over the last axis: [...] in nats."""
     z = jnp.asarray(z)
     return -0.5 * jnp.sum(LOG_2PI + jnp.square(z), axis=-1)
+
+
+def _check_weight(name: str, value: Any) -> None:
+    """Raise ValueError (one line) unless `value` is a number in [0, float32's largest]
+    (before: 1e39, infinite in float32, gave an ELBO of -inf). A tracer (a KL warm-up's
+    schedule under jit) is not looked at."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, jax.Array | np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if not (is_number(value) and 0 <= value <= FLOAT32_MAX):
+        beyond = ", beyond float32" if is_number(value) and FLOAT32_MAX < value < math.inf else ""
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}{beyond}")
+
+
+def _check_example_weights(weights: Any, shape: tuple[int, ...]) -> None:
+    """Raise ValueError (one line) unless `weights` are [batch] (by shape, also under jit)
+    and, where concrete, finite, >= 0 and not all 0 (before: one weight broadcast, so
+    `terms` returned the batch's sum, not its mean; zeros gave NaN)."""
+    if jnp.shape(weights) != shape:
+        raise ValueError(
+            f"weights must have shape {shape} (one per example), got {jnp.shape(weights)}"
+        )
+    if isinstance(weights, jax.core.Tracer):
+        return
+    w = np.asarray(weights, np.float64)
+    if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError("weights must be finite and >= 0, and not all 0")
 
 
 def _check_num_samples(num_samples: Any) -> None:
@@ -320,9 +349,7 @@ class Objective:
             raise ValueError(f"kind must be 'elbo' or 'iwae', got {self.kind!r}")
         _check_num_samples(self.num_samples)
         for name in ("beta", "free_bits"):
-            value = getattr(self, name)
-            if not (is_number(value) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            _check_weight(name, getattr(self, name))
         if self.free_bits > 0 and hasattr(self.model, "sample_latent"):
             raise ValueError("free_bits needs the per-latent KL of a diagonal-Gaussian encode()")
 
@@ -347,6 +374,8 @@ class Objective:
         Free bits are not applied here (they act on batch means; see `terms`).
         """
         x, label = self._checked(batch)
+        if beta is not None:  # (before: -5 gave an ELBO above E[log p(x|z)], NaN a NaN)
+            _check_weight("beta", beta)
         event_ndims = x.ndim - 1
         latent = sample_latent(self.model, params, x, label, key, self.num_samples)
         output = decode(self.model, params, latent.z, label)
@@ -382,6 +411,8 @@ class Objective:
             ``sum(w * value) / sum(w)``.
         """
         per = self.per_example(params, batch, key, beta=beta)
+        if weights is not None:
+            _check_example_weights(weights, per.kl.shape)
         w = jnp.ones_like(per.kl) if weights is None else jnp.asarray(weights, per.kl.dtype)
         mean = lambda v: jnp.sum(w * v) / jnp.sum(w)  # noqa: E731
         terms = ElboTerms(mean(per.elbo), mean(per.log_likelihood), mean(per.kl))
