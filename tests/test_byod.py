@@ -321,6 +321,20 @@ def _wrong_kinds():
             ValueError,
             r"evaluate: data: x has values in \[200, 200\]; a Bernoulli likelihood needs",
         ),
+        "host evaluate levels": (
+            lambda: vae_jax.train.make_host_evaluate(bernoulli, vae_jax.make_mesh(1), batch_size=8)(
+                None,
+                vae_jax.Split(np.full((16, 4), 200.0, np.float32), np.zeros(16, np.int32)),
+                key,
+            ),
+            ValueError,
+            r"evaluate: data: x has values in \[200, 200\]",
+        ),
+        "host evaluate batch": (
+            lambda: vae_jax.train.make_host_evaluate(bernoulli, vae_jax.make_mesh(1), batch_size=0),
+            ValueError,
+            "batch_size must be >= 1, got 0",
+        ),
         "evaluate tuple": (
             lambda: evaluate(vae_jax.make_mesh(1))(None, (x, None), key),
             TypeError,

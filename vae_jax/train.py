@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax.arrays import check_inputs, to_float
+from vae_jax.arrays import Split, check_inputs, to_float
 from vae_jax.fields import require_bool, require_int
 from vae_jax.models import init_params
 from vae_jax.objectives import Objective
@@ -171,17 +171,23 @@ def check_device_data(model: Any, data: Any, *, name: str) -> None:
         raise TypeError(
             f"{name} must be a DeviceData (vae_jax.train.to_device), got {type(data).__name__}"
         )
-    seen = _CHECKED.get(id(data.image))
-    if seen is not None and seen[0]() is data.image and seen[1] == model:
-        return
 
     def host(a: jax.Array) -> np.ndarray:  # (replicated: any local shard is the whole array)
         return np.asarray(a.addressable_shards[0].data)
 
-    check_inputs(model, host(data.image), host(data.label), name=name)
+    _check_once(model, data.image, lambda: (host(data.image), host(data.label)), name=name)
+
+
+def _check_once(model: Any, image: Any, arrays: Callable[[], Any], *, name: str) -> None:
+    """`check_inputs` of ``arrays()`` (image, label), unless `image` (the same object) was
+    checked for `model` before (`_CHECKED`)."""
+    seen = _CHECKED.get(id(image))
+    if seen is not None and seen[0]() is image and seen[1] == model:
+        return
+    check_inputs(model, *arrays(), name=name)
     for dead in [k for k, (ref, _) in _CHECKED.items() if ref() is None]:
         del _CHECKED[dead]
-    _CHECKED[id(data.image)] = (weakref.ref(data.image), model)
+    _CHECKED[id(image)] = (weakref.ref(image), model)
 
 
 def padded_batches(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -561,12 +567,7 @@ def make_evaluate(
         `Objective` or a `batch_size` not an integer >= 1; at a call, `data` that is not a
         `DeviceData` or does not fit the model (`check_device_data`: shape, values, labels).
     """
-    if not isinstance(objective, Objective):
-        raise TypeError(
-            f"objective must be an Objective (make_elbo(model)), got {type(objective).__name__}"
-        )
-    if require_int("batch_size", batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_evaluate_settings(objective, batch_size)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     names = ("elbo", "log_likelihood", "kl")
 
@@ -610,6 +611,14 @@ def make_evaluate(
     return chosen
 
 
+def _check_evaluate_settings(objective: Any, batch_size: Any) -> None:
+    if not isinstance(objective, Objective):
+        kind = type(objective).__name__
+        raise TypeError(f"objective must be an Objective (make_elbo(model)), got {kind}")
+    if require_int("batch_size", batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
 def make_host_evaluate(
     objective: Objective, mesh: Mesh, *, batch_size: int
 ) -> Callable[[Any, Any, jax.Array], dict[str, jax.Array]]:
@@ -618,7 +627,10 @@ def make_host_evaluate(
     The same batches, weights and keys as `make_evaluate` (batch i: ``fold_in(key, i)``);
     each batch is gathered on the host and sent with its compiled call. The numbers agree
     with `make_evaluate`'s to float rounding (the sums are accumulated in another order).
+    What it is given is checked as `make_evaluate` checks it (the split: a `Split` of host
+    arrays, at its first call).
     """
+    _check_evaluate_settings(objective, batch_size)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     names = ("elbo", "log_likelihood", "kl")
 
@@ -632,6 +644,10 @@ def make_host_evaluate(
         return jnp.stack([jnp.sum(weight * t) for t in terms])
 
     def evaluate(params: Any, split: Any, key: jax.Array) -> dict[str, jax.Array]:
+        if not isinstance(split, Split):
+            raise TypeError(f"evaluate: data must be a vae_jax.Split, got {type(split).__name__}")
+        arrays = lambda: (split.image, split.label)  # noqa: E731
+        _check_once(objective.model, split.image, arrays, name="evaluate: data")
         n, event_shape = split.image.shape[0], tuple(split.image.shape[1:])
         index, weight = padded_batches(np.arange(n), batch_size)
         totals = jnp.zeros(3, jnp.float32)
