@@ -185,3 +185,16 @@ def test_a_trainer_epoch_is_fits_epoch():
     ]:  # (before: max_steps=0 reported a loss of 0.0 for no training)
         with pytest.raises(ValueError, match=message):
             trainer.train_epoch(**{"epoch": 0, **bad})
+    # (before: restore(None) or a params dict failed later, in the compiled call; offset -5
+    # acted as 0 and 1.5 gave "slice indices must be integers")
+    with pytest.raises(TypeError, match="state must be a TrainState, got dict"):
+        trainer.restore({"params": result.state.params})
+    other = vae_jax.VAE(image_shape=(4, 4, 1), hidden=(16,), z_dim=2)
+    other_state = vae_jax.fit(
+        vae_jax.make_elbo(other), tx, x, options=options, progress=False
+    ).state
+    with pytest.raises(ValueError, match="the state does not have the structure and shapes"):
+        trainer.restore(other_state)
+    for offset, message in [(-5, r"offset must be in 0\.\.4, got -5"), (1.5, "offset must be an")]:
+        with pytest.raises(ValueError, match=message):
+            next(trainer.batches(0, offset))

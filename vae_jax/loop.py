@@ -186,8 +186,7 @@ def fit(
         raise ValueError("y_test was given without x_test")
     test = None if x_test is None else _as_split(x_test, y_test, name="test data")
     trainer = Trainer(objective, tx, train, test, opts)  # (checks them all, once)
-    if initial_state is not None:
-        _check_same_shapes(initial_state, trainer.abstract_state)
+    if initial_state is not None:  # (Trainer.restore checks its structure and shapes)
         trainer.restore(initial_state)
     log, n_epoch, total_steps = opts.log, trainer.steps_per_epoch, trainer.total_steps
     if trainer.streamed:
@@ -258,21 +257,6 @@ def fit(
                 log(f"stopped after epoch {epoch + 1} of {opts.epochs}, as on_epoch_end asked")
                 break
         return FitResult(objective.model, objective, trainer.state, run.records)
-
-
-def _check_same_shapes(state: Any, abstract: Any) -> None:
-    """Raise ValueError (one line) unless `state` has the structure and shapes of `abstract`."""
-    try:  # (jax.tree.map raises ValueError for another structure)
-        same = all(
-            jax.tree.leaves(jax.tree.map(lambda a, b: np.shape(a) == b.shape, state, abstract))
-        )
-    except ValueError:
-        same = False
-    if not same:
-        raise ValueError(
-            "initial_state does not have the structure and shapes of this model and "
-            "optimizer's state"
-        )
 
 
 PARTIAL_KEYS = ("loss", "log_likelihood", "kl", "weight", "seconds")

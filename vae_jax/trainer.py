@@ -230,7 +230,25 @@ class Trainer:
         return replicate(self._init(self.keys.init), self.mesh)
 
     def restore(self, state: TrainState) -> None:
-        """Continue from `state` (a restored checkpoint), replicated over the mesh."""
+        """Continue from `state` (a restored checkpoint, or a `FitResult`'s state),
+        replicated over the mesh. TypeError / ValueError (one line) unless it is a
+        `TrainState` of this model's and optimizer's structure and shapes (before: None or
+        a params dict failed later, inside the compiled call)."""
+        if not isinstance(state, TrainState):
+            raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
+        try:  # (jax.tree.map raises ValueError for another structure)
+            same = all(
+                jax.tree.leaves(
+                    jax.tree.map(lambda a, b: np.shape(a) == b.shape, state, self.abstract_state)
+                )
+            )
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(
+                "the state does not have the structure and shapes of this model and "
+                "optimizer's state"
+            )
         self.state = replicate(state, self.mesh)
 
     def batches(self, epoch: int, offset: int = 0) -> Iterator[tuple[int, int, tuple[Any, ...]]]:
@@ -241,6 +259,10 @@ class Trainer:
         epoch)``; `inputs` is what `run` takes: ``(data, index, weight)`` on the device, or
         ``(HostBatches,)`` gathered on the host and prefetched by a Grain thread.
         """
+        if require_int("epoch", epoch) < 0:  # (before: numpy's "expected non-negative")
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if not 0 <= require_int("offset", offset) < self.steps_per_epoch:  # (-5 acted as 0)
+            raise ValueError(f"offset must be in 0..{self.steps_per_epoch - 1}, got {offset}")
         opts = self.options
         index, weight = epoch_order(self.num_examples, opts.batch_size, seed=opts.seed, epoch=epoch)
         # (a chunk starts later than its boundary only after a checkpoint made mid-chunk)
@@ -277,10 +299,8 @@ class Trainer:
     def train_epoch(self, epoch: int, max_steps: int | None = None) -> EpochTiming:
         """Epoch `epoch` as `fit` runs it (its calls, metrics fetched after each; no
         divergence checks, no checkpoints), or its whole calls until `max_steps` (>= 1) steps
-        ran. ValueError (one line) for a negative `epoch` or `max_steps` below 1 (before:
-        max_steps=0 reported a loss of 0.0 for no training)."""
-        if require_int("epoch", epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        ran. ValueError (one line) for a negative `epoch` (`batches`) or `max_steps` below 1
+        (before: max_steps=0 reported a loss of 0.0 for no training)."""
         if max_steps is not None and require_int("max_steps", max_steps) < 1:
             raise ValueError(f"max_steps must be >= 1 (or None: the whole epoch), got {max_steps}")
         start, total, count, steps = time.perf_counter(), 0.0, 0.0, 0
