@@ -335,6 +335,26 @@ def _wrong_kinds():
             ValueError,
             "batch_size must be >= 1, got 0",
         ),
+        "steps per epoch": (
+            lambda: vae_jax.train.steps_per_epoch(8, 0),
+            ValueError,
+            "batch_size must be >= 1, got 0",
+        ),
+        "padded batches": (
+            lambda: vae_jax.train.padded_batches(np.arange(4), -3),
+            ValueError,
+            "batch_size must be >= 1, got -3",
+        ),
+        "digest of a descriptor": (  # (before: hashed open file descriptor 3, then closed it)
+            lambda: vae_jax.digests.file_digest(3),
+            TypeError,
+            f"path {path} int",
+        ),
+        "batch without image": (
+            lambda: vae_jax.make_elbo(MeanOnly())(None, {"x": x}, key),
+            ValueError,
+            r"a batch mapping needs an 'image' entry, got keys \['x'\]",
+        ),
         "evaluate tuple": (
             lambda: evaluate(vae_jax.make_mesh(1))(None, (x, None), key),
             TypeError,

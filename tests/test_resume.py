@@ -620,6 +620,14 @@ def test_a_checkpointer_refuses_steps_and_settings_it_cannot_keep(reference, tmp
         with pytest.raises(ValueError, match=message):
             checkpointer.save(step, state, {})
 
+    for kwargs, error, message in [
+        ({"params_only": "no"}, ValueError, "params_only must be True or False, got 'no'"),
+        ({"step": "16"}, ValueError, "step must be an integer, got '16'"),
+        ({"check": 3}, TypeError, "check must be callable, got int"),
+    ]:  # (before: "no" read the parameters only; "16" found no checkpoint at step 16)
+        with pytest.raises(error, match=message):
+            checkpointer.restore(_target(config), **kwargs)
+
     def buggy(state, meta):
         return meta["no such key"]
 

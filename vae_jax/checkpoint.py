@@ -53,7 +53,13 @@ import orbax.checkpoint as ocp
 from vae_jax.config import ExperimentConfig
 from vae_jax.digests import DigestError, check_tree, file_digest, list_files
 from vae_jax.distributed import is_primary
-from vae_jax.fields import require_bool, require_int, require_optimizer, require_path
+from vae_jax.fields import (
+    require_bool,
+    require_callable,
+    require_int,
+    require_optimizer,
+    require_path,
+)
 from vae_jax.models import init_params
 from vae_jax.train import TrainState, init_train_state
 from vae_jax.workdir import (
@@ -247,6 +253,11 @@ class Checkpointer:
             parameter paths or shapes differ); nothing is set aside.
           NoReadableCheckpointError: checkpoints exist and none can be read.
         """
+        require_bool("params_only", params_only)  # (a truthy "no" read the parameters only)
+        if check is not None:
+            require_callable("check", check)
+        if step is not None:
+            step = require_int("step", step)  # (before: "2" found no checkpoint at step 2)
         steps = self.steps()
         if step is not None:
             steps = [s for s in steps if s == step]

@@ -22,6 +22,8 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
+from vae_jax.fields import require_path
+
 _CHUNK = 1 << 20  # bytes read at a time
 
 
@@ -30,7 +32,9 @@ class DigestError(ValueError):
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, as 64 hex digits."""
+    """The SHA-256 of a file's bytes, as 64 hex digits. (`path` must be a path: an int
+    would name an open file descriptor, hashed and closed.)"""
+    path = require_path("path", path)
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):

@@ -283,11 +283,17 @@ def unpack_batch(batch: Batch) -> tuple[jax.Array, jax.Array | None]:
     uint8 images are scaled to [0, 1] (``x * (1/255)``); floats are used as given
     (`vae_jax.arrays.to_float`).
     """
-    if isinstance(batch, Mapping):
-        x, label = batch["image"], batch.get("label")
-    else:
-        x, label = batch, None
+    x, label = _batch_parts(batch)
     return to_float(x), label
+
+
+def _batch_parts(batch: Batch) -> tuple[Any, Any]:
+    """(x, label) of a batch as given: an array, or a mapping with "image" (and "label")."""
+    if not isinstance(batch, Mapping):
+        return batch, None
+    if "image" not in batch:  # (before: KeyError: 'image')
+        raise ValueError(f"a batch mapping needs an 'image' entry, got keys {sorted(batch)}")
+    return batch["image"], batch.get("label")
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -448,7 +454,7 @@ def check_batch(model: Any, batch: Batch) -> None:
     always in range), labels in ``0..num_classes - 1``. Under `jit` an out-of-range label
     gives NaN (`vae_jax.models`), never a plausible number.
     """
-    x, label = (batch["image"], batch.get("label")) if isinstance(batch, Mapping) else (batch, None)
+    x, label = _batch_parts(batch)
     if label is None and getattr(model, "num_classes", 0) > 0:
         raise ValueError("this model is conditional: pass {'image': x, 'label': labels}")
     check_inputs(model, x, label, name="the batch")

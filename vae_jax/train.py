@@ -196,6 +196,7 @@ def padded_batches(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.n
     The last batch is filled up by continuing `order` from its start, with weight 0, so
     every example counts once and every batch has the same shape (one compiled program).
     """
+    steps_per_epoch(len(order), batch_size)  # (checks batch_size)
     n = len(order)
     steps = math.ceil(n / batch_size)
     index = np.resize(order, steps * batch_size).reshape(steps, batch_size)
@@ -212,6 +213,10 @@ def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int) -> tuple[np.n
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches of `batch_size` (>= 1; before: 0 divided by zero, -3 gave -2 steps) that
+    cover `n` examples, the last one padded."""
+    if require_int("batch_size", batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return math.ceil(n / batch_size)
 
 
