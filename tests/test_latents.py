@@ -452,3 +452,29 @@ def test_the_checks_accept_the_defaults():
         check_latent_model(model)
     assert vae_jax.VampPriorVAE().num_pseudo_inputs == 500
     assert vae_jax.HierarchicalVAE().latent_dims == (100, 50)
+
+
+def test_empty_shapes_bad_dtypes_and_no_prior_samples_are_refused():
+    """(Before: image_shape=() and dtype="foo" were accepted, failing inside the first
+    layer; sample_prior(key, 0) gave a ZeroDivisionError or an empty array.)"""
+    import vae_jax
+
+    for make, message in [
+        (lambda: vae_jax.HierarchicalVAE(image_shape=()), r"image_shape must be one or more"),
+        (lambda: vae_jax.HierarchicalVAE(dtype="foo"), "dtype must be a floating-point dtype"),
+        (
+            lambda: vae_jax.init_params(vae_jax.VAE(image_shape=()), jax.random.key(0)),
+            r"image_shape must be one or more positive sizes, got \(\)",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make()
+    for model in (
+        vae_jax.HierarchicalVAE(image_shape=(4,), latent_dims=(2, 2), hidden=((8,), (8,))),
+        vae_jax.VampPriorVAE(base=vae_jax.VAE(image_shape=(4,), z_dim=2, hidden=(8,))),
+    ):
+        params = vae_jax.init_params(model, jax.random.key(0))
+        draw = functools.partial(model.apply, {"params": params}, method="sample_prior")
+        with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
+            draw(jax.random.key(1), 0)
+        assert jax.tree.leaves(draw(jax.random.key(1), 3))[0].shape[0] == 3

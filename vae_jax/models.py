@@ -272,8 +272,18 @@ def check_model(model: VAE) -> None:
     for name in ("z_dim", "num_classes"):
         require_int(name, getattr(model, name))
     require_number("obs_std", model.obs_std)
-    if any(d < 1 for d in model.image_shape):
-        raise ValueError(f"image_shape must be positive sizes, got {model.image_shape}")
+    if not model.image_shape or any(d < 1 for d in model.image_shape):  # (() was accepted)
+        raise ValueError(
+            f"image_shape must be one or more positive sizes, got {tuple(model.image_shape)}"
+        )
+    try:  # (before: dtype="foo" was accepted, and failed inside the first layer)
+        floating = jnp.issubdtype(jnp.dtype(model.dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(
+            f"dtype must be a floating-point dtype (float32, bfloat16), got {model.dtype!r}"
+        )
     if model.z_dim < 1:
         raise ValueError(f"z_dim must be >= 1, got {model.z_dim}")
     if any(w < 1 for w in model.hidden) or any(c < 1 for c in model.conv_channels):
