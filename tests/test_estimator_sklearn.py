@@ -362,6 +362,11 @@ def test_training_errors_name_the_estimators_own_parameters():
     assert "--" not in str(caught.value)
     with pytest.raises(ValueError, match=r"^max_epochs=2147483648 epochs of 2 steps each exceed"):
         VAEEstimator(**WARM, max_epochs=2**31).fit(x)
+    # (before: a numpy MemoryError from the factor-analysis start; without it, advice that
+    # named the CLI's --z_dim, --hidden, --conv_channels)
+    for linear_path in (True, False):
+        with pytest.raises(ValueError, match=r"GiB, more than one device's .* z_dim or hidden\)$"):
+            VAEEstimator(z_dim=2 * 10**9, linear_path=linear_path).fit(x)
     vae = VAEEstimator(**WARM, max_epochs=1).fit(x)
     # (before: XLA's RESOURCE_EXHAUSTED, 30,720,002,048 bytes, after compiling)
     with pytest.raises(ValueError, match=r"^sample_chunk=10,000,000: 128 examples x 10,000,000"):

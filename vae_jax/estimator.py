@@ -66,8 +66,14 @@ from vae_jax.models import encode as encode_
 from vae_jax.objectives import make_elbo
 from vae_jax.options import MAX_SEED, FitOptions
 from vae_jax.sources import machine_memory
-from vae_jax.train import DivergenceError, TrainState, make_mesh, steps_per_epoch
-from vae_jax.trainer import MAX_STEPS, device_memory
+from vae_jax.train import (
+    DivergenceError,
+    TrainState,
+    init_train_state,
+    make_mesh,
+    steps_per_epoch,
+)
+from vae_jax.trainer import MAX_STEPS, check_state_fits, device_memory
 
 __all__ = [
     "IncomparableScoreWarning",
@@ -384,6 +390,13 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 )
             order = np.random.default_rng(settings.seed).permutation(n)
             rows, x_val = rows[order[n_val:]], rows[order[:n_val]]
+        # (before any allocation: the factor-analysis start below allocated z_dim x D floats,
+        # a numpy MemoryError for z_dim=2e9, before fit's own check)
+        abstract = jax.eval_shape(
+            lambda key: init_train_state(model, _adam(settings.learning_rate), key),
+            jax.random.key(0),
+        )
+        check_state_fits(abstract, make_mesh(1), advice="a smaller z_dim or hidden")
         if start is None and settings.linear_path and model.likelihood != "bernoulli":
             # (fitted on the training part only: early stopping's held-out part stays unseen)
             params = _initializer(model)(jax.random.key(settings.seed))

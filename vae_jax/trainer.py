@@ -391,10 +391,13 @@ def default_placement(nbytes: int, mesh: Any) -> str:
     return "device" if nbytes <= device_memory(mesh) // 4 else "host"
 
 
-def check_state_fits(state: Any, mesh: Any) -> None:
+def check_state_fits(
+    state: Any, mesh: Any, *, advice: str = "a smaller model: --z_dim, --hidden, --conv_channels"
+) -> None:
     """Raise ValueError (one line) when the parameters, their gradients and the optimizer
     state (`state`'s shapes; each replicated on every device) cannot fit in one device's
-    memory, before anything is allocated (a huge --z_dim used to hang the machine)."""
+    memory, before anything is allocated (a huge --z_dim used to hang the machine). `advice`
+    ends the message (the caller's own knobs)."""
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
     total = params + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))  # + grads
     memory = device_memory(mesh)
@@ -403,7 +406,7 @@ def check_state_fits(state: Any, mesh: Any) -> None:
         raise ValueError(
             f"the model has {count:,} parameters: with their gradients and the optimizer state "
             f"{total / 2**30:,.1f} GiB, more than one device's {memory / 2**30:,.1f} GiB "
-            "(a smaller model: --z_dim, --hidden, --conv_channels)"
+            f"({advice})"
         )
 
 
