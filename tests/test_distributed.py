@@ -334,3 +334,25 @@ def test_process_0_killed_ends_the_others_with_one_line(data, tmp_path):
         f"127.0.0.1:{port}) is gone (killed or stopped); leaving too: start them all again "
         f"to resume {SHOW_LOG}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "address", "message"),
+    [
+        (-1, None, "timeout_seconds must be a number > 0, got -1"),
+        ("5", None, "timeout_seconds must be a number > 0, got '5'"),
+        (5, "127.0.0.1", "JAX_COORDINATOR_ADDRESS='127.0.0.1' must be host:port with a port in"),
+        (5, "127.0.0.1:notaport", "must be host:port with a port in 1..65535"),
+        (5, "127.0.0.1:99999", "must be host:port with a port in 1..65535"),
+    ],
+)
+def test_initialize_refuses_bad_settings_before_connecting(monkeypatch, timeout, address, message):
+    """(Before: -1 exited at once "within -1 s", "5" failed in the watchdog thread, an
+    address without a port was an IndexError, "notaport" a JAX runtime error.)"""
+    from vae_jax import distributed
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    if address is not None:
+        monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", address)
+    with pytest.raises(ValueError, match=message):
+        distributed.initialize(timeout)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import math
 import os
 import socket
 import subprocess
@@ -63,6 +64,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import jax
 import numpy as np
+
+from vae_jax.fields import is_number
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -121,6 +124,14 @@ _state = _State()
 _calls = itertools.count()  # on_primary's call number, the same sequence in every process
 
 
+def _check_address(address: str) -> None:
+    """Raise ValueError (one line) unless `address` is ``host:port`` with a port in
+    1..65535 (before: no port was an IndexError; "notaport" a JAX runtime error)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{ENV_COORDINATOR}={address!r} must be host:port with a port in 1..65535")
+
+
 def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -> None:
     """Connect this process to the others (before anything touches a device).
 
@@ -147,7 +158,13 @@ def initialize(timeout_seconds: int | None = None, *, prog: str | None = None) -
         _state.prog = prog
     if timeout_seconds is None:
         timeout_seconds = INIT_TIMEOUT_S
+    if not is_number(timeout_seconds) or not 0 < timeout_seconds < math.inf:
+        # (before: -1 exited at once "within -1 s", 0 killed a process that had connected,
+        # "5" a TypeError in the watchdog thread)
+        raise ValueError(f"timeout_seconds must be a number > 0, got {timeout_seconds!r}")
     coordinator = os.environ.get(ENV_COORDINATOR) or None
+    if coordinator is not None:
+        _check_address(coordinator)
     who = f"process {process_id if process_id is not None else '?'}"
     of = f" of {num_processes}" if num_processes is not None else ""
     phase = ["connect"]  # what the watchdog reports, if it fires
