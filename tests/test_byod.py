@@ -313,7 +313,9 @@ def _wrong_kinds():
     )
     bernoulli = vae_jax.make_elbo(MeanOnly(likelihood="bernoulli"))
     evaluate = functools.partial(vae_jax.make_evaluate, bernoulli, batch_size=8)
-    levels = vae_jax.train.to_device(np.full((16, 4), 200.0), np.zeros(16), vae_jax.make_mesh(1))
+    levels = vae_jax.train.to_device(
+        np.full((16, 4), 200.0), np.zeros(16, np.int32), vae_jax.make_mesh(1)
+    )
     key = jax.random.key(0)
     return {
         "evaluate levels": (
@@ -334,6 +336,11 @@ def _wrong_kinds():
             lambda: vae_jax.train.make_host_evaluate(bernoulli, vae_jax.make_mesh(1), batch_size=0),
             ValueError,
             "batch_size must be >= 1, got 0",
+        ),
+        "device labels": (
+            lambda: vae_jax.train.to_device(x, np.zeros(3, np.int32), vae_jax.make_mesh(1)),
+            ValueError,
+            r"to_device: \(3,\) labels for 16 examples",
         ),
         "steps per epoch": (
             lambda: vae_jax.train.steps_per_epoch(8, 0),

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax.arrays import Split, check_inputs, to_float
+from vae_jax.arrays import Split, check_inputs, check_labels, to_float
 from vae_jax.fields import require_bool, require_int
 from vae_jax.models import init_params
 from vae_jax.objectives import Objective
@@ -150,10 +150,13 @@ def init_train_state(
 
 def to_device(image: np.ndarray, label: np.ndarray, mesh: Mesh) -> DeviceData:
     """Put a split on the mesh's devices, replicated: uint8 stays uint8 (a quarter of the
-    memory of float32), anything else becomes float32 (`vae_jax.arrays`)."""
+    memory of float32), anything else becomes float32 (`vae_jax.arrays`). The labels must be
+    integers, one per example (`check_labels`; before: 3 labels for 16 images were taken,
+    and float labels truncated)."""
     image = np.asarray(image)
     image = image if image.dtype == np.uint8 else image.astype(np.float32)
-    on_device = replicate((image, np.asarray(label, np.int32)), mesh)
+    label = check_labels(np.asarray(label), len(image), name="to_device", num_classes=None)
+    on_device = replicate((image, label), mesh)
     return DeviceData(*on_device)
 
 
