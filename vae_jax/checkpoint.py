@@ -132,8 +132,7 @@ class Checkpointer:
         identity: dict[str, Any] | None = None,
         upgrade: Callable[[Any], Any] | None = None,
     ) -> None:
-        if require_int("max_to_keep", max_to_keep) < 1:
-            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+        require_int("max_to_keep", max_to_keep, low=1)
         require_bool("read_only", read_only)  # (a truthy "no" would open it read-only)
         self.directory = require_path("workdir", workdir).absolute() / CHECKPOINT_SUBDIR
         self.read_only = read_only
@@ -181,8 +180,7 @@ class Checkpointer:
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
-        if require_int("step", step) < 0:  # (Orbax lists only steps named 0, 1, 2, ...)
-            raise ValueError(f"step must be >= 0, got {step}")
+        require_int("step", step, low=0)  # (Orbax lists only steps named 0, 1, 2, ...)
         if self.identity is not None:
             meta = {**meta, "identity": self.identity}
         meta = {**meta, "params_digest": params_digest(state.params, meta)}

@@ -152,11 +152,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def require_int(name: str, value: Any) -> int:
+def require_int(name: str, value: Any, *, low: int | None = None) -> int:
     """`value` as a Python int; ValueError (one line) unless it is an integer (a NumPy one
-    too; no bool)."""
+    too; no bool), and at least `low` when given ("{name} must be >= {low}, got ...")."""
     if not _is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
     return int(value)
 
 

@@ -155,7 +155,7 @@ class HierarchicalVAE(nn.Module):
     def sample_prior(self, key: jax.Array, num_samples: int) -> tuple[jax.Array, ...]:
         """Ancestral samples (z_1, ..., z_n) of p: z_n ~ N(0, I), z_{i-1} ~ p(z_{i-1}|z_i);
         each [num_samples, latent_dims[i]]."""
-        _check_prior_samples(num_samples)
+        require_int("num_samples", num_samples, low=1)  # (0: ZeroDivisionError or empty)
         keys = jax.random.split(key, len(self.latent_dims))
         zs = [jax.random.normal(keys[-1], (num_samples, self.latent_dims[-1]))]
         for down, k in zip(reversed(self.down), reversed(keys[:-1]), strict=True):
@@ -273,7 +273,7 @@ class VampPriorVAE(_AroundVAE):
 
     def sample_prior(self, key: jax.Array, num_samples: int) -> jax.Array:
         """z ~ p(z), [num_samples, z_dim]: a uniformly chosen component q(z|u_k), then z."""
-        _check_prior_samples(num_samples)
+        require_int("num_samples", num_samples, low=1)  # (0: ZeroDivisionError or empty)
         mean, logvar = (a.astype(jnp.float32) for a in self.base.encode(self.pseudo_inputs()))
         pick, noise = jax.random.split(key)
         k = jax.random.randint(pick, (num_samples,), 0, self.num_pseudo_inputs)
@@ -411,12 +411,6 @@ class IAFVAE(_AroundVAE):
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _check_prior_samples(num_samples: Any) -> None:
-    """(before: 0 gave a ZeroDivisionError or an empty array, -1 an MLIR error)"""
-    if require_int("num_samples", num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
 def check_latent_model(model: nn.Module) -> None:

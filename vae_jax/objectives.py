@@ -193,8 +193,7 @@ def _check_example_weights(weights: Any, shape: tuple[int, ...]) -> None:
 
 def _check_num_samples(num_samples: Any) -> None:
     """Raise ValueError (one line) unless `num_samples` is an integer >= 1."""
-    if require_int("num_samples", num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    require_int("num_samples", num_samples, low=1)
 
 
 def reparameterize(

@@ -218,8 +218,7 @@ def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int) -> tuple[np.n
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Batches of `batch_size` (>= 1; before: 0 divided by zero, -3 gave -2 steps) that
     cover `n` examples, the last one padded."""
-    if require_int("batch_size", batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    require_int("batch_size", batch_size, low=1)
     return math.ceil(n / batch_size)
 
 
@@ -407,8 +406,7 @@ def make_train_call(
     for name, flag in (("binarize", binarize), ("skip_nonfinite", skip_nonfinite)):
         require_bool(name, flag)  # (a truthy "no" would binarize, or skip updates)
     require_bool("streamed", streamed)
-    if require_int("kl_warmup_steps", kl_warmup_steps) < 0:  # (a negative KL weight)
-        raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
+    require_int("kl_warmup_steps", kl_warmup_steps, low=0)  # (a negative KL weight)
     settings: dict[str, Any] = dict(binarize=binarize, kl_warmup_steps=kl_warmup_steps)
     settings.update(skip_nonfinite=skip_nonfinite, streamed=streamed)
     if streamed and event_shape is None:
@@ -623,8 +621,7 @@ def _check_evaluate_settings(objective: Any, batch_size: Any) -> None:
     if not isinstance(objective, Objective):
         kind = type(objective).__name__
         raise TypeError(f"objective must be an Objective (make_elbo(model)), got {kind}")
-    if require_int("batch_size", batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    require_int("batch_size", batch_size, low=1)
 
 
 def make_host_evaluate(

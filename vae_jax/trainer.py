@@ -259,8 +259,7 @@ class Trainer:
         epoch)``; `inputs` is what `run` takes: ``(data, index, weight)`` on the device, or
         ``(HostBatches,)`` gathered on the host and prefetched by a Grain thread.
         """
-        if require_int("epoch", epoch) < 0:  # (before: numpy's "expected non-negative")
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        require_int("epoch", epoch, low=0)  # (before: numpy's "expected non-negative")
         if not 0 <= require_int("offset", offset) < self.steps_per_epoch:  # (-5 acted as 0)
             raise ValueError(f"offset must be in 0..{self.steps_per_epoch - 1}, got {offset}")
         opts = self.options
