@@ -357,6 +357,18 @@ def _wrong_kinds():
             TypeError,
             f"path {path} int",
         ),
+        "seed for a key": (  # (before: JAX's "invalid PRNG key data" from the first draw)
+            lambda: vae_jax.make_elbo(MeanOnly())(None, x, 0),
+            TypeError,
+            r"key must be one jax.random key \(jax.random.key\(seed\)\), got int",
+        ),
+        "keys for a key": (
+            lambda: vae_jax.importance_log_likelihood(
+                MeanOnly(), None, x, None, jax.random.split(key), num_samples=2, sample_chunk=2
+            ),
+            TypeError,
+            r"key must be one jax.random key .*, got \\S+ key<fry>\[2\]",
+        ),
         "batch without image": (
             lambda: vae_jax.make_elbo(MeanOnly())(None, {"x": x}, key),
             ValueError,

@@ -453,6 +453,15 @@ def test_bad_sample_counts_are_one_line_errors(num_samples, sample_chunk):
         )  # fmt: skip
 
 
+def test_sample_counts_beyond_int32_ids_are_refused():
+    # before: OverflowError ("Python int too large to convert to C long") from inside jit
+    params = init_params(SMALL, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"must be <= 2\*\*30 \(samples are numbered in int32\)"):
+        importance_log_likelihood(
+            SMALL, params, _BINARY, None, jax.random.key(0), num_samples=10**12, sample_chunk=100
+        )
+
+
 def test_layered_bound_checks_its_inputs_too():
     from vae_jax.latents import HierarchicalVAE
 

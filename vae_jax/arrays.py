@@ -297,6 +297,21 @@ def check_inputs(model: Any, x: Any, label: Any = None, *, name: str = "the batc
     check_input_labels(label, shape[0], name=name, num_classes=num_classes)
 
 
+def check_key(key: Any, *, name: str = "key") -> None:
+    """Raise TypeError (one line) unless `key` is one `jax.random` key: a typed key of shape
+    () (``jax.random.key(seed)``) or a legacy uint32 [2] (``jax.random.PRNGKey(seed)``).
+    By dtype and shape, so also under `jit` (before: JAX's "invalid PRNG key data" deep
+    inside the first sampling call, for an int seed passed where a key belongs)."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+    elif dtype == np.uint32 and shape == (2,):
+        return
+    got = type(key).__name__ if dtype is None else f"{type(key).__name__} {dtype}{list(shape)}"
+    raise TypeError(f"{name} must be one jax.random key (jax.random.key(seed)), got {got}")
+
+
 def check_input_labels(label: Any, n: int, *, name: str, num_classes: int | None) -> None:
     """`check_labels` of a model's input labels, also under `jit`: a tracer by shape and
     dtype only (its values are abstract); None is refused only for a conditional model."""

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from vae_jax.arrays import check_split, to_float
+from vae_jax.arrays import check_key, check_split, to_float
 from vae_jax.fields import is_number
 from vae_jax.models import VAE, DecoderOutput
 from vae_jax.objectives import (
@@ -139,8 +139,11 @@ def check_inputs(
             )
 
 
+_MAX_SAMPLES = 2**30  # sample ids are int32 (chunk * sample_chunk + i stays below 2**31)
+
+
 def _check_counts(num_samples: Any, sample_chunk: Any) -> None:
-    """num_samples and sample_chunk: integers >= 1 (Python or numpy, not traced)."""
+    """num_samples and sample_chunk: integers in 1..2**30 (Python or numpy, not traced)."""
     try:
         counts = operator.index(num_samples), operator.index(sample_chunk)
     except TypeError:
@@ -148,6 +151,11 @@ def _check_counts(num_samples: Any, sample_chunk: Any) -> None:
     if min(counts) < 1 or isinstance(num_samples, bool) or isinstance(sample_chunk, bool):
         raise ValueError(
             f"need integers num_samples, sample_chunk >= 1, got {num_samples!r}, {sample_chunk!r}"
+        )
+    if max(counts) > _MAX_SAMPLES:
+        raise ValueError(
+            f"num_samples and sample_chunk must be <= 2**30 (samples are numbered in int32), "
+            f"got {num_samples!r}, {sample_chunk!r}"
         )
 
 
@@ -227,6 +235,7 @@ def importance_terms(
     """
     _check_counts(num_samples, sample_chunk)
     check_inputs(model, x, label, example_ids=example_ids)
+    check_key(key)
     sample_chunk = min(sample_chunk, num_samples)
     if hasattr(model, "sample_latent"):
         return _sampled_importance_terms(
@@ -415,6 +424,7 @@ def layered_importance_terms(
         raise ValueError(f"{type(model).__name__} has no sample_layers: one stochastic layer")
     _check_counts(num_samples, sample_chunk)
     check_inputs(model, x, label, example_ids=example_ids)
+    check_key(key)
     terms, layers = _sampled_importance_terms(
         model,
         params,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from vae_jax.arrays import check_inputs, to_float
+from vae_jax.arrays import check_inputs, check_key, to_float
 from vae_jax.fields import FLOAT32_MAX, is_number, require_int
 from vae_jax.models import LIKELIHOODS, DecoderOutput, decode, encode
 
@@ -379,6 +379,7 @@ class Objective:
         Free bits are not applied here (they act on batch means; see `terms`).
         """
         x, label = self._checked(batch)
+        check_key(key)
         if beta is not None:  # (before: -5 gave an ELBO above E[log p(x|z)], NaN a NaN)
             _check_weight("beta", beta)
         event_ndims = x.ndim - 1
