@@ -241,8 +241,13 @@ def test_fit_from_pieces_records_them_resumes_and_loads(tmp_path):
     final = jax.tree.leaves(longer.state.params)
     for a, b in zip(jax.tree.leaves(loaded.params), final, strict=True):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(vae_jax.CheckpointError, match=r"load_checkpoint.workdir, model=\.\.\.\)"):
+    # (before: "config.json is not a valid vae_jax configuration: unknown section
+    # 'event_shape'", and evaluate_checkpoint advised an option it does not have)
+    pieces = r"records a run that fit made from your own model, not an ExperimentConfig: load"
+    with pytest.raises(vae_jax.CheckpointError, match=pieces + r" it with load_checkpoint\("):
         vae_jax.load_checkpoint(workdir)
+    with pytest.raises(vae_jax.CheckpointError, match=r"and score it with evaluate_dataset\("):
+        vae_jax.evaluate_checkpoint(workdir, num_samples=2, progress=False)
 
 
 def test_an_epoch_hook_that_returns_true_stops_fit_there(tmp_path):
@@ -367,7 +372,7 @@ def _wrong_kinds():
                 MeanOnly(), None, x, None, jax.random.split(key), num_samples=2, sample_chunk=2
             ),
             TypeError,
-            r"key must be one jax.random key .*, got \\S+ key<fry>\[2\]",
+            r"key must be one jax.random key .*, got \S+ key<fry>\[2\]",
         ),
         "batch without image": (
             lambda: vae_jax.make_elbo(MeanOnly())(None, {"x": x}, key),

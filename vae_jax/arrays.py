@@ -308,7 +308,9 @@ def check_key(key: Any, *, name: str = "key") -> None:
             return
     elif dtype == np.uint32 and shape == (2,):
         return
-    got = type(key).__name__ if dtype is None else f"{type(key).__name__} {dtype}{list(shape)}"
+    got = (
+        type(key).__name__ if dtype is None else f"{type(key).__name__} {dtype}{list(shape or ())}"
+    )
     raise TypeError(f"{name} must be one jax.random key (jax.random.key(seed)), got {got}")
 
 

@@ -67,6 +67,7 @@ from vae_jax.workdir import (
     CONFIG_FILE,
     TRASH_SUBDIR,
     UNREADABLE_SUBDIR,
+    PiecesRunError,
     WorkdirError,
     atomic_write,
     check_entries,
@@ -725,6 +726,8 @@ def load_checkpoint(
     if model is None:
         try:
             config = read_config(workdir)
+        except PiecesRunError as error:
+            raise CheckpointError(str(error)) from None
         except WorkdirError as error:
             raise CheckpointError(
                 f"{one_line(error)} (a run that fit made from your own model loads with "

@@ -19,7 +19,7 @@ from typing import Any, cast
 import jax
 import numpy as np
 
-from vae_jax.checkpoint import LoadedModel, load_checkpoint
+from vae_jax.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from vae_jax.config import ExperimentConfig
 from vae_jax.evaluate import (
     DatasetResult,
@@ -31,7 +31,15 @@ from vae_jax.evaluate import (
 from vae_jax.fields import MAX_SEED, require_bool, require_callable, require_int, require_path
 from vae_jax.models import VAE
 from vae_jax.sources import check_paths, prepare_data
-from vae_jax.workdir import write_json
+from vae_jax.workdir import WorkdirError, is_pieces_record, read_record, write_json
+
+
+def _record_or_none(workdir: Path) -> Any:
+    """The JSON object in workdir/config.json, or None (none, or not readable)."""
+    try:
+        return read_record(workdir)
+    except WorkdirError:
+        return None
 
 
 class EvaluationError(RuntimeError):
@@ -91,6 +99,8 @@ def evaluate_checkpoint(
         (found before the computation), a write failed afterwards (the numbers were logged
         first), or the mean IS estimate is below the mean ELBO (written to the report
         first; this cannot happen for a correct estimator, up to Monte Carlo noise).
+      CheckpointError: no readable checkpoint, or a run that `fit` made from your own
+        model (no `ExperimentConfig` to rebuild it from; the message says what to call).
       ValueError: `num_examples` below 1, or data that do not fit the model.
     """
     # (Python ints, which the report's JSON takes; before: np.int64 failed the report's
@@ -120,6 +130,13 @@ def evaluate_checkpoint(
     if pictures_dir is not None:
         check_writable(pictures_dir, "the pictures", hint="--out")
 
+    if is_pieces_record(_record_or_none(workdir)):
+        raise CheckpointError(
+            f"{workdir} holds a run that fit made from your own model: evaluate_checkpoint "
+            "rebuilds the model and the test data from a recorded ExperimentConfig; load it "
+            "with load_checkpoint(workdir, model=...) and score it with "
+            "evaluate_dataset(model, params, x_test, labels, key)"
+        )
     loaded = load_checkpoint(workdir, step)
     config = loaded.config
     assert config is not None  # (loaded without a model: from its recorded configuration)

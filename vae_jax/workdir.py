@@ -175,6 +175,11 @@ class WorkdirError(ValueError):
     """The work directory cannot be used (unwritable, or owned by another configuration)."""
 
 
+class PiecesRunError(WorkdirError):
+    """The work directory holds a run that `fit` made from your own model: there is no
+    `ExperimentConfig` to rebuild its model and data from."""
+
+
 def claim(
     workdir: str | os.PathLike,
     config: ExperimentConfig | dict[str, Any],
@@ -283,6 +288,15 @@ def foreign_outputs(path: str | os.PathLike) -> list[str]:
         elif where.is_file():
             found.append(name)
     return found
+
+
+def is_pieces_record(values: Any) -> bool:
+    """Whether a config.json's object is the record `fit` writes for a run made from your
+    own model (its model's repr, objective, options; no `ExperimentConfig`)."""
+    if not isinstance(values, dict):
+        return False
+    keys = set(values) - {VERSION_FIELD}
+    return "event_shape" in keys and keys <= _PIECES_RECORD_KEYS
 
 
 def _is_our_record(config: Path) -> bool:
@@ -519,6 +533,7 @@ def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
     configuration's own checks and by building the model and objective).
 
     Raises:
+      PiecesRunError: the file is `fit`'s record of a run made from your own model.
       WorkdirError: the file exists but is not a valid configuration.
     """
     path = Path(workdir) / CONFIG_FILE
@@ -526,11 +541,19 @@ def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
         return None
     try:
         values = json.loads(path.read_text())
+        if is_pieces_record(values):
+            raise PiecesRunError(
+                f"{path} records a run that fit made from your own model, not an "
+                "ExperimentConfig: load it with load_checkpoint(workdir, model=<the module "
+                "it trained>)"
+            )
         if isinstance(values, dict):
             values.pop(VERSION_FIELD, None)
         check_config_types(values)
         config = ExperimentConfig.from_dict(values)
         check_config(config)
+    except PiecesRunError:
+        raise
     except (OSError, ValueError, TypeError, AttributeError, RecursionError) as error:
         raise WorkdirError(
             f"{path} is not a valid vae_jax configuration: {one_line(error)[:300]}"
