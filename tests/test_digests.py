@@ -77,3 +77,14 @@ def test_sizes_are_compared_and_extra_files_may_be_allowed(tree):
     (root / "list.json").write_text("{}")
     check_tree(root, digests, exclude=["list.json"])
     check_tree(root, digests, extra_ok=True)
+
+
+def test_a_missing_root_or_a_string_of_names_is_refused(tmp_path):
+    # (before: a missing root had the digests of an empty directory, {}; exclude="a.bin"
+    # excluded the names "a", ".", "b", "i", "n")
+    with pytest.raises(DigestError, match=r"missing .or not a directory."):
+        tree_digests(tmp_path / "nowhere")
+    (tmp_path / "a.bin").write_bytes(b"x")
+    with pytest.raises(TypeError, match="exclude must be a collection of names, not the string"):
+        tree_digests(tmp_path, exclude="a.bin")
+    assert tree_digests(tmp_path, exclude=["a.bin"]) == {}

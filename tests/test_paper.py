@@ -100,6 +100,11 @@ def test_every_row_has_the_papers_number_of_parameters():
 def test_paper_row_refuses_a_name_that_is_not_a_row():
     with pytest.raises(ValueError, match="'pytorch' is not a row of the IWAE paper's Table 1"):
         paper_row("pytorch")
+    # (before: TypeError "unhashable type: 'list'", and comparison a KeyError)
+    with pytest.raises(ValueError, match=r"\['x'\] is not a row of the IWAE paper's Table 1"):
+        paper_row(["x"])
+    with pytest.raises(ValueError, match="'pytorch' is not a row of the IWAE paper's Table 1"):
+        paper.comparison("pytorch", paper_row("iwae_paper_vae"), _report(86.0, 5000, 10_000))
 
 
 def _report(nll: float, k: int, n: int) -> dict:

@@ -63,9 +63,15 @@ def check_name(root: str | os.PathLike, name: object) -> Path:
 
 def list_files(root: str | os.PathLike, *, exclude: Iterable[str] = ()) -> list[str]:
     """The relative POSIX paths of the regular files under `root`, sorted (`exclude`: names
-    left out). A symbolic link anywhere under `root` is a `DigestError` (never followed)."""
-    root = Path(root)
+    left out). A symbolic link anywhere under `root`, `root` itself included, or a missing
+    `root` is a `DigestError` (a link is never followed; before, a missing root listed no
+    files and so had the digests of an empty directory)."""
+    root = require_path("root", root)
+    if isinstance(exclude, str):  # (before: a string excluded its characters)
+        raise TypeError(f"exclude must be a collection of names, not the string {exclude!r}")
     skip = set(exclude)
+    if root.is_symlink() or not root.is_dir():
+        raise DigestError(f"{root} is missing (or not a directory)")
     names = []
     for directory, subdirs, files in os.walk(root, followlinks=False):
         for name in [*subdirs, *files]:
@@ -101,9 +107,7 @@ def check_tree(
     compared before any digest is computed; files in `exclude` are not listed; with
     `extra_ok`, files not in `expected` are allowed.
     """
-    root = Path(root)
-    if root.is_symlink() or not root.is_dir():
-        raise DigestError(f"{root} is missing (or not a directory)")
+    root = require_path("root", root)
     paths = {name: check_name(root, name) for name in sorted(expected)}
     present = set(list_files(root, exclude=exclude))  # (also: no link anywhere under root)
     for name, path in paths.items():

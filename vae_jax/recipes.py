@@ -149,6 +149,14 @@ PAPER_ROWS = {
 }
 
 
+def _paper_row(name: object) -> PaperRow:
+    """The `PaperRow` called `name`, or a one-line ValueError listing the rows (before: a
+    KeyError for another recipe's name, a TypeError for a list)."""
+    if not isinstance(name, str) or name not in PAPER_ROWS:
+        raise ValueError(f"{name!r} is not a row of the IWAE paper's Table 1: {sorted(PAPER_ROWS)}")
+    return PAPER_ROWS[name]
+
+
 def paper_row(name: str) -> ExperimentConfig:
     """The configuration of the IWAE paper's row `name` (a key of `PAPER_ROWS`): the 1- or
     2-layer recipe above with the row's bound and k.
@@ -157,9 +165,7 @@ def paper_row(name: str) -> ExperimentConfig:
     paper's protocol and prints the result beside the published number (``--epochs N``
     truncates the schedule).
     """
-    if name not in PAPER_ROWS:
-        raise ValueError(f"{name!r} is not a row of the IWAE paper's Table 1: {sorted(PAPER_ROWS)}")
-    row = PAPER_ROWS[name]
+    row = _paper_row(name)
     base = iwae_paper_vae() if row.layers == 1 else iwae_paper_2layer_vae()
     bound = "iwae" if row.bound == "iwae" else "elbo"
     objective = ObjectiveConfig(bound=bound, num_samples=row.k)
@@ -189,7 +195,7 @@ def differences(config: object, reference: object, prefix: str = "") -> list[str
 def comparison(recipe: str, config: Any, report: dict[str, Any]) -> str:
     """Lines that put the evaluation `report` of a run of `config` beside the published
     number of the paper's row `recipe`, or say why there is none to compare with."""
-    row = PAPER_ROWS[recipe]
+    row = _paper_row(recipe)
     # The paper's row with this run's length: anything else changed is another model.
     changed = [
         name
