@@ -380,6 +380,8 @@ def test_training_curves_with_missing_keys(tmp_path):
     assert path.exists()
     with pytest.raises(ValueError, match="epoch"):
         vis.save_training_curves(tmp_path / "bad.png", [{"train_loss": 1.0}])
+    with pytest.raises(ValueError, match=r"record 1's epoch must be an integer, got 1\.5"):
+        vis.save_training_curves(tmp_path / "bad.png", [{"epoch": 1}, {"epoch": 1.5}])
     # one name, not a sequence of them (before: a line per character, "no values for t, r")
     with pytest.raises(ValueError, match="keys must be a sequence of metric names, got 'kl'"):
         vis.save_training_curves(tmp_path / "one.png", records, keys="kl")

@@ -752,8 +752,9 @@ def save_training_curves(
         The path written.
 
     Raises:
-        ValueError: If a record has no "epoch", or `keys` is one string (its characters
-            would be plotted as keys) or holds something else than strings.
+        ValueError: If a record has no "epoch" or its epoch is not an integer >= 0, or
+            `keys` is one string (its characters would be plotted as keys) or holds
+            something else than strings.
     """
     if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
         raise ValueError(f"keys must be a sequence of metric names, got {keys!r}")
@@ -769,6 +770,7 @@ def save_training_curves(
     for i, record in enumerate(records):
         if "epoch" not in record:
             raise ValueError(f"record {i} has no 'epoch' key: {sorted(record)}")
+        _count(f"record {i}'s epoch", record["epoch"], 0)  # (before: 1.5 drawn at 1)
     for key in keys:
         pairs = sorted(
             (int(r["epoch"]), float(np.asarray(r[key]))) for r in records if r.get(key) is not None
