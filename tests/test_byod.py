@@ -387,7 +387,8 @@ def _wrong_kinds():
         "evaluate model": (
             lambda: vae_jax.make_evaluate(MeanOnly(), vae_jax.make_mesh(1), batch_size=8),
             TypeError,
-            r"objective must be an Objective \(make_elbo\(model\)\), got MeanOnly",
+            r"objective must be an Objective \(make_elbo\(model\) or make_iwae\(model\)\), got "
+            "MeanOnly",
         ),
         "evaluate batch": (
             lambda: evaluate(vae_jax.make_mesh(1), batch_size=0),

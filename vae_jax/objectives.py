@@ -442,6 +442,16 @@ class Objective:
         return unpack_batch(batch)
 
 
+def require_objective(objective: Any) -> None:
+    """Raise TypeError (one line) unless `objective` is an `Objective` (a module or a
+    plain function given in its place fails here, not inside the first compiled call)."""
+    if not isinstance(objective, Objective):
+        raise TypeError(
+            "objective must be an Objective (make_elbo(model) or make_iwae(model)), got "
+            f"{type(objective).__name__}"
+        )
+
+
 def check_batch(model: Any, batch: Batch) -> None:
     """Raise ValueError (one line) unless `batch` fits `model`: `vae_jax.arrays.check_inputs`
     of its image and label, the same rules as `fit`'s.

@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vae_jax.arrays import Split, check_inputs, check_labels, to_float
 from vae_jax.fields import require_bool, require_int
 from vae_jax.models import init_params
-from vae_jax.objectives import Objective
+from vae_jax.objectives import Objective, require_objective
 from vae_jax.options import STEP_LOOPS
 
 NO_BOUND = np.float32(np.inf)  # a train call's default max_loss: no divergence bound
@@ -618,9 +618,7 @@ def make_evaluate(
 
 
 def _check_evaluate_settings(objective: Any, batch_size: Any) -> None:
-    if not isinstance(objective, Objective):
-        kind = type(objective).__name__
-        raise TypeError(f"objective must be an Objective (make_elbo(model)), got {kind}")
+    require_objective(objective)
     require_int("batch_size", batch_size, low=1)
 
 

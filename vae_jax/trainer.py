@@ -24,7 +24,7 @@ import optax
 
 from vae_jax.arrays import Split, check_split, to_float_np
 from vae_jax.fields import require_int, require_optimizer
-from vae_jax.objectives import Objective, make_elbo, make_iwae
+from vae_jax.objectives import Objective, make_elbo, make_iwae, require_objective
 from vae_jax.options import FitOptions
 from vae_jax.train import (
     NO_BOUND,
@@ -74,11 +74,7 @@ def check_data(
     Returns:
       (train, test) as `check_split` returns them (uint8 or float32 images, int32 labels).
     """
-    if not isinstance(objective, Objective):
-        raise TypeError(
-            f"objective must be an Objective (make_elbo(model) or make_iwae(model)), got "
-            f"{type(objective).__name__}"
-        )
+    require_objective(objective)
     require_optimizer("tx", tx)
     model = objective.model
     checks: dict[str, Any] = {
