@@ -117,7 +117,9 @@ def bernoulli_log_likelihood(x: ArrayLike, logits: ArrayLike, *, event_ndims: in
     normalised log-likelihood (it has a non-zero floor).
 
     Args:
-      x: [..., *event] targets in [0, 1].
+      x: [..., *event] targets in [0, 1]; not checked here (a jit-able formula: x = 255
+        gives a finite, meaningless number). The objectives and evaluations check their
+        data where it enters (`check_batch`).
       logits: [..., *event] Bernoulli logits.
       event_ndims: how many trailing axes form one example.
 
