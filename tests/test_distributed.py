@@ -16,6 +16,7 @@ with one line within the bound; so does process 0's death (JAX's abort, its C++ 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -131,6 +132,28 @@ def _last_line_of(log: Path, timeout: float = 10.0) -> str:
     return log.read_text()
 
 
+def _logs_on_failure(test):
+    """On a failure of `test` (an assertion, a process past its time), add the tail of every
+    process log in its `tmp_path` to the message: these runs are bounded in time, and a rare
+    failure is only explained by what the processes printed (pytest's tmp_path is gone by
+    the next session)."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        except (AssertionError, subprocess.TimeoutExpired) as error:
+            logs = sorted(Path(kwargs["tmp_path"]).glob("*.log"))
+            tail = lambda log: log.read_text(errors="replace")[-3000:]  # noqa: E731
+            tails = "".join(
+                f"\n--- {log.name}, last 3000 characters ---\n{tail(log)}" for log in logs
+            )
+            raise AssertionError(f"{error}{tails}") from error
+
+    return wrapper
+
+
+@_logs_on_failure
 def test_two_processes_train_as_one_and_resume_bitwise_after_a_kill(data, tmp_path):
     cache = tmp_path / "jax_cache"
     logs = [tmp_path / "p0.log", tmp_path / "p1.log"]
@@ -235,6 +258,7 @@ def test_distributed_variables_that_are_not_numbers_are_one_line_errors(tmp_path
     assert "JAX_PROCESS_ID=2 must be below JAX_NUM_PROCESSES=2" in proc.stderr
 
 
+@_logs_on_failure
 def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
     """Start-up is bounded (here lowered to 10 s by `tests.cluster_driver`; 60 s by
     default): process 0 alone; process 1 alone, nothing at the coordinator's address; two
@@ -284,6 +308,7 @@ def test_a_peer_that_never_starts_ends_the_others_with_one_line(tmp_path):
         assert line.startswith(prefix + expected[name]), line
 
 
+@_logs_on_failure
 def test_a_process_that_fails_alone_ends_the_others_with_one_line(data, tmp_path):
     """Process 0 cannot write its metrics after epoch 2 (a full disk on its side) while
     process 1 goes on into the next collective, where it would wait for process 0 forever
@@ -302,6 +327,7 @@ def test_a_process_that_fails_alone_ends_the_others_with_one_line(data, tmp_path
     ]
 
 
+@_logs_on_failure
 def test_process_0_killed_ends_the_others_with_one_line(data, tmp_path):
     """Process 0 hosts JAX's coordination service; SIGKILLed while process 1 reads the data
     (outside any collective, where no error of Python's can tell it), its end makes JAX
