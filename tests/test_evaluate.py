@@ -453,6 +453,18 @@ def test_bad_sample_counts_are_one_line_errors(num_samples, sample_chunk):
         )  # fmt: skip
 
 
+def test_example_ids_make_the_estimate_independent_of_the_batching():
+    """Each example's noise comes from its id (default: its index in x): with its index in
+    the data set, a batch cut from the data gives the numbers of the whole (README)."""
+    params = init_params(SMALL, jax.random.key(0))
+    run = functools.partial(importance_log_likelihood, SMALL, params, num_samples=4, sample_chunk=2)
+    whole = np.asarray(run(_BINARY, None, jax.random.key(3)))
+    tail = np.asarray(run(_BINARY[1:], None, jax.random.key(3), example_ids=np.arange(1, 3)))
+    np.testing.assert_array_equal(tail, whole[1:])
+    shifted = np.asarray(run(_BINARY[1:], None, jax.random.key(3)))  # ids 0, 1: other noise
+    assert not np.allclose(shifted, whole[1:])
+
+
 def test_sample_counts_beyond_int32_ids_are_refused():
     # before: OverflowError ("Python int too large to convert to C long") from inside jit
     params = init_params(SMALL, jax.random.key(0))

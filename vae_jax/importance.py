@@ -448,13 +448,17 @@ def importance_log_likelihood(
     *,
     num_samples: int,
     sample_chunk: int,
+    example_ids: ArrayLike | None = None,
 ) -> jax.Array:
     """The importance-sampled estimate of log p(x) with k = `num_samples`, per example.
 
     ``log p(x) ~ logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k``,
     z_i ~ q(z|x) (Burda et al., 2016, with k = 5000 for their Table 1). A lower bound in
     expectation, non-decreasing in k, tending to log p(x). Memory is bounded by
-    `sample_chunk` (see `importance_terms`); the result does not depend on it.
+    `sample_chunk` (see `importance_terms`); the result does not depend on it. Example
+    i's noise is drawn from `key` folded with ``example_ids[i]`` (default: i, its index in
+    `x`): give each example's index in the data set to get numbers that do not depend on
+    how the data set was cut into batches (`vae_jax.evaluate.evaluate_dataset` does).
 
     Example:
       >>> fn = jax.jit(functools.partial(  # static configuration through partial
@@ -473,7 +477,14 @@ def importance_log_likelihood(
       Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
     """
     return importance_terms(
-        model, params, x, label, key, num_samples=num_samples, sample_chunk=sample_chunk
+        model,
+        params,
+        x,
+        label,
+        key,
+        num_samples=num_samples,
+        sample_chunk=sample_chunk,
+        example_ids=example_ids,
     ).log_px
 
 
