@@ -748,8 +748,9 @@ class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         Args:
           X: examples shaped like the training data (values in [0, 1] for Bernoulli).
           num_samples: k >= 1 importance samples per example.
-          key: a `jax.random` key or an int seed (default: the fitted ``seed_``); example
-            n's noise depends on the key and n only.
+          key: a `jax.random` key or an int seed (default: the fitted ``seed_``); an
+            example's noise depends on the key and a checksum (CRC-32) of its values only,
+            so its score does not depend on the other rows or their order.
           sample_chunk: samples decoded at once (memory; not the result).
         """
         check_is_fitted(self)
