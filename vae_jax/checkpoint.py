@@ -726,8 +726,8 @@ def load_checkpoint(
     if model is None:
         try:
             config = read_config(workdir)
-        except PiecesRunError as error:
-            raise CheckpointError(str(error)) from None
+        except PiecesRunError as error:  # (its cause: evaluate_checkpoint's advice)
+            raise CheckpointError(str(error)) from error
         except WorkdirError as error:
             raise CheckpointError(
                 f"{one_line(error)} (a run that fit made from your own model loads with "

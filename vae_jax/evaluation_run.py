@@ -31,15 +31,7 @@ from vae_jax.evaluate import (
 from vae_jax.fields import MAX_SEED, require_bool, require_callable, require_int, require_path
 from vae_jax.models import VAE
 from vae_jax.sources import check_paths, prepare_data
-from vae_jax.workdir import WorkdirError, is_pieces_record, read_record, write_json
-
-
-def _record_or_none(workdir: Path) -> Any:
-    """The JSON object in workdir/config.json, or None (none, or not readable)."""
-    try:
-        return read_record(workdir)
-    except WorkdirError:
-        return None
+from vae_jax.workdir import PiecesRunError, write_json
 
 
 class EvaluationError(RuntimeError):
@@ -130,14 +122,17 @@ def evaluate_checkpoint(
     if pictures_dir is not None:
         check_writable(pictures_dir, "the pictures", hint="--out")
 
-    if is_pieces_record(_record_or_none(workdir)):
+    try:
+        loaded = load_checkpoint(workdir, step)
+    except CheckpointError as error:
+        if not isinstance(error.__cause__, PiecesRunError):
+            raise
         raise CheckpointError(
             f"{workdir} holds a run that fit made from your own model: evaluate_checkpoint "
             "rebuilds the model and the test data from a recorded ExperimentConfig; load it "
             "with load_checkpoint(workdir, model=...) and score it with "
             "evaluate_dataset(model, params, x_test, labels, key)"
-        )
-    loaded = load_checkpoint(workdir, step)
+        ) from None
     config = loaded.config
     assert config is not None  # (loaded without a model: from its recorded configuration)
     images, labels = _test_data(

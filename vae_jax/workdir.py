@@ -290,7 +290,7 @@ def foreign_outputs(path: str | os.PathLike) -> list[str]:
     return found
 
 
-def is_pieces_record(values: Any) -> bool:
+def _is_pieces_record(values: Any) -> bool:
     """Whether a config.json's object is the record `fit` writes for a run made from your
     own model (its model's repr, objective, options; no `ExperimentConfig`)."""
     if not isinstance(values, dict):
@@ -541,7 +541,7 @@ def read_config(workdir: str | os.PathLike) -> ExperimentConfig | None:
         return None
     try:
         values = json.loads(path.read_text())
-        if is_pieces_record(values):
+        if _is_pieces_record(values):
             raise PiecesRunError(
                 f"{path} records a run that fit made from your own model, not an "
                 "ExperimentConfig: load it with load_checkpoint(workdir, model=<the module "
